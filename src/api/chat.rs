@@ -1,0 +1,221 @@
+//! `POST /v1/chat/completions`: validates, starts a generation through the scheduler and
+//! renders it as one JSON body or as SSE chunks (role chunk, content chunks, a final chunk
+//! with `finish_reason` per choice, an optional usage chunk, then `data: [DONE]`).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::StreamExt;
+
+use super::disconnect::unless_client_gone;
+use super::sse::{data_event, sse_response, DONE_EVENT};
+use super::{read_body, AppState};
+use crate::engine::TokenEvent;
+use crate::error::ApiError;
+use crate::openai::chat::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
+    ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatTokenLogprob,
+};
+use crate::openai::common::{new_id, system_fingerprint, unix_now, Usage};
+use crate::scheduler::{engine_error, Generation};
+use crate::validation::{parse_json, validate_chat};
+
+/// Mounts `/v1/chat/completions`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/chat/completions")
+            .route(web::post().to(create_chat_completion))
+            .default_service(web::to(super::method_not_allowed)),
+    );
+}
+
+/// Creates a model response for the conversation.
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = ChatCompletionResponse),
+        (status = 400, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 413, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope),
+        (status = 503, body = crate::error::ErrorEnvelope)))]
+pub async fn create_chat_completion(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let request: ChatCompletionRequest = parse_json(&body)?;
+    let valid = validate_chat(request, &state.settings.limits)?;
+    let n = valid.sampling.settings.n;
+    let logprobs = valid.sampling.settings.logprobs;
+    let work = async {
+        let generation = state
+            .scheduler
+            .start(&valid.model, valid.prompt, valid.sampling, "messages")
+            .await?;
+        let meta = ResponseMeta {
+            id: new_id("chatcmpl"),
+            created: unix_now(),
+            model: generation.model.clone(),
+        };
+        if valid.stream {
+            let keep_alive =
+                Duration::from_secs(state.settings.server.keep_alive_interval_secs.max(1));
+            Ok(sse_response(
+                &req,
+                stream_chunks(generation, meta, n, logprobs, valid.include_usage),
+                keep_alive,
+            ))
+        } else {
+            Ok(HttpResponse::Ok().json(collect(generation, meta, n, logprobs).await?))
+        }
+    };
+    unless_client_gone(&req, work).await
+}
+
+struct ResponseMeta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl ResponseMeta {
+    fn chunk(
+        &self,
+        choices: Vec<ChatChunkChoice>,
+        usage: Option<Option<Usage>>,
+    ) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: system_fingerprint(),
+            choices,
+            usage,
+        }
+    }
+}
+
+async fn collect(
+    mut generation: Generation,
+    meta: ResponseMeta,
+    n: usize,
+    want_logprobs: bool,
+) -> Result<ChatCompletionResponse, ApiError> {
+    let mut texts = vec![String::new(); n];
+    let mut logprobs: Vec<Vec<ChatTokenLogprob>> = vec![Vec::new(); n];
+    let mut reasons = vec!["stop".to_string(); n];
+    let mut usage = None;
+    while let Some(event) = generation.next().await {
+        match event.map_err(|e| engine_error(e, "messages"))? {
+            TokenEvent::Text {
+                choice,
+                text,
+                logprobs: lps,
+            } if choice < n => {
+                texts[choice].push_str(&text);
+                logprobs[choice].extend(lps.iter().map(ChatTokenLogprob::from));
+            }
+            TokenEvent::Finished { choice, reason } if choice < n => {
+                reasons[choice] = reason.as_str().into();
+            }
+            TokenEvent::Done(u) => usage = Some(u),
+            _ => {}
+        }
+    }
+    let usage = usage.ok_or_else(|| ApiError::Engine("the generation ended early".into()))?;
+    Ok(ChatCompletionResponse {
+        id: meta.id,
+        object: "chat.completion".into(),
+        created: meta.created,
+        model: meta.model,
+        system_fingerprint: system_fingerprint(),
+        choices: texts
+            .into_iter()
+            .zip(logprobs)
+            .zip(reasons)
+            .enumerate()
+            .map(|(index, ((text, lps), reason))| ChatChoice {
+                index,
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content: Some(text),
+                    refusal: None,
+                },
+                logprobs: want_logprobs.then_some(ChatLogprobs {
+                    content: lps,
+                    refusal: None,
+                }),
+                finish_reason: reason,
+            })
+            .collect(),
+        usage: usage.into(),
+    })
+}
+
+fn stream_chunks(
+    mut generation: Generation,
+    meta: ResponseMeta,
+    n: usize,
+    want_logprobs: bool,
+    include_usage: bool,
+) -> impl futures::Stream<Item = String> {
+    let usage_field = move |u: Option<Usage>| if include_usage { Some(u) } else { None };
+    async_stream::stream! {
+        let role_chunk = meta.chunk(
+            (0..n)
+                .map(|index| ChatChunkChoice {
+                    index,
+                    delta: ChatDelta { role: Some("assistant".into()), content: Some(String::new()) },
+                    logprobs: None,
+                    finish_reason: None,
+                })
+                .collect(),
+            usage_field(None),
+        );
+        yield data_event(&role_chunk);
+        while let Some(event) = generation.next().await {
+            match event {
+                Ok(TokenEvent::Text { choice, text, logprobs }) => {
+                    let chunk = meta.chunk(
+                        vec![ChatChunkChoice {
+                            index: choice,
+                            delta: ChatDelta { role: None, content: Some(text) },
+                            logprobs: want_logprobs.then(|| ChatLogprobs {
+                                content: logprobs.iter().map(ChatTokenLogprob::from).collect(),
+                                refusal: None,
+                            }),
+                            finish_reason: None,
+                        }],
+                        usage_field(None),
+                    );
+                    yield data_event(&chunk);
+                }
+                Ok(TokenEvent::Finished { choice, reason }) => {
+                    let chunk = meta.chunk(
+                        vec![ChatChunkChoice {
+                            index: choice,
+                            delta: ChatDelta::default(),
+                            logprobs: None,
+                            finish_reason: Some(reason.as_str().into()),
+                        }],
+                        usage_field(None),
+                    );
+                    yield data_event(&chunk);
+                }
+                Ok(TokenEvent::Done(usage)) => {
+                    if include_usage {
+                        yield data_event(&meta.chunk(Vec::new(), Some(Some(usage.into()))));
+                    }
+                    yield DONE_EVENT.to_string();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(model = %meta.model, error = %e, "generation failed mid-stream");
+                    yield engine_error(e, "messages").sse_event();
+                    return;
+                }
+            }
+        }
+        yield ApiError::Engine("the generation ended early".into()).sse_event();
+    }
+}

@@ -1,0 +1,41 @@
+//! `GET /health`: liveness, plus how many models are ready.
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+
+/// Health report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the server answers.
+    pub status: &'static str,
+    /// Models configured.
+    pub models: usize,
+    /// Models loaded and ready.
+    pub models_ready: usize,
+}
+
+/// Mounts `/health`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/health")
+            .route(web::get().to(health))
+            .default_service(web::to(super::method_not_allowed)),
+    );
+}
+
+/// The server is up.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let slots = state.scheduler.registry().slots();
+    HttpResponse::Ok().json(Health {
+        status: "ok",
+        models: slots.len(),
+        models_ready: slots
+            .iter()
+            .filter(|s| s.status().status == "ready")
+            .count(),
+    })
+}

@@ -1,0 +1,521 @@
+//! Typed settings: `config/default.toml` (or `--config FILE`) < `LLAMAGATE__SECTION__KEY`
+//! environment variables < CLI flags, deserialized into [`Settings`] and checked for the
+//! cross-field rules (unique model names and aliases, sane limits) before anything starts.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the settings could not be used; every message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file named on the command line does not exist.
+    #[error("config file `{0}` does not exist; pass an existing file with --config")]
+    MissingFile(PathBuf),
+    /// The file or environment could not be parsed into settings.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// The settings parse but break a rule.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything llamagate needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP server settings.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Bounds applied to every request before it reaches an engine.
+    #[serde(default)]
+    pub limits: LimitSettings,
+    /// The models this gateway serves.
+    #[serde(default)]
+    pub models: Vec<ModelSettings>,
+}
+
+/// `[server]`: where and how the HTTP server listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on, e.g. `127.0.0.1:8080` (`:0` picks a free port).
+    pub bind: String,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads (0 = one per core).
+    pub workers: usize,
+    /// How long a client may take to send its request head and body, in seconds.
+    pub client_request_timeout_secs: u64,
+    /// Seconds between SSE keep-alive comments while a stream waits for tokens.
+    pub keep_alive_interval_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            workers: 0,
+            client_request_timeout_secs: 30,
+            keep_alive_interval_secs: 15,
+        }
+    }
+}
+
+/// `[limits]`: hard bounds on requests, checked before a request is queued.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Most messages in one chat request.
+    pub max_messages: usize,
+    /// Most bytes of prompt text (all messages or all prompts together).
+    pub max_prompt_bytes: usize,
+    /// Most choices (`n`) per request.
+    pub max_n: usize,
+    /// Most prompts in one `/v1/completions` request.
+    pub max_prompts: usize,
+    /// Most stop sequences per request (OpenAI allows 4).
+    pub max_stop_sequences: usize,
+    /// Longest stop sequence, in bytes.
+    pub max_stop_bytes: usize,
+    /// Most `top_logprobs` per token (OpenAI allows 20).
+    pub max_top_logprobs: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_messages: 1024,
+            max_prompt_bytes: 1024 * 1024,
+            max_n: 8,
+            max_prompts: 16,
+            max_stop_sequences: 4,
+            max_stop_bytes: 256,
+            max_top_logprobs: 20,
+        }
+    }
+}
+
+/// Which hardware a model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSetting {
+    /// The GPU when the binary was built with one and it is present, else the CPU.
+    #[default]
+    Auto,
+    /// Always the CPU.
+    Cpu,
+    /// CUDA device N (needs the `cuda` feature).
+    Cuda(usize),
+    /// Metal device N (needs the `metal` feature).
+    Metal(usize),
+}
+
+impl fmt::Display for DeviceSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Metal(n) => write!(f, "metal:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase();
+        let ordinal = |rest: &str| -> Result<usize, String> {
+            if rest.is_empty() {
+                return Ok(0);
+            }
+            rest.strip_prefix(':')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("`{s}` is not a device; use auto, cpu, cuda:N or metal:N"))
+        };
+        match s.as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            _ if s.starts_with("cuda") => Ok(Self::Cuda(ordinal(&s[4..])?)),
+            _ if s.starts_with("metal") => Ok(Self::Metal(ordinal(&s[5..])?)),
+            _ => Err(format!(
+                "`{s}` is not a device; use auto, cpu, cuda:N or metal:N"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a model's GGUF file comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A GGUF file on this machine.
+    File(PathBuf),
+    /// `hf://owner/repo/file.gguf[@revision]`: fetched from the Hugging Face hub by mistral.rs.
+    HuggingFace {
+        /// `owner/repo`.
+        repo: String,
+        /// File name inside the repository.
+        file: String,
+        /// Branch, tag or commit; `main` when absent.
+        revision: Option<String>,
+    },
+}
+
+impl ModelSource {
+    /// Parses a `source` value: `hf://owner/repo/file.gguf[@rev]` or a file path.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if let Some(rest) = raw.strip_prefix("hf://") {
+            let (path, revision) = match rest.rsplit_once('@') {
+                Some((p, r)) if !r.is_empty() => (p, Some(r.to_string())),
+                _ => (rest, None),
+            };
+            let parts: Vec<&str> = path.split('/').collect();
+            if parts.len() < 3 || parts.iter().any(|p| p.is_empty()) {
+                return Err(format!(
+                    "`{raw}` is not a Hugging Face reference; write hf://owner/repo/file.gguf"
+                ));
+            }
+            return Ok(Self::HuggingFace {
+                repo: format!("{}/{}", parts[0], parts[1]),
+                file: parts[2..].join("/"),
+                revision,
+            });
+        }
+        if raw.trim().is_empty() {
+            return Err(
+                "`source` is empty; give a path to a .gguf file or hf://owner/repo/file.gguf"
+                    .into(),
+            );
+        }
+        Ok(Self::File(PathBuf::from(raw)))
+    }
+
+    /// The file name of the GGUF, for display.
+    pub fn file_name(&self) -> String {
+        match self {
+            Self::File(p) => p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            Self::HuggingFace { file, .. } => file.clone(),
+        }
+    }
+}
+
+impl fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::HuggingFace {
+                repo,
+                file,
+                revision,
+            } => {
+                write!(f, "hf://{repo}/{file}")?;
+                if let Some(r) = revision {
+                    write!(f, "@{r}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ModelSource::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[[models]]`: one model the gateway can serve.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// The id clients put in the `model` field.
+    pub name: String,
+    /// Other ids that route to this model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// A path to a GGUF file, or `hf://owner/repo/file.gguf`.
+    pub source: ModelSource,
+    /// `auto`, `cpu`, `cuda:N` or `metal:N`.
+    #[serde(default)]
+    pub device: DeviceSetting,
+    /// Context window in tokens; defaults to the model's own (from the GGUF).
+    #[serde(default)]
+    pub context_length: Option<usize>,
+    /// Sequences handed to the engine at once.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+    /// Requests allowed to wait for a sequence slot; more get 429.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Seconds a request may wait in the queue before it gets 503.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout_secs: u64,
+    /// Load at start-up instead of on the first request.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Seconds a load may take before it is reported as failed.
+    #[serde(default = "default_load_timeout")]
+    pub load_timeout_secs: u64,
+    /// A Jinja chat template that replaces the one in the GGUF.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// Reuse the KV cache of earlier prompts that share a prefix (faster multi-turn chat).
+    /// Off by default: a reused prefix changes floating-point summation order, so a
+    /// repeated temperature-0 request could differ from the first.
+    #[serde(default)]
+    pub prefix_cache: bool,
+}
+
+fn default_max_concurrent() -> usize {
+    4
+}
+fn default_queue_size() -> usize {
+    32
+}
+fn default_queue_timeout() -> u64 {
+    120
+}
+fn default_load_timeout() -> u64 {
+    300
+}
+
+impl ModelSettings {
+    /// A model entry with defaults for everything but its name and source (used by tests).
+    pub fn new(name: impl Into<String>, source: ModelSource) -> Self {
+        Self {
+            name: name.into(),
+            aliases: Vec::new(),
+            source,
+            device: DeviceSetting::Auto,
+            context_length: None,
+            max_concurrent: default_max_concurrent(),
+            queue_size: default_queue_size(),
+            queue_timeout_secs: default_queue_timeout(),
+            pinned: false,
+            load_timeout_secs: default_load_timeout(),
+            chat_template: None,
+            prefix_cache: false,
+        }
+    }
+
+    /// How long a request may wait for a slot.
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_secs(self.queue_timeout_secs)
+    }
+
+    /// How long a load may take.
+    pub fn load_timeout(&self) -> Duration {
+        Duration::from_secs(self.load_timeout_secs)
+    }
+}
+
+/// Overrides given on the command line; they win over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    /// `--bind ADDR`.
+    pub bind: Option<String>,
+}
+
+impl Settings {
+    /// Loads `file`, then `LLAMAGATE__*` environment variables, then `overrides`, and validates.
+    pub fn load(file: &Path, overrides: &CliOverrides) -> Result<Self, ConfigError> {
+        if !file.is_file() {
+            return Err(ConfigError::MissingFile(file.to_path_buf()));
+        }
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(file).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("LLAMAGATE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        if let Some(bind) = &overrides.bind {
+            builder = builder
+                .set_override("server.bind", bind.clone())
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
+        let settings: Settings =
+            builder
+                .build()
+                .and_then(|c| c.try_deserialize())
+                .map_err(|e| {
+                    ConfigError::Parse(format!(
+                        "{e} (in {} or LLAMAGATE__* variables)",
+                        file.display()
+                    ))
+                })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses settings from TOML text (tests and embedded defaults) and validates them.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the rules that span fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.models.is_empty() {
+            return invalid("no models configured; add at least one [[models]] entry".into());
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for model in &self.models {
+            if !valid_model_id(&model.name) {
+                return invalid(format!(
+                    "model name `{}` must be 1-128 characters of letters, digits, '.', '-', '_', ':' or '/'",
+                    model.name
+                ));
+            }
+            for id in std::iter::once(&model.name).chain(&model.aliases) {
+                if !valid_model_id(id) {
+                    return invalid(format!(
+                        "alias `{id}` of model `{}` must be 1-128 characters of letters, digits, '.', '-', '_', ':' or '/'",
+                        model.name
+                    ));
+                }
+                if !seen.insert(id.as_str()) {
+                    return invalid(format!(
+                        "`{id}` is used by more than one model (as a name or alias); every name and alias must be unique"
+                    ));
+                }
+            }
+            if model.max_concurrent == 0 {
+                return invalid(format!(
+                    "model `{}`: max_concurrent must be at least 1",
+                    model.name
+                ));
+            }
+            if model.context_length == Some(0) {
+                return invalid(format!(
+                    "model `{}`: context_length must be at least 1",
+                    model.name
+                ));
+            }
+            if model.load_timeout_secs == 0 {
+                return invalid(format!(
+                    "model `{}`: load_timeout_secs must be at least 1",
+                    model.name
+                ));
+            }
+        }
+        if self.server.max_body_bytes < 1024 {
+            return invalid("server.max_body_bytes must be at least 1024".into());
+        }
+        if self.limits.max_n == 0 || self.limits.max_prompts == 0 || self.limits.max_messages == 0 {
+            return invalid(
+                "limits.max_n, limits.max_prompts and limits.max_messages must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn valid_model_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE_MODEL: &str = r#"
+[[models]]
+name = "m"
+aliases = ["a"]
+source = "models/x.gguf"
+"#;
+
+    #[test]
+    fn defaults_fill_in() {
+        let s = Settings::from_toml(ONE_MODEL).unwrap();
+        assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert_eq!(s.models[0].device, DeviceSetting::Auto);
+        assert_eq!(
+            s.models[0].source,
+            ModelSource::File("models/x.gguf".into())
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = Settings::from_toml(&format!("{ONE_MODEL}colour = \"red\"\n")).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = Settings::from_toml("[server]\nbindd = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_and_aliases_are_rejected() {
+        let dup = format!(
+            "{ONE_MODEL}{}",
+            ONE_MODEL
+                .replace("name = \"m\"", "name = \"a\"")
+                .replace("[\"a\"]", "[]")
+        );
+        let err = Settings::from_toml(&dup).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`a` is used by more than one model"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hf_sources_parse() {
+        assert_eq!(
+            ModelSource::parse("hf://owner/repo/dir/f.gguf@v1").unwrap(),
+            ModelSource::HuggingFace {
+                repo: "owner/repo".into(),
+                file: "dir/f.gguf".into(),
+                revision: Some("v1".into())
+            }
+        );
+        assert!(ModelSource::parse("hf://owner/f.gguf").is_err());
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(
+            "cuda:1".parse::<DeviceSetting>().unwrap(),
+            DeviceSetting::Cuda(1)
+        );
+        assert_eq!("CPU".parse::<DeviceSetting>().unwrap(), DeviceSetting::Cpu);
+        assert!("tpu".parse::<DeviceSetting>().is_err());
+    }
+
+    #[test]
+    fn missing_file_says_so() {
+        let err = Settings::load(Path::new("/nope/llamagate.toml"), &CliOverrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

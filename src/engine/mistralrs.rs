@@ -1,0 +1,529 @@
+//! The mistral.rs engine: loads a GGUF on CPU or GPU and runs generations through
+//! mistral.rs's *streaming* path only (its non-streaming path panics the engine thread
+//! when a client goes away). Dropping the returned stream drops the response channel,
+//! which makes mistral.rs cancel that sequence at its next token.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use either::Either;
+use indexmap::IndexMap;
+use mistralrs::{
+    Constraint, Device, GgufModelBuilder, Model, NormalRequest, Request, RequestMessage, Response,
+    SamplingParams, TokenSource,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::probe::SamplingProbe;
+use super::stop::StopMatcher;
+use super::{
+    EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, Prompt, TokenEvent,
+    TokenLogprob, TokenStream, TokenUsage, TopLogprob,
+};
+use crate::config::{DeviceSetting, ModelSettings, ModelSource};
+
+/// Engine backed by mistral.rs.
+#[derive(Debug, Default, Clone)]
+pub struct MistralRsEngine;
+
+/// A GGUF model loaded in mistral.rs.
+pub struct MistralRsModel {
+    model: Arc<Model>,
+    facts: ModelFacts,
+}
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+/// Checks a local GGUF before handing it to mistral.rs, for clear errors.
+fn preflight_file(path: &Path) -> Result<(), EngineError> {
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        EngineError::Load(match e.kind() {
+            std::io::ErrorKind::NotFound => format!("model file `{name}` not found"),
+            std::io::ErrorKind::PermissionDenied => {
+                format!("model file `{name}` is not readable (permission denied)")
+            }
+            _ => format!("model file `{name}` cannot be opened: {e}"),
+        })
+    })?;
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(EngineError::Load(format!(
+            "model source `{name}` is a directory, not a .gguf file"
+        )));
+    }
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_err() || &magic != GGUF_MAGIC {
+        return Err(EngineError::Load(format!(
+            "model file `{name}` is not a GGUF file (bad or missing header)"
+        )));
+    }
+    Ok(())
+}
+
+fn select_device(setting: DeviceSetting) -> Result<Option<Device>, EngineError> {
+    let unavailable = |what: &str, e: candle_core::Error| {
+        EngineError::Load(format!("device {what} is not available: {e}"))
+    };
+    match setting {
+        DeviceSetting::Auto => Ok(None),
+        DeviceSetting::Cpu => Ok(Some(Device::Cpu)),
+        DeviceSetting::Cuda(n) => Device::new_cuda(n)
+            .map(Some)
+            .map_err(|e| unavailable(&format!("cuda:{n}"), e)),
+        DeviceSetting::Metal(n) => Device::new_metal(n)
+            .map(Some)
+            .map_err(|e| unavailable(&format!("metal:{n}"), e)),
+    }
+}
+
+/// Describes a device for logs and `/v1/models`.
+pub fn describe_device(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => format!("cuda:{}", device.location_ordinal()),
+        Device::Metal(_) => format!("metal:{}", device.location_ordinal()),
+    }
+}
+
+trait DeviceOrdinal {
+    fn location_ordinal(&self) -> usize;
+}
+
+impl DeviceOrdinal for Device {
+    fn location_ordinal(&self) -> usize {
+        match self.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+            candle_core::DeviceLocation::Metal { gpu_id } => gpu_id,
+            candle_core::DeviceLocation::Cpu => 0,
+        }
+    }
+}
+
+#[async_trait]
+impl super::Engine for MistralRsEngine {
+    async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        let (model_id, file, revision) = match &settings.source {
+            ModelSource::File(path) => {
+                preflight_file(path)?;
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let file = path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (dir.to_string_lossy().into_owned(), file, None)
+            }
+            ModelSource::HuggingFace {
+                repo,
+                file,
+                revision,
+            } => (repo.clone(), file.clone(), revision.clone()),
+        };
+        let device = select_device(settings.device)?;
+        let is_local = matches!(settings.source, ModelSource::File(_));
+        let mut builder = GgufModelBuilder::new(&model_id, vec![file])
+            .with_max_num_seqs(settings.max_concurrent.max(1))
+            .with_prefix_cache_n(settings.prefix_cache.then_some(16))
+            .with_token_source(if is_local {
+                TokenSource::None
+            } else {
+                TokenSource::CacheToken
+            });
+        if let Some(rev) = revision {
+            builder = builder.with_hf_revision(rev);
+        }
+        if let Some(template) = &settings.chat_template {
+            builder = builder.with_jinja_explicit(template.clone());
+        }
+        builder = match device {
+            Some(Device::Cpu) => builder.with_force_cpu(),
+            Some(d) => builder.with_device(d),
+            None => builder,
+        };
+
+        // Loading blocks and may panic inside the library: run it on its own thread so
+        // neither can take down a server worker.
+        let (tx, rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("load-{}", settings.name))
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| anyhow::anyhow!(e))
+                        .and_then(|rt| rt.block_on(builder.build()))
+                }));
+                let _ = tx.send(result);
+            })
+            .map_err(|e| EngineError::Load(format!("cannot start a loader thread: {e}")))?;
+        let model = match tokio::time::timeout(settings.load_timeout(), rx).await {
+            Err(_) => {
+                return Err(EngineError::Load(format!(
+                    "loading took longer than {} s (load_timeout_secs); is `{}` reachable?",
+                    settings.load_timeout_secs, settings.source
+                )))
+            }
+            Ok(Err(_)) | Ok(Ok(Err(_))) => {
+                return Err(EngineError::Load(
+                    "the engine crashed while loading the file (corrupt or unsupported GGUF?)"
+                        .into(),
+                ))
+            }
+            Ok(Ok(Ok(Err(e)))) => return Err(EngineError::Load(describe_load_error(&e))),
+            Ok(Ok(Ok(Ok(model)))) => model,
+        };
+
+        let model_max = model
+            .max_sequence_length()
+            .ok()
+            .flatten()
+            .unwrap_or(usize::MAX);
+        let context_length = settings
+            .context_length
+            .map_or(model_max, |c| c.min(model_max));
+        let device = match settings.device {
+            DeviceSetting::Auto => {
+                describe_device(&mistralrs::best_device(false).unwrap_or(Device::Cpu))
+            }
+            other => other.to_string(),
+        };
+        Ok(Arc::new(MistralRsModel {
+            model: Arc::new(model),
+            facts: ModelFacts {
+                context_length,
+                device,
+            },
+        }))
+    }
+}
+
+/// Turns a mistral.rs load error into a short, path-free cause.
+fn describe_load_error(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let lower = text.to_lowercase();
+    if lower.contains("unknown architecture") || lower.contains("unsupported architecture") {
+        "the GGUF's architecture is not supported by this engine".into()
+    } else if lower.contains("dns")
+        || lower.contains("connect")
+        || lower.contains("request error")
+        || lower.contains("network")
+        || lower.contains("timed out")
+        || lower.contains("huggingface")
+    {
+        "the Hugging Face hub could not be reached to fetch the model".into()
+    } else if lower.contains("out of memory") || lower.contains("alloc") {
+        "not enough memory to load the model".into()
+    } else {
+        // First line only, and no absolute paths.
+        let first = text.lines().next().unwrap_or("unknown error");
+        first
+            .split_whitespace()
+            .map(|w| {
+                if w.contains('/') && w.len() > 1 {
+                    "<path>"
+                } else {
+                    w
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn to_mistral_messages(
+    prompt: &Prompt,
+) -> Either<Vec<IndexMap<String, mistralrs::MessageContent>>, String> {
+    match prompt {
+        Prompt::Text(text) => Either::Right(text.clone()),
+        Prompt::Chat(turns) => Either::Left(
+            turns
+                .iter()
+                .map(|t| {
+                    let mut m = IndexMap::new();
+                    m.insert(
+                        "role".to_string(),
+                        Either::Left(t.role.as_str().to_string()),
+                    );
+                    m.insert("content".to_string(), Either::Left(t.content.clone()));
+                    m
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn finite(x: f32) -> f32 {
+    if x.is_finite() {
+        x
+    } else {
+        -9999.0
+    }
+}
+
+/// Rebuilds the log-probabilities of one chunk from the probe's records: mistral.rs's
+/// first alternative is the chosen token (marked by the probe), the others carry
+/// `log10` of their true probabilities.
+fn convert_logprob(
+    lp: mistralrs::core::ResponseLogprob,
+    probe: &SamplingProbe,
+    top_k: usize,
+) -> Vec<TokenLogprob> {
+    let Some(chosen) = lp.top_logprobs.first().map(|t| t.token) else {
+        return Vec::new();
+    };
+    let (record, skipped) = probe.claim(chosen);
+    let chosen_logprob = record.map(|r| r.logprob).unwrap_or(f32::MIN);
+    let mut top: Vec<TopLogprob> = lp
+        .top_logprobs
+        .iter()
+        .skip(1)
+        .map(|t| TopLogprob {
+            token: t.bytes.clone().unwrap_or_default(),
+            logprob: finite(t.logprob * std::f32::consts::LN_10),
+        })
+        .collect();
+    top.push(TopLogprob {
+        token: lp.token.clone(),
+        logprob: finite(chosen_logprob),
+    });
+    top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+    top.truncate(top_k);
+    let mut out: Vec<TokenLogprob> = skipped
+        .into_iter()
+        .map(|r| TokenLogprob {
+            token: String::new(),
+            logprob: finite(r.logprob),
+            top: Vec::new(),
+        })
+        .collect();
+    out.push(TokenLogprob {
+        token: lp.token,
+        logprob: finite(chosen_logprob),
+        top,
+    });
+    out
+}
+
+fn finish_reason(raw: &str) -> FinishReason {
+    match raw {
+        "length" => FinishReason::Length,
+        _ => FinishReason::Stop,
+    }
+}
+
+impl MistralRsModel {
+    /// Sends a request to the engine, keeping the reply channel alive on a detached task
+    /// so that a caller going away never drops it early (mistral.rs's tokenizer path
+    /// panics if it does).
+    async fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        let sender = self
+            .model
+            .inner()
+            .get_sender(None)
+            .map_err(|_| EngineError::Unavailable)?;
+        let (tx, mut rx) = mpsc::channel(1);
+        let request = Request::Tokenize(mistralrs::core::TokenizationRequest {
+            text: to_mistral_messages(prompt),
+            tools: None,
+            add_generation_prompt: matches!(prompt, Prompt::Chat(_)),
+            add_special_tokens: true,
+            enable_thinking: None,
+            reasoning_effort: None,
+            response: tx,
+        });
+        let task = tokio::spawn(async move {
+            sender
+                .send(request)
+                .await
+                .map_err(|_| EngineError::Unavailable)?;
+            match rx.recv().await {
+                Some(Ok(tokens)) => Ok(tokens),
+                Some(Err(e)) => Err(EngineError::Rejected(format!(
+                    "the prompt could not be rendered or tokenized: {e}"
+                ))),
+                None => Err(EngineError::Unavailable),
+            }
+        });
+        task.await.map_err(|_| EngineError::Unavailable)?
+    }
+}
+
+#[async_trait]
+impl LoadedModel for MistralRsModel {
+    fn facts(&self) -> &ModelFacts {
+        &self.facts
+    }
+
+    async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, EngineError> {
+        Ok(self.tokenize(prompt).await?.len())
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
+        let s = &request.sampling;
+        let probe = Arc::new(
+            SamplingProbe::new(s.temperature, s.top_p, s.seed, s.logprobs)
+                .with_callback(request.on_token.clone()),
+        );
+        // The probe samples; mistral.rs only takes its greedy step over the probe's output.
+        // One extra alternative is asked for: the first is always the chosen token.
+        let sampling_params = SamplingParams {
+            temperature: Some(0.0),
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            top_n_logprobs: if s.logprobs { s.top_logprobs + 1 } else { 0 },
+            frequency_penalty: (s.frequency_penalty != 0.0).then_some(s.frequency_penalty),
+            presence_penalty: (s.presence_penalty != 0.0).then_some(s.presence_penalty),
+            repetition_penalty: None,
+            stop_toks: None,
+            max_len: Some(s.max_tokens),
+            logits_bias: None,
+            n_choices: s.n,
+            dry_params: None,
+        };
+        let messages = match to_mistral_messages(&request.prompt) {
+            Either::Left(messages) => RequestMessage::Chat {
+                messages,
+                enable_thinking: None,
+                reasoning_effort: None,
+            },
+            Either::Right(text) => RequestMessage::Completion {
+                text,
+                echo_prompt: false,
+                best_of: None,
+            },
+        };
+        let runner = self.model.inner();
+        let (tx, mut rx) = mpsc::channel::<Response>(64);
+        let processor: Arc<dyn mistralrs::CustomLogitsProcessor> = probe.clone();
+        let normal = NormalRequest {
+            messages,
+            sampling_params,
+            response: tx,
+            return_logprobs: s.logprobs,
+            is_streaming: true,
+            id: runner.next_request_id(),
+            constraint: Constraint::None,
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: Some(vec![processor]),
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: None,
+            truncate_sequence: false,
+        };
+        runner
+            .get_sender(None)
+            .map_err(|_| EngineError::Unavailable)?
+            .send(Request::Normal(Box::new(normal)))
+            .await
+            .map_err(|_| EngineError::Unavailable)?;
+
+        // mistral.rs awaits each send, so a slow reader would stall every sequence of the
+        // model: a pump drains the engine channel at once into an unbounded buffer (bounded
+        // in practice by max_tokens) and drops it, cancelling the sequence, as soon as the
+        // consumer is gone.
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Response>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    response = rx.recv() => match response {
+                        Some(r) => {
+                            if out_tx.send(r).is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = out_tx.closed() => break,
+                }
+            }
+        });
+
+        let n = s.n;
+        let top_k = s.top_logprobs;
+        let stops = s.stop.clone();
+        let prompt_tokens = request.prompt_tokens;
+        let stream = async_stream::stream! {
+            let mut matchers: Vec<StopMatcher> = (0..n).map(|_| StopMatcher::new(&stops)).collect();
+            let mut finished = vec![false; n];
+            // Dropping this stream drops `out_rx`, which stops the pump and cancels the sequence.
+            while let Some(response) = out_rx.recv().await {
+                let pieces: Vec<(usize, String, Option<Vec<TokenLogprob>>, Option<String>)> = match response {
+                    Response::Chunk(chunk) => chunk
+                        .choices
+                        .into_iter()
+                        .map(|c| (c.index, c.delta.content.unwrap_or_default(), c.logprobs.map(|l| convert_logprob(l, &probe, top_k)), c.finish_reason))
+                        .collect(),
+                    Response::CompletionChunk(chunk) => chunk
+                        .choices
+                        .into_iter()
+                        .map(|c| (c.index, c.text, c.logprobs.map(|l| convert_logprob(l, &probe, top_k)), c.finish_reason))
+                        .collect(),
+                    Response::ModelError(msg, _) | Response::CompletionModelError(msg, _) => {
+                        yield Err(EngineError::Generation(msg));
+                        return;
+                    }
+                    Response::ValidationError(e) => {
+                        yield Err(EngineError::Rejected(e.to_string()));
+                        return;
+                    }
+                    Response::InternalError(e) => {
+                        tracing::error!(error = %e, "mistral.rs internal error");
+                        yield Err(EngineError::Generation("internal engine error".into()));
+                        return;
+                    }
+                    _ => Vec::new(),
+                };
+                for (choice, text, logprob, reason) in pieces {
+                    if choice >= n || finished[choice] {
+                        continue;
+                    }
+                    let outcome = matchers[choice].push(&text);
+                    let mut emit = outcome.emit;
+                    if reason.is_some() && !outcome.stopped {
+                        emit.push_str(&matchers[choice].flush());
+                    }
+                    if !emit.is_empty() || logprob.is_some() {
+                        yield Ok(TokenEvent::Text {
+                            choice,
+                            text: emit,
+                            logprobs: logprob.unwrap_or_default(),
+                        });
+                    }
+                    let end = if outcome.stopped {
+                        Some(FinishReason::Stop)
+                    } else {
+                        reason.as_deref().map(finish_reason)
+                    };
+                    if let Some(reason) = end {
+                        finished[choice] = true;
+                        yield Ok(TokenEvent::Finished { choice, reason });
+                    }
+                }
+                if finished.iter().all(|f| *f) {
+                    break;
+                }
+            }
+            if !finished.iter().all(|f| *f) {
+                // The engine closed the channel without finishing every choice.
+                yield Err(EngineError::Generation("the engine ended the generation early".into()));
+                return;
+            }
+            yield Ok(TokenEvent::Done(TokenUsage {
+                prompt_tokens,
+                completion_tokens: probe.generated(),
+            }));
+        };
+        Ok(Box::pin(stream))
+    }
+}

@@ -1,0 +1,265 @@
+//! The seam between the gateway and inference: an [`Engine`] loads a model, a
+//! [`LoadedModel`] counts prompt tokens and runs one generation as a stream of
+//! [`TokenEvent`]s. Dropping that stream cancels the generation. Nothing outside this
+//! module touches an inference library.
+
+pub mod mistralrs;
+pub mod probe;
+pub mod stop;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+use crate::config::ModelSettings;
+
+/// Who said a chat turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions (`system` and `developer` in OpenAI's API).
+    System,
+    /// The person.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl Role {
+    /// The role's name in chat templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+/// One turn of a conversation, text only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTurn {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+/// What the model continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// A conversation rendered through the model's chat template.
+    Chat(Vec<ChatTurn>),
+    /// Raw text, no template (legacy completions).
+    Text(String),
+}
+
+impl Prompt {
+    /// Bytes of text in the prompt.
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            Self::Chat(turns) => turns.iter().map(|t| t.content.len()).sum(),
+            Self::Text(t) => t.len(),
+        }
+    }
+}
+
+/// Validated sampling settings for one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingSettings {
+    /// 0 = greedy (deterministic).
+    pub temperature: f64,
+    /// Nucleus sampling mass in (0, 1].
+    pub top_p: f64,
+    /// Seed for reproducible sampling at temperature > 0.
+    pub seed: Option<u64>,
+    /// OpenAI presence penalty in [-2, 2].
+    pub presence_penalty: f32,
+    /// OpenAI frequency penalty in [-2, 2].
+    pub frequency_penalty: f32,
+    /// Most tokens to generate per choice.
+    pub max_tokens: usize,
+    /// Text that ends a choice; not included in the output.
+    pub stop: Vec<String>,
+    /// Return the log-probability of each generated token.
+    pub logprobs: bool,
+    /// Alternatives per token to return with their log-probabilities.
+    pub top_logprobs: usize,
+    /// Choices to generate.
+    pub n: usize,
+}
+
+impl Default for SamplingSettings {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            max_tokens: 16,
+            stop: Vec::new(),
+            logprobs: false,
+            top_logprobs: 0,
+            n: 1,
+        }
+    }
+}
+
+/// One generation to run.
+#[derive(Clone)]
+pub struct GenerationRequest {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// How to sample.
+    pub sampling: SamplingSettings,
+    /// Prompt tokens, as counted by [`LoadedModel::count_prompt_tokens`].
+    pub prompt_tokens: usize,
+    /// Called for every generated token, as it is generated.
+    pub on_token: Option<probe::TokenCallback>,
+}
+
+/// Why a choice ended, in OpenAI's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of sequence or a stop sequence.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// An alternative token and its log-probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f32,
+}
+
+/// The log-probability of one generated token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f32,
+    /// The most likely alternatives, best first.
+    pub top: Vec<TopLogprob>,
+}
+
+/// Token counts of a finished generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated, all choices together.
+    pub completion_tokens: usize,
+}
+
+/// What a running generation reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenEvent {
+    /// New text for a choice.
+    Text {
+        /// Choice index.
+        choice: usize,
+        /// The text.
+        text: String,
+        /// Log-probabilities of the tokens behind `text`, when asked for.
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// A choice ended.
+    Finished {
+        /// Choice index.
+        choice: usize,
+        /// Why.
+        reason: FinishReason,
+    },
+    /// Every choice ended; always the last event.
+    Done(TokenUsage),
+}
+
+/// Failures of an engine, safe to show to a client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The model could not be loaded.
+    #[error("{0}")]
+    Load(String),
+    /// The engine refused the request as invalid.
+    #[error("{0}")]
+    Rejected(String),
+    /// Generation failed part-way.
+    #[error("{0}")]
+    Generation(String),
+    /// The engine is gone (stopped or crashed).
+    #[error("the engine stopped unexpectedly")]
+    Unavailable,
+}
+
+/// A generation in progress. Dropping it cancels the generation.
+pub type TokenStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, EngineError>> + Send>>;
+
+/// Facts about a loaded model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFacts {
+    /// Context window in tokens (the smaller of the model's and the configured one).
+    pub context_length: usize,
+    /// The device it runs on, e.g. `cpu` or `cuda:0`.
+    pub device: String,
+}
+
+/// A model ready to generate.
+#[async_trait]
+pub trait LoadedModel: Send + Sync {
+    /// Facts about the model.
+    fn facts(&self) -> &ModelFacts;
+
+    /// Tokens the prompt occupies once rendered (chat template applied).
+    async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, EngineError>;
+
+    /// Starts a generation. The returned stream ends with [`TokenEvent::Done`].
+    async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError>;
+}
+
+/// Loads models.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Loads the model described by `settings`.
+    async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError>;
+}
+
+/// CPU SIMD features this binary was compiled to use (candle picks kernels at compile time).
+pub fn compiled_cpu_features() -> Vec<&'static str> {
+    let mut features = Vec::new();
+    if cfg!(target_feature = "avx") {
+        features.push("avx");
+    }
+    if cfg!(target_feature = "avx2") {
+        features.push("avx2");
+    }
+    if cfg!(target_feature = "fma") {
+        features.push("fma");
+    }
+    if cfg!(target_feature = "f16c") {
+        features.push("f16c");
+    }
+    if cfg!(target_feature = "avx512f") {
+        features.push("avx512f");
+    }
+    if cfg!(target_feature = "neon") {
+        features.push("neon");
+    }
+    features
+}

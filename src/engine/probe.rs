@@ -1,0 +1,261 @@
+//! The sampler of every mistral.rs generation, plugged in as a logits processor (called
+//! once per token, after mistral.rs applied the presence/frequency penalties).
+//!
+//! mistral.rs has one engine-wide RNG (no per-request seed), reads a missing temperature
+//! as 1.0, and reports `log10` of raw logits as log-probabilities on its greedy path. So
+//! the probe does the sampling itself — greedy, temperature, `top_p`, with a per-request
+//! RNG (seeded when the request has a `seed`) — and hands mistral.rs back the token
+//! probabilities with the chosen token set above all others. mistral.rs then runs greedy
+//! and picks exactly that token, and the alternatives it reports carry true
+//! probabilities, in order. The probe records the natural-log probability of each chosen
+//! token and counts tokens exactly.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use mistralrs::{CustomLogitsProcessor, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Called once for every token sampled (live throughput and cancellation accounting).
+pub type TokenCallback = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// Value given to the chosen token in the vector handed back to mistral.rs: above any
+/// probability, so its greedy step picks it.
+pub const CHOSEN_MARK: f32 = 2.0;
+
+/// Most step records kept waiting for their chunk (tokens that produced no text).
+const MAX_PENDING_RECORDS: usize = 256;
+
+/// One sampled token: its id and natural-log probability (temperature 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRecord {
+    /// Token id.
+    pub token: u32,
+    /// `ln p(token)` under the model's distribution.
+    pub logprob: f32,
+}
+
+/// Samples, counts and records one generation's tokens.
+pub struct SamplingProbe {
+    generated: AtomicUsize,
+    rng: Mutex<StdRng>,
+    temperature: f64,
+    top_p: f64,
+    records: Option<Mutex<VecDeque<StepRecord>>>,
+    on_token: Option<TokenCallback>,
+}
+
+impl SamplingProbe {
+    /// A sampler at `temperature` (0 = greedy) and `top_p`, seeded with `seed` or from
+    /// the OS. With `record`, every chosen token's log-probability is kept for the stream.
+    pub fn new(temperature: f64, top_p: f64, seed: Option<u64>, record: bool) -> Self {
+        Self {
+            generated: AtomicUsize::new(0),
+            rng: Mutex::new(match seed {
+                Some(seed) => StdRng::seed_from_u64(seed),
+                None => StdRng::from_os_rng(),
+            }),
+            temperature,
+            top_p,
+            records: record.then(|| Mutex::new(VecDeque::new())),
+            on_token: None,
+        }
+    }
+
+    /// Also calls `callback` for every sampled token.
+    pub fn with_callback(mut self, callback: Option<TokenCallback>) -> Self {
+        self.on_token = callback;
+        self
+    }
+
+    /// Tokens sampled so far, all choices together.
+    pub fn generated(&self) -> usize {
+        self.generated.load(Ordering::Relaxed)
+    }
+
+    /// Takes the record of `token` (the oldest one), dropping older records that no chunk
+    /// claimed; returns the claimed record and the dropped ones (oldest first).
+    pub fn claim(&self, token: u32) -> (Option<StepRecord>, Vec<StepRecord>) {
+        let Some(records) = &self.records else {
+            return (None, Vec::new());
+        };
+        let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
+        match records.iter().position(|r| r.token == token) {
+            Some(pos) => {
+                let skipped: Vec<StepRecord> = records.drain(..pos).collect();
+                (records.pop_front(), skipped)
+            }
+            None => (None, Vec::new()),
+        }
+    }
+
+    /// Picks a token from raw logits; returns its index and the temperature-1 probabilities.
+    pub fn pick(&self, logits: &[f32]) -> (usize, Vec<f32>) {
+        let probs = softmax(logits, 1.0);
+        if probs.is_empty() {
+            return (0, probs);
+        }
+        let chosen = if self.temperature <= 0.0 {
+            argmax(&probs)
+        } else {
+            let tempered;
+            let dist = if (self.temperature - 1.0).abs() < 1e-9 {
+                &probs
+            } else {
+                tempered = softmax(logits, self.temperature as f32);
+                &tempered
+            };
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            nucleus_sample(dist, self.top_p, &mut *rng)
+        };
+        (chosen, probs)
+    }
+}
+
+fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let t = temperature.max(1e-5);
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| l.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return vec![0.0; logits.len()];
+    }
+    let mut out: Vec<f32> = logits
+        .iter()
+        .map(|&l| {
+            if l.is_finite() {
+                ((l - max) / t).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let total: f32 = out.iter().sum();
+    if total > 0.0 {
+        out.iter_mut().for_each(|p| *p /= total);
+    }
+    out
+}
+
+fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn nucleus_sample(probs: &[f32], top_p: f64, rng: &mut impl Rng) -> usize {
+    let mut order: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] > 0.0).collect();
+    if order.is_empty() {
+        return argmax(probs);
+    }
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    let mut kept = 0;
+    let mut mass = 0.0f64;
+    for &i in &order {
+        kept += 1;
+        mass += f64::from(probs[i]);
+        if mass >= top_p {
+            break;
+        }
+    }
+    let draw = rng.random::<f64>() * mass;
+    let mut acc = 0.0f64;
+    for &i in &order[..kept] {
+        acc += f64::from(probs[i]);
+        if draw < acc {
+            return i;
+        }
+    }
+    order[kept - 1]
+}
+
+impl CustomLogitsProcessor for SamplingProbe {
+    fn apply(&self, logits: &Tensor, _context: &[u32]) -> mistralrs::Result<Tensor> {
+        self.generated.fetch_add(1, Ordering::Relaxed);
+        if let Some(callback) = &self.on_token {
+            callback();
+        }
+        let values: Vec<f32> = logits.to_dtype(mistralrs::DType::F32)?.to_vec1()?;
+        let (chosen, mut probs) = self.pick(&values);
+        if let Some(records) = &self.records {
+            let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
+            if records.len() >= MAX_PENDING_RECORDS {
+                records.pop_front();
+            }
+            records.push_back(StepRecord {
+                token: chosen as u32,
+                logprob: probs
+                    .get(chosen)
+                    .map(|p| p.max(f32::MIN_POSITIVE).ln())
+                    .unwrap_or(f32::MIN),
+            });
+        }
+        if probs.is_empty() {
+            return Ok(logits.clone());
+        }
+        probs[chosen] = CHOSEN_MARK;
+        let n = probs.len();
+        Tensor::from_vec(probs, n, logits.device())?.to_dtype(logits.dtype())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect()
+    }
+
+    #[test]
+    fn same_seed_same_picks_and_unseeded_varies() {
+        let a = SamplingProbe::new(1.0, 1.0, Some(7), false);
+        let b = SamplingProbe::new(1.0, 1.0, Some(7), false);
+        let pa: Vec<usize> = (0..30).map(|_| a.pick(&logits()).0).collect();
+        let pb: Vec<usize> = (0..30).map(|_| b.pick(&logits()).0).collect();
+        assert_eq!(pa, pb);
+        assert!(
+            pa.iter().any(|&x| x != pa[0]),
+            "sampling should vary: {pa:?}"
+        );
+    }
+
+    #[test]
+    fn greedy_and_tiny_top_p_pick_the_best() {
+        let l = vec![0.0, 5.0, 1.0, f32::NEG_INFINITY];
+        assert_eq!(SamplingProbe::new(0.0, 1.0, None, false).pick(&l).0, 1);
+        let p = SamplingProbe::new(1.0, 0.01, Some(1), false);
+        for _ in 0..10 {
+            assert_eq!(p.pick(&l).0, 1);
+        }
+    }
+
+    #[test]
+    fn probabilities_sum_to_one() {
+        let (_, probs) = SamplingProbe::new(0.0, 1.0, None, false).pick(&logits());
+        let sum: f32 = probs.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn apply_marks_the_choice_counts_and_records() {
+        let p = SamplingProbe::new(0.0, 1.0, None, true);
+        let t = Tensor::new(&[1f32, 3.0, 2.0], &mistralrs::Device::Cpu).unwrap();
+        let out: Vec<f32> = p.apply(&t, &[]).unwrap().to_vec1().unwrap();
+        assert_eq!(out[1], CHOSEN_MARK);
+        p.apply(&t, &[]).unwrap();
+        assert_eq!(p.generated(), 2);
+        let (rec, skipped) = p.claim(1);
+        assert_eq!(rec.unwrap().token, 1);
+        assert!(rec.unwrap().logprob < 0.0 && rec.unwrap().logprob > -1.0);
+        assert!(skipped.is_empty());
+    }
+}

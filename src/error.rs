@@ -1,0 +1,284 @@
+//! The one error type of the HTTP API and its single rendering into OpenAI's envelope
+//! `{"error":{"message","type","param","code"}}`, as an HTTP response or as an SSE event.
+
+use std::time::Duration;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every way a request can fail, client mistakes and server conditions alike.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON or does not match the schema; `param` names the field.
+    #[error("{message}")]
+    InvalidRequest {
+        /// Human-readable explanation naming the field in backticks.
+        message: String,
+        /// The offending field, as a JSON path (`messages[0].content`).
+        param: Option<String>,
+        /// A specific machine-readable code, when there is one.
+        code: Option<&'static str>,
+    },
+    /// No configured model has this name or alias.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// Prompt plus requested completion does not fit in the model's context window.
+    #[error("{message}")]
+    ContextLengthExceeded {
+        /// Numbers included: context, prompt tokens, requested tokens.
+        message: String,
+        /// `messages` or `prompt`.
+        param: &'static str,
+    },
+    /// The body is larger than the configured limit.
+    #[error("Request body is larger than the limit of {limit} bytes.")]
+    PayloadTooLarge {
+        /// `server.max_body_bytes`.
+        limit: usize,
+    },
+    /// The model's queue is full.
+    #[error("Model `{model}` is at capacity: its queue of {queue_size} requests is full. Retry after {} s.", retry_after.as_secs())]
+    QueueFull {
+        /// Model name.
+        model: String,
+        /// Configured queue size.
+        queue_size: usize,
+        /// Suggested wait.
+        retry_after: Duration,
+    },
+    /// The request waited in the queue longer than the model's queue timeout.
+    #[error("Request waited {} s in the queue of model `{model}` without getting a slot. Retry after {} s.", waited.as_secs(), retry_after.as_secs())]
+    QueueTimeout {
+        /// Model name.
+        model: String,
+        /// How long it waited.
+        waited: Duration,
+        /// Suggested wait.
+        retry_after: Duration,
+    },
+    /// The model could not be loaded.
+    #[error("Model `{model}` could not be loaded: {reason}")]
+    ModelLoadFailed {
+        /// Model name.
+        model: String,
+        /// The cause, without internal details.
+        reason: String,
+    },
+    /// The route exists but not for this method.
+    #[error("Method not allowed for this route.")]
+    MethodNotAllowed,
+    /// No such route.
+    #[error("Unknown request URL: {0}. Please check the URL for typos.")]
+    RouteNotFound(String),
+    /// The server is shutting down and takes no new work.
+    #[error("The server is shutting down.")]
+    ShuttingDown,
+    /// The client closed the connection before the answer was ready (never delivered).
+    #[error("The client closed the connection.")]
+    ClientDisconnected,
+    /// The engine failed; the message is safe to show (no paths, no panics).
+    #[error("The model failed while generating: {0}")]
+    Engine(String),
+}
+
+/// OpenAI's error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+/// The body of OpenAI's error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub message: String,
+    /// Error class: `invalid_request_error`, `requests`, `server_error`, ...
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The request field at fault, if any.
+    pub param: Option<String>,
+    /// Machine-readable code, if any.
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A 400 naming the field at fault.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: None,
+        }
+    }
+
+    /// The error's type, code and param, in one table.
+    fn parts(
+        &self,
+    ) -> (
+        StatusCode,
+        &'static str,
+        Option<&'static str>,
+        Option<String>,
+    ) {
+        use ApiError::*;
+        match self {
+            InvalidRequest { param, code, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                *code,
+                param.clone(),
+            ),
+            ModelNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+                Some("model".into()),
+            ),
+            ContextLengthExceeded { param, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("context_length_exceeded"),
+                Some((*param).into()),
+            ),
+            PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                None,
+            ),
+            QueueFull { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                Some("rate_limit_exceeded"),
+                None,
+            ),
+            QueueTimeout { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("queue_timeout"),
+                None,
+            ),
+            ModelLoadFailed { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("model_load_failed"),
+                Some("model".into()),
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                Some("method_not_allowed"),
+                None,
+            ),
+            RouteNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("unknown_url"),
+                None,
+            ),
+            ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("shutting_down"),
+                None,
+            ),
+            ClientDisconnected => (
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "invalid_request_error",
+                Some("client_disconnected"),
+                None,
+            ),
+            Engine(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                Some("engine_error"),
+                None,
+            ),
+        }
+    }
+
+    /// How long the client should wait before retrying, for overload errors.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::QueueFull { retry_after, .. } | Self::QueueTimeout { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Self::ModelLoadFailed { .. } | Self::ShuttingDown => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+
+    /// The envelope for this error.
+    pub fn envelope(&self) -> ErrorEnvelope {
+        let (_, kind, code, param) = self.parts();
+        ErrorEnvelope {
+            error: ErrorBody {
+                message: self.to_string(),
+                kind,
+                param,
+                code,
+            },
+        }
+    }
+
+    /// The error as one SSE event, for failures after a stream has started.
+    pub fn sse_event(&self) -> String {
+        let json = serde_json::to_string(&self.envelope()).unwrap_or_else(|_| {
+            r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#
+                .to_string()
+        });
+        format!("data: {json}\n\n")
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(wait) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, wait.as_secs().max(1).to_string()));
+        }
+        response.json(self.envelope())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_has_every_field() {
+        let v = serde_json::to_value(ApiError::ModelNotFound("x".into()).envelope()).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("`x`"));
+        let v = serde_json::to_value(ApiError::MethodNotAllowed.envelope()).unwrap();
+        assert!(v["error"].get("param").unwrap().is_null());
+    }
+
+    #[test]
+    fn overload_carries_retry_after() {
+        let e = ApiError::QueueFull {
+            model: "m".into(),
+            queue_size: 1,
+            retry_after: Duration::from_secs(3),
+        };
+        let r = e.error_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "3");
+    }
+
+    #[test]
+    fn sse_event_is_one_data_line() {
+        let e = ApiError::Engine("boom".into()).sse_event();
+        assert!(e.starts_with("data: {\"error\":"));
+        assert!(e.ends_with("\n\n"));
+    }
+}

@@ -1,0 +1,97 @@
+//! The `llamagate` command line: `serve` runs the gateway.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use llamagate::config::{CliOverrides, DeviceSetting, Settings};
+use llamagate::engine::{compiled_cpu_features, mistralrs::MistralRsEngine};
+
+#[derive(Parser)]
+#[command(
+    name = "llamagate",
+    version,
+    about = "OpenAI-compatible gateway for local GGUF models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured models over the OpenAI API.
+    Serve {
+        /// Config file (TOML).
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Address to listen on; overrides server.bind.
+        #[arg(long)]
+        bind: Option<String>,
+    },
+}
+
+fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("LLAMAGATE_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,mistralrs_core=warn,mistralrs=warn")
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve { config, bind } => {
+            let settings = match Settings::load(&config, &CliOverrides { bind }) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            match actix_web::rt::System::new().block_on(serve(settings)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let gpu_built = cfg!(any(feature = "cuda", feature = "metal"));
+    let auto_device = if gpu_built {
+        match mistralrs::best_device(false) {
+            Ok(d) if !d.is_cpu() => llamagate::engine::mistralrs::describe_device(&d),
+            _ => "cpu (no GPU found)".to_string(),
+        }
+    } else {
+        "cpu (built without GPU support)".to_string()
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        cpu_features = %compiled_cpu_features().join(","),
+        cuda = cfg!(feature = "cuda"),
+        metal = cfg!(feature = "metal"),
+        auto_device = %auto_device,
+        "llamagate starting"
+    );
+    for m in &settings.models {
+        let device = match m.device {
+            DeviceSetting::Auto => format!("auto -> {auto_device}"),
+            other => other.to_string(),
+        };
+        tracing::info!(model = %m.name, aliases = ?m.aliases, source = %m.source, device = %device, pinned = m.pinned, "model configured");
+    }
+    let built = llamagate::build_server(settings, Arc::new(MistralRsEngine))?;
+    tracing::info!("listening on http://{}", built.addr);
+    built.server.await?;
+    Ok(())
+}

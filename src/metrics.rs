@@ -1,0 +1,138 @@
+//! Every Prometheus metric of llamagate, registered once in one registry. Labels are
+//! bounded: configured model names, route patterns, status classes, finish reasons.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets (seconds) wide enough for a GPU (ms) and a CPU (s).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0,
+    60.0, 120.0,
+];
+
+/// The registry and handles to each metric.
+pub struct Metrics {
+    registry: Registry,
+    /// Tokens generated, counted as they are sampled.
+    pub generated_tokens: IntCounterVec,
+    /// Prompt tokens of admitted requests.
+    pub prompt_tokens: IntCounterVec,
+    /// Generations whose client went away before the end.
+    pub cancelled_requests: IntCounterVec,
+    /// Requests refused by the scheduler, by reason.
+    pub rejected_requests: IntCounterVec,
+    /// HTTP requests by endpoint (route pattern) and status class.
+    pub http_requests: IntCounterVec,
+    /// Generations running now.
+    pub running_requests: IntGaugeVec,
+    /// Requests waiting for a slot now.
+    pub queued_requests: IntGaugeVec,
+    /// Time to first token.
+    pub time_to_first_token: HistogramVec,
+    /// Time between tokens after the first.
+    pub inter_token_latency: HistogramVec,
+    /// Whole request latency.
+    pub request_duration: HistogramVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        Self {
+            generated_tokens: counter(
+                "llamagate_generated_tokens_total",
+                "Tokens generated, counted as they are sampled.",
+                &["model"],
+            ),
+            prompt_tokens: counter(
+                "llamagate_prompt_tokens_total",
+                "Prompt tokens of admitted generations.",
+                &["model"],
+            ),
+            cancelled_requests: counter(
+                "llamagate_cancelled_requests_total",
+                "Generations cancelled because the client went away.",
+                &["model"],
+            ),
+            rejected_requests: counter(
+                "llamagate_rejected_requests_total",
+                "Requests refused by the scheduler, by reason.",
+                &["model", "reason"],
+            ),
+            http_requests: counter(
+                "llamagate_http_requests_total",
+                "HTTP requests by route pattern and status class.",
+                &["endpoint", "status_class"],
+            ),
+            running_requests: gauge(
+                "llamagate_running_requests",
+                "Generations running now.",
+                &["model"],
+            ),
+            queued_requests: gauge(
+                "llamagate_queued_requests",
+                "Requests waiting for a sequence slot now.",
+                &["model"],
+            ),
+            time_to_first_token: histogram(
+                "llamagate_time_to_first_token_seconds",
+                "Time from admission to the first generated text.",
+                &["model"],
+            ),
+            inter_token_latency: histogram(
+                "llamagate_inter_token_latency_seconds",
+                "Time between successive generated tokens.",
+                &["model"],
+            ),
+            request_duration: histogram(
+                "llamagate_request_duration_seconds",
+                "End-to-end generation latency, admission to last token.",
+                &["model"],
+            ),
+            registry,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,212 @@
+//! `POST /v1/chat/completions` bodies.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::common::{StreamOptions, Usage};
+
+/// A chat completion request. Fields not listed are ignored.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    /// Model name or alias, as listed by `/v1/models`.
+    pub model: String,
+    /// The conversation so far.
+    pub messages: Vec<ChatMessage>,
+    /// Most tokens to generate (deprecated by OpenAI in favour of `max_completion_tokens`).
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    /// Most tokens to generate.
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    /// Sampling temperature in [0, 2]; 0 is greedy and deterministic. Default 1.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass in (0, 1]. Default 1.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Number of choices. Default 1.
+    #[serde(default)]
+    pub n: Option<i64>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Options for streaming.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Up to 4 sequences where generation stops; a string or a list of strings.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub stop: Option<Value>,
+    /// Penalty in [-2, 2] for tokens already present.
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    /// Penalty in [-2, 2] proportional to how often tokens appeared.
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// Return log-probabilities of the generated tokens.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Alternatives per token (0-20) with their log-probabilities; needs `logprobs`.
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// Seed for reproducible sampling.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// An end-user id; accepted and ignored.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ChatMessage {
+    /// `system`, `developer`, `user` or `assistant`.
+    pub role: String,
+    /// A string, or a list of `{"type":"text","text":...}` parts.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub content: Option<Value>,
+    /// An optional participant name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A chat completion.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionResponse {
+    /// Unique id, `chatcmpl-...`.
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model's canonical name.
+    pub model: String,
+    /// Build identity.
+    pub system_fingerprint: String,
+    /// One per `n`.
+    pub choices: Vec<ChatChoice>,
+    /// Token counts.
+    pub usage: Usage,
+}
+
+/// One choice of a chat completion.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatChoice {
+    /// Position in `choices`.
+    pub index: usize,
+    /// The answer.
+    pub message: AssistantMessage,
+    /// Log-probabilities when requested.
+    pub logprobs: Option<ChatLogprobs>,
+    /// `stop` or `length`.
+    pub finish_reason: String,
+}
+
+/// The assistant's message.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: Option<String>,
+    /// Always null: this server does not refuse.
+    pub refusal: Option<String>,
+}
+
+/// Log-probabilities of a chat choice.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatLogprobs {
+    /// One entry per generated token.
+    pub content: Vec<ChatTokenLogprob>,
+    /// Always null.
+    pub refusal: Option<Vec<ChatTokenLogprob>>,
+}
+
+/// Log-probability of one token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatTokenLogprob {
+    /// The token.
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f32,
+    /// UTF-8 bytes of the token.
+    pub bytes: Option<Vec<u8>>,
+    /// Most likely alternatives.
+    pub top_logprobs: Vec<ChatTopLogprob>,
+}
+
+/// An alternative token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatTopLogprob {
+    /// The token.
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f32,
+    /// UTF-8 bytes of the token.
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl From<&crate::engine::TokenLogprob> for ChatTokenLogprob {
+    fn from(lp: &crate::engine::TokenLogprob) -> Self {
+        Self {
+            token: lp.token.clone(),
+            logprob: lp.logprob,
+            bytes: Some(lp.token.as_bytes().to_vec()),
+            top_logprobs: lp
+                .top
+                .iter()
+                .map(|t| ChatTopLogprob {
+                    token: t.token.clone(),
+                    logprob: t.logprob,
+                    bytes: Some(t.token.as_bytes().to_vec()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One streamed chunk.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    /// Same id on every chunk of a response.
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model's canonical name.
+    pub model: String,
+    /// Build identity.
+    pub system_fingerprint: String,
+    /// Deltas; empty on the usage chunk.
+    pub choices: Vec<ChatChunkChoice>,
+    /// Null except on the last chunk when `stream_options.include_usage` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+/// A choice's delta in a chunk.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatChunkChoice {
+    /// Choice index.
+    pub index: usize,
+    /// What changed.
+    pub delta: ChatDelta,
+    /// Log-probabilities of the tokens in this delta.
+    pub logprobs: Option<ChatLogprobs>,
+    /// Set on the choice's last chunk.
+    pub finish_reason: Option<String>,
+}
+
+/// New content of a choice.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ChatDelta {
+    /// `assistant` on the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// New text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}

@@ -1,0 +1,38 @@
+//! `GET /v1/models` bodies.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A model the gateway serves, with llamagate's extra fields.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelObject {
+    /// The model's name.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// Unix seconds when the gateway started.
+    pub created: u64,
+    /// Always `llamagate`.
+    pub owned_by: String,
+    /// `unloaded`, `loading`, `ready` or `failed`.
+    pub status: String,
+    /// Other names routed to this model.
+    pub aliases: Vec<String>,
+    /// Where the weights come from (file name or hf:// reference).
+    pub source: String,
+    /// Configured device.
+    pub device: String,
+    /// Context window in tokens, once known (after the first load).
+    pub context_length: Option<usize>,
+    /// The last load error, when `status` is `failed`.
+    pub error: Option<String>,
+}
+
+/// The model list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    /// The models.
+    pub data: Vec<ModelObject>,
+}

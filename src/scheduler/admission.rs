@@ -1,0 +1,168 @@
+//! Admission control for one model: a bounded wait queue in front of a semaphore of
+//! sequence slots. A full queue refuses at once (429); a request that waits past the
+//! queue timeout gives up (503). Tokio's semaphore is FIFO, so the queue is fair, and a
+//! request whose client leaves is dropped from it at once (its future is dropped).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+/// Slots and queue of one model.
+#[derive(Debug)]
+pub struct Admission {
+    model: String,
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
+    waiting: Arc<AtomicUsize>,
+    queue_size: usize,
+    timeout: Duration,
+}
+
+/// A place in the queue; leaving it (drop) frees the place.
+#[derive(Debug)]
+pub struct QueueTicket {
+    waiting: Arc<AtomicUsize>,
+    slots: Arc<Semaphore>,
+    model: String,
+    timeout: Duration,
+    entered: Instant,
+    counted: bool,
+}
+
+impl Admission {
+    /// `max_concurrent` slots, `queue_size` waiting places, `timeout` per wait.
+    pub fn new(model: &str, max_concurrent: usize, queue_size: usize, timeout: Duration) -> Self {
+        Self {
+            model: model.to_string(),
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queue_size,
+            timeout,
+        }
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Requests holding a slot.
+    pub fn running(&self) -> usize {
+        self.max_concurrent - self.slots.available_permits()
+    }
+
+    /// Takes a place in the queue, or refuses with 429 when the queue is full.
+    pub fn enter(&self) -> Result<QueueTicket, ApiError> {
+        let mut current = self.waiting.load(Ordering::SeqCst);
+        loop {
+            if current >= self.queue_size + self.slots.available_permits() {
+                return Err(ApiError::QueueFull {
+                    model: self.model.clone(),
+                    queue_size: self.queue_size,
+                    retry_after: Duration::from_secs(2),
+                });
+            }
+            match self.waiting.compare_exchange(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        Ok(QueueTicket {
+            waiting: self.waiting.clone(),
+            slots: self.slots.clone(),
+            model: self.model.clone(),
+            timeout: self.timeout,
+            entered: Instant::now(),
+            counted: true,
+        })
+    }
+}
+
+impl QueueTicket {
+    /// Waits for a slot; the slot is held until the returned permit is dropped.
+    pub async fn wait_for_slot(mut self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let remaining = self.timeout.saturating_sub(self.entered.elapsed());
+        let acquired = tokio::time::timeout(remaining, self.slots.clone().acquire_owned()).await;
+        self.leave();
+        match acquired {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ApiError::ShuttingDown),
+            Err(_) => Err(ApiError::QueueTimeout {
+                model: self.model.clone(),
+                waited: self.entered.elapsed(),
+                retry_after: Duration::from_secs(5),
+            }),
+        }
+    }
+
+    /// How long this request has waited so far.
+    pub fn waited(&self) -> Duration {
+        self.entered.elapsed()
+    }
+
+    fn leave(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_refuses_with_429() {
+        let a = Admission::new("m", 1, 1, Duration::from_secs(5));
+        let first = a.enter().unwrap().wait_for_slot().await.unwrap();
+        let _queued = a.enter().unwrap();
+        match a.enter() {
+            Err(ApiError::QueueFull { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn waiting_past_timeout_is_503() {
+        let a = Admission::new("m", 1, 4, Duration::from_millis(50));
+        let _held = a.enter().unwrap().wait_for_slot().await.unwrap();
+        match a.enter().unwrap().wait_for_slot().await {
+            Err(ApiError::QueueTimeout { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_waiter_leaves_the_queue() {
+        let a = Arc::new(Admission::new("m", 1, 4, Duration::from_secs(5)));
+        let held = a.enter().unwrap().wait_for_slot().await.unwrap();
+        let a2 = a.clone();
+        let waiter = tokio::spawn(async move { a2.enter().unwrap().wait_for_slot().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(a.waiting(), 1);
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(a.waiting(), 0);
+        assert_eq!(a.running(), 1);
+        drop(held);
+        assert_eq!(a.running(), 0);
+    }
+}

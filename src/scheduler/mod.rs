@@ -1,0 +1,234 @@
+//! Between the API and the engines: routes a request to its model, admits it through the
+//! model's bounded queue, makes sure the model is loaded, checks the prompt against the
+//! context window and starts the generation. The returned [`Generation`] holds the
+//! model's slot until it is dropped; dropping it early cancels the generation.
+
+pub mod admission;
+pub mod registry;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::Stream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::engine::{Engine, EngineError, GenerationRequest, Prompt, TokenEvent, TokenStream};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::validation::ValidSampling;
+use registry::Registry;
+
+/// Routes, admits and starts generations.
+pub struct Scheduler {
+    registry: Registry,
+    engine: Arc<dyn Engine>,
+    metrics: Arc<Metrics>,
+}
+
+/// Maps an engine failure to the API's error table.
+pub fn engine_error(e: EngineError, param: &'static str) -> ApiError {
+    match e {
+        EngineError::Rejected(message) => ApiError::invalid(param, message),
+        EngineError::Load(m) | EngineError::Generation(m) => ApiError::Engine(m),
+        EngineError::Unavailable => ApiError::Engine("the engine is not running".into()),
+    }
+}
+
+impl Scheduler {
+    /// A scheduler over the configured models.
+    pub fn new(
+        models: &[crate::config::ModelSettings],
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            registry: Registry::new(models),
+            engine,
+            metrics,
+        }
+    }
+
+    /// The models and their states.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Starts loading every pinned model in the background.
+    pub fn preload_pinned(self: &Arc<Self>) {
+        for slot in self.registry.slots() {
+            if slot.settings.pinned {
+                let slot = slot.clone();
+                let engine = self.engine.clone();
+                tokio::spawn(async move {
+                    let _ = slot.ensure_loaded(&engine).await;
+                });
+            }
+        }
+    }
+
+    /// Copies the queue and slot counts into the gauges (called before a scrape).
+    pub fn refresh_gauges(&self) {
+        for slot in self.registry.slots() {
+            let name = slot.settings.name.as_str();
+            self.metrics
+                .queued_requests
+                .with_label_values(&[name])
+                .set(slot.admission.waiting() as i64);
+            self.metrics
+                .running_requests
+                .with_label_values(&[name])
+                .set(slot.admission.running() as i64);
+        }
+    }
+
+    /// Admits and starts one generation. `param` names the prompt field for errors.
+    pub async fn start(
+        &self,
+        model_id: &str,
+        prompt: Prompt,
+        sampling: ValidSampling,
+        param: &'static str,
+    ) -> Result<Generation, ApiError> {
+        let slot = self.registry.resolve(model_id)?;
+        let name = slot.settings.name.clone();
+        let reject = |reason: &str| {
+            self.metrics
+                .rejected_requests
+                .with_label_values(&[name.as_str(), reason])
+                .inc();
+        };
+        let ticket = slot
+            .admission
+            .enter()
+            .inspect_err(|_| reject("queue_full"))?;
+        let model = slot
+            .ensure_loaded(&self.engine)
+            .await
+            .inspect_err(|_| reject("load_failed"))?;
+        let prompt_tokens = model
+            .count_prompt_tokens(&prompt)
+            .await
+            .map_err(|e| engine_error(e, param))?;
+        let context = model.facts().context_length;
+        let room = context.saturating_sub(prompt_tokens);
+        let max_tokens = sampling.max_tokens.unwrap_or(room);
+        if prompt_tokens >= context || max_tokens > room {
+            reject("context_length");
+            let requested = prompt_tokens.saturating_add(max_tokens.max(1));
+            return Err(ApiError::ContextLengthExceeded {
+                message: format!(
+                    "This model's maximum context length is {context} tokens. However, you requested \
+                     {requested} tokens ({prompt_tokens} in the {param}, {} in the completion). \
+                     Please reduce the length of the {param} or completion.",
+                    max_tokens.max(1)
+                ),
+                param,
+            });
+        }
+        let permit = ticket
+            .wait_for_slot()
+            .await
+            .inspect_err(|_| reject("queue_timeout"))?;
+
+        let counter = self
+            .metrics
+            .generated_tokens
+            .with_label_values(&[name.as_str()]);
+        let mut settings = sampling.settings;
+        settings.max_tokens = max_tokens;
+        let request = GenerationRequest {
+            prompt,
+            sampling: settings,
+            prompt_tokens,
+            on_token: Some(Arc::new(move || counter.inc())),
+        };
+        let stream = model
+            .generate(request)
+            .await
+            .map_err(|e| engine_error(e, param))?;
+        self.metrics
+            .prompt_tokens
+            .with_label_values(&[name.as_str()])
+            .inc_by(prompt_tokens as u64);
+        Ok(Generation {
+            model: name,
+            prompt_tokens,
+            inner: stream,
+            _permit: permit,
+            metrics: self.metrics.clone(),
+            started: Instant::now(),
+            last_token_at: None,
+            done: false,
+        })
+    }
+}
+
+/// A running generation: a stream of [`TokenEvent`]s that holds the model's slot.
+pub struct Generation {
+    /// The model's canonical name.
+    pub model: String,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    inner: TokenStream,
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    last_token_at: Option<Instant>,
+    done: bool,
+}
+
+impl Stream for Generation {
+    type Item = Result<TokenEvent, EngineError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(event))) = &item {
+            let now = Instant::now();
+            match event {
+                TokenEvent::Text { text, .. } if !text.is_empty() => {
+                    let model = [self.model.as_str()];
+                    match self.last_token_at {
+                        None => self
+                            .metrics
+                            .time_to_first_token
+                            .with_label_values(&model)
+                            .observe((now - self.started).as_secs_f64()),
+                        Some(last) => self
+                            .metrics
+                            .inter_token_latency
+                            .with_label_values(&model)
+                            .observe((now - last).as_secs_f64()),
+                    }
+                    self.last_token_at = Some(now);
+                }
+                TokenEvent::Done(_) => {
+                    self.done = true;
+                    self.metrics
+                        .request_duration
+                        .with_label_values(&[self.model.as_str()])
+                        .observe((now - self.started).as_secs_f64());
+                }
+                _ => {}
+            }
+        }
+        if let Poll::Ready(Some(Err(_))) = &item {
+            // A failed generation is over; it is not a cancellation.
+            self.done = true;
+        }
+        item
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::info!(model = %self.model, "generation cancelled: client went away");
+            self.metrics
+                .cancelled_requests
+                .with_label_values(&[self.model.as_str()])
+                .inc();
+        }
+    }
+}

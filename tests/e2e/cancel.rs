@@ -1,0 +1,95 @@
+//! A client that goes away cancels its generation: tokens stop being generated, the
+//! cancellation is counted, and the server keeps serving. Each test has its own server so
+//! that the token counter sees only its own requests.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::helpers::{settings_with, smollm2, spawn_server, TestServer};
+
+const MODEL: &str = "cancel-test";
+
+fn server() -> TestServer {
+    let mut m = smollm2(MODEL);
+    m.pinned = true;
+    spawn_server(settings_with(vec![m]))
+}
+
+async fn generated(server: &TestServer) -> f64 {
+    server
+        .metric(&format!(
+            "llamagate_generated_tokens_total{{model=\"{MODEL}\"}}"
+        ))
+        .await
+}
+
+async fn assert_generation_stopped(server: &TestServer, max_tokens: f64) {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = generated(server).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = generated(server).await;
+    assert_eq!(
+        before, after,
+        "tokens are still being generated after the client left"
+    );
+    assert!(after < max_tokens, "generation ran to the end: {after}");
+    let cancelled = server
+        .metric(&format!(
+            "llamagate_cancelled_requests_total{{model=\"{MODEL}\"}}"
+        ))
+        .await;
+    assert!(cancelled >= 1.0, "cancellation counted");
+    // The server still answers.
+    let (status, body) = crate::helpers::post_json(
+        &server.url("/v1/completions"),
+        &json!({"model": MODEL, "prompt": "Hello", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
+
+#[tokio::test]
+async fn dropping_a_stream_cancels_the_generation() {
+    let server = server();
+    let res = reqwest::Client::new()
+        .post(server.url("/v1/completions"))
+        .json(&json!({"model": MODEL, "prompt": COUNTING, "max_tokens": 3000, "temperature": 0, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    for _ in 0..3 {
+        body.next().await.unwrap().unwrap();
+    }
+    drop(body);
+    assert_generation_stopped(&server, 3000.0).await;
+}
+
+#[tokio::test]
+async fn abandoning_a_non_streaming_request_cancels_the_generation() {
+    let server = server();
+    // Warm up so the load is not part of the timeout.
+    let _ = crate::helpers::post_json(
+        &server.url("/v1/completions"),
+        &json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1}),
+    )
+    .await;
+    let started = generated(&server).await;
+    let res = reqwest::Client::new()
+        .post(server.url("/v1/completions"))
+        .timeout(Duration::from_millis(1500))
+        .json(&json!({"model": MODEL, "prompt": COUNTING, "max_tokens": 3000, "temperature": 0}))
+        .send()
+        .await;
+    assert!(
+        res.is_err(),
+        "the request should time out on the client side"
+    );
+    assert!(generated(&server).await > started, "generation had started");
+    assert_generation_stopped(&server, started + 3000.0).await;
+}

@@ -1,0 +1,140 @@
+//! Legacy text completions.
+
+use async_openai::types::{CreateCompletionRequestArgs, Prompt};
+use futures::StreamExt;
+
+use crate::helpers::{post_json, quiet, shared, MODEL};
+
+#[tokio::test]
+async fn text_prompt_completes_without_template() {
+    let res = shared()
+        .openai()
+        .completions()
+        .create(
+            CreateCompletionRequestArgs::default()
+                .model(MODEL)
+                .prompt("The capital of France is")
+                .max_tokens(6u32)
+                .temperature(0.0)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.object, "text_completion");
+    assert_eq!(res.choices.len(), 1);
+    let usage = res.usage.unwrap();
+    assert!(
+        usage.prompt_tokens >= 4 && usage.prompt_tokens < 12,
+        "{usage:?}"
+    );
+    assert!(usage.completion_tokens <= 6);
+}
+
+#[tokio::test]
+async fn list_of_prompts_gives_one_choice_each_in_order() {
+    let res = shared()
+        .openai()
+        .completions()
+        .create(
+            CreateCompletionRequestArgs::default()
+                .model(MODEL)
+                .prompt(Prompt::StringArray(vec![
+                    "One, two,".into(),
+                    "Red, green,".into(),
+                ]))
+                .max_tokens(4u32)
+                .temperature(0.0)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.choices.len(), 2);
+    assert_eq!(res.choices[0].index, 0);
+    assert_eq!(res.choices[1].index, 1);
+    let usage = res.usage.unwrap();
+    assert!(
+        usage.completion_tokens >= 2 && usage.completion_tokens <= 8,
+        "{usage:?}"
+    );
+}
+
+#[tokio::test]
+async fn streamed_completion_matches_and_ends_with_done() {
+    let (_turn, server) = quiet().await;
+    let body = serde_json::json!({
+        "model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0,
+        "stream": true, "stream_options": {"include_usage": true}
+    });
+    let res = reqwest::Client::new()
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = res.text().await.unwrap();
+    let events = crate::helpers::sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let mut streamed = String::new();
+    let mut usage = None;
+    for e in &events[..events.len() - 1] {
+        let v: serde_json::Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["object"], "text_completion");
+        if let Some(c) = v["choices"].get(0) {
+            streamed.push_str(c["text"].as_str().unwrap());
+        }
+        if !v["usage"].is_null() {
+            usage = Some(v["usage"].clone());
+        }
+    }
+    let mut plain = body.clone();
+    plain["stream"] = false.into();
+    plain.as_object_mut().unwrap().remove("stream_options");
+    let (status, plain) = post_json(&server.url("/v1/completions"), &plain).await;
+    assert_eq!(status, 200);
+    assert_eq!(streamed, plain["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(usage.unwrap(), plain["usage"]);
+
+    // And through the client library's stream parser.
+    let mut s = server
+        .openai()
+        .completions()
+        .create_stream(
+            CreateCompletionRequestArgs::default()
+                .model(MODEL)
+                .prompt("Once upon a time")
+                .max_tokens(8u32)
+                .temperature(0.0)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut via_client = String::new();
+    while let Some(chunk) = s.next().await {
+        for c in chunk.unwrap().choices {
+            via_client.push_str(&c.text);
+        }
+    }
+    assert_eq!(via_client, streamed);
+}
+
+#[tokio::test]
+async fn echo_puts_the_prompt_in_front() {
+    let (status, body) = post_json(
+        &shared().url("/v1/completions"),
+        &serde_json::json!({"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0, "echo": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Hello"));
+}

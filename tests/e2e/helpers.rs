@@ -1,0 +1,188 @@
+//! Starting real servers (real engine, real model) on port 0, and talking to them.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::Client;
+use llamagate::config::{DeviceSetting, ModelSettings, ModelSource, Settings};
+use llamagate::engine::mistralrs::MistralRsEngine;
+
+/// Canonical name of the test model.
+pub const MODEL: &str = "smollm2-135m-instruct";
+/// Its alias.
+pub const ALIAS: &str = "smollm2";
+
+/// The SmolLM2 GGUF fetched by scripts/fetch-models.sh.
+pub fn model_path() -> PathBuf {
+    let path = std::env::var_os("LLAMAGATE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.is_file(),
+        "test model {} missing: run scripts/fetch-models.sh",
+        path.display()
+    );
+    path
+}
+
+/// One entry for the test model.
+pub fn smollm2(name: &str) -> ModelSettings {
+    let mut m = ModelSettings::new(name, ModelSource::File(model_path()));
+    m.device = DeviceSetting::Cpu;
+    m
+}
+
+/// Settings with the given models, bound to a free loopback port.
+pub fn settings_with(models: Vec<ModelSettings>) -> Settings {
+    let mut s = Settings::from_toml(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+workers = 2
+
+[[models]]
+name = "placeholder"
+source = "placeholder.gguf"
+"#,
+    )
+    .expect("valid test settings");
+    s.models = models;
+    s.validate().expect("valid test models");
+    s
+}
+
+/// A running server.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl TestServer {
+    /// URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// An OpenAI client pointed at this server.
+    pub fn openai(&self) -> Client<OpenAIConfig> {
+        Client::with_config(
+            OpenAIConfig::new()
+                .with_api_base(format!("{}/v1", self.base))
+                .with_api_key("unused"),
+        )
+    }
+
+    /// The value of one sample in `/metrics` (0 when absent).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+/// Starts a server on its own thread and runtime; it lives until the test process ends.
+pub fn spawn_server(settings: Settings) -> TestServer {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let built = llamagate::build_server(settings, Arc::new(MistralRsEngine))
+                .expect("server builds");
+            tx.send(built.addr).unwrap();
+            built.server.await.expect("server runs");
+        })
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server started");
+    TestServer {
+        base: format!("http://{addr}"),
+    }
+}
+
+/// The server most tests share: SmolLM2 as `smollm2-135m-instruct` (alias `smollm2`).
+pub fn shared() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let mut model = smollm2(MODEL);
+        model.aliases = vec![ALIAS.into()];
+        model.pinned = true;
+        spawn_server(settings_with(vec![model]))
+    })
+}
+
+/// POSTs JSON and returns status and body.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let res = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// Asserts OpenAI's error envelope with the given code and param.
+pub fn assert_envelope(body: &serde_json::Value, code: Option<&str>, param: Option<&str>) {
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e["type"].as_str().is_some(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
+    if let Some(code) = code {
+        assert_eq!(e["code"], code, "{body}");
+    }
+    if let Some(param) = param {
+        assert_eq!(e["param"], param, "{body}");
+    }
+}
+
+/// Parses an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// A second server for tests that compare two answers token for token: they take turns
+/// (the guard), because sequences batched with other requests may round differently.
+pub async fn quiet() -> (tokio::sync::MutexGuard<'static, ()>, &'static TestServer) {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let guard = TURN.lock().await;
+    let server = SERVER.get_or_init(|| {
+        let mut model = smollm2(MODEL);
+        model.aliases = vec![ALIAS.into()];
+        model.pinned = true;
+        spawn_server(settings_with(vec![model]))
+    });
+    (guard, server)
+}

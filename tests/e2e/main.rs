@@ -1,0 +1,11 @@
+//! End-to-end tests: the real server with the real SmolLM2 model through mistral.rs,
+//! driven over HTTP by a real OpenAI client (async-openai) and by raw requests.
+//! One binary keeps link time down.
+
+mod cancel;
+mod chat;
+mod cli;
+mod completions;
+mod errors;
+mod helpers;
+mod models;

@@ -1,0 +1,66 @@
+//! Model listing, lookup by name and alias, health, metrics exposition.
+
+use crate::helpers::{shared, ALIAS, MODEL};
+
+#[tokio::test]
+async fn models_are_listed_with_status_and_aliases() {
+    let list = shared().openai().models().list().await.unwrap();
+    assert_eq!(list.data.len(), 1);
+    assert_eq!(list.data[0].id, MODEL);
+    let raw: serde_json::Value = reqwest::get(shared().url("/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let m = &raw["data"][0];
+    assert_eq!(m["object"], "model");
+    assert_eq!(m["aliases"][0], ALIAS);
+    assert!(
+        ["unloaded", "loading", "ready"].contains(&m["status"].as_str().unwrap()),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_model_is_found_by_alias_and_unknown_ids_are_404() {
+    let m = shared().openai().models().retrieve(ALIAS).await.unwrap();
+    assert_eq!(m.id, MODEL);
+    let res = reqwest::get(shared().url("/v1/models/nope")).await.unwrap();
+    assert_eq!(res.status(), 404);
+    crate::helpers::assert_envelope(
+        &res.json().await.unwrap(),
+        Some("model_not_found"),
+        Some("model"),
+    );
+}
+
+#[tokio::test]
+async fn health_answers() {
+    let v: serde_json::Value = reqwest::get(shared().url("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["models"], 1);
+}
+
+#[tokio::test]
+async fn ready_model_reports_context_length_after_a_request() {
+    let _ = crate::helpers::post_json(
+        &shared().url("/v1/completions"),
+        &serde_json::json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1}),
+    )
+    .await;
+    let m: serde_json::Value = reqwest::get(shared().url("/v1/models/smollm2"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["status"], "ready");
+    assert_eq!(m["context_length"], 8192);
+    assert_eq!(m["device"], "cpu");
+}
