@@ -6,5 +6,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
 scripts/fetch-models.sh
-cargo build --bin llamagate
+# Built together with the tests: one feature set, so serving and testing share one build.
+cargo build --tests --bin llamagate
 exec "$CARGO_TARGET_DIR/debug/llamagate" serve --config config/default.toml "$@"

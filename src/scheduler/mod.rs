@@ -91,6 +91,7 @@ impl Scheduler {
         sampling: ValidSampling,
         param: &'static str,
     ) -> Result<Generation, ApiError> {
+        let admitted = Instant::now();
         let slot = self.registry.resolve(model_id)?;
         let name = slot.settings.name.clone();
         let reject = |reason: &str| {
@@ -111,6 +112,7 @@ impl Scheduler {
             .count_prompt_tokens(&prompt)
             .await
             .map_err(|e| engine_error(e, param))?;
+        let counted = admitted.elapsed();
         let context = model.facts().context_length;
         let room = context.saturating_sub(prompt_tokens);
         let max_tokens = sampling.max_tokens.unwrap_or(room);
@@ -148,6 +150,13 @@ impl Scheduler {
             .generate(request)
             .await
             .map_err(|e| engine_error(e, param))?;
+        tracing::debug!(
+            model = %name,
+            prompt_tokens,
+            count_ms = counted.as_secs_f64() * 1e3,
+            start_ms = admitted.elapsed().as_secs_f64() * 1e3,
+            "generation started"
+        );
         self.metrics
             .prompt_tokens
             .with_label_values(&[name.as_str()])
@@ -158,7 +167,7 @@ impl Scheduler {
             inner: stream,
             _permit: permit,
             metrics: self.metrics.clone(),
-            started: Instant::now(),
+            started: admitted,
             last_token_at: None,
             done: false,
         })
@@ -190,11 +199,14 @@ impl Stream for Generation {
                 TokenEvent::Text { text, .. } if !text.is_empty() => {
                     let model = [self.model.as_str()];
                     match self.last_token_at {
-                        None => self
-                            .metrics
-                            .time_to_first_token
-                            .with_label_values(&model)
-                            .observe((now - self.started).as_secs_f64()),
+                        None => {
+                            let ttft = (now - self.started).as_secs_f64();
+                            tracing::debug!(model = %self.model, ttft_ms = ttft * 1e3, "first token");
+                            self.metrics
+                                .time_to_first_token
+                                .with_label_values(&model)
+                                .observe(ttft)
+                        }
                         Some(last) => self
                             .metrics
                             .inter_token_latency
