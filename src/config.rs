@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::scheduler::memory::ByteSize;
+
 /// Why the settings could not be used; every message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -33,6 +35,9 @@ pub struct Settings {
     /// Bounds applied to every request before it reaches an engine.
     #[serde(default)]
     pub limits: LimitSettings,
+    /// How models share memory and time.
+    #[serde(default)]
+    pub scheduler: SchedulerSettings,
     /// The models this gateway serves.
     #[serde(default)]
     pub models: Vec<ModelSettings>,
@@ -96,6 +101,72 @@ impl Default for LimitSettings {
             max_stop_sequences: 4,
             max_stop_bytes: 256,
             max_top_logprobs: 20,
+        }
+    }
+}
+
+/// `[scheduler]`: memory budgets, model count, queue and fairness defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// Memory models may use on the CPU (RAM); default 70% of the machine's RAM.
+    pub cpu_memory_budget: Option<ByteSize>,
+    /// Memory models may use on each GPU; default 90% of the GPU's memory.
+    pub gpu_memory_budget: Option<ByteSize>,
+    /// Most models loaded at once (default: no limit but memory).
+    pub max_loaded_models: Option<usize>,
+    /// Default seconds a request may wait (queue, memory, load) before 503.
+    pub queue_timeout_secs: u64,
+    /// While another model waits for its memory, a loaded model admits at most this many
+    /// more requests before it drains and makes room (the fairness bound).
+    pub fairness_batch: usize,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            cpu_memory_budget: None,
+            gpu_memory_budget: None,
+            max_loaded_models: None,
+            queue_timeout_secs: 120,
+            fairness_batch: 8,
+        }
+    }
+}
+
+/// A duration written as seconds (`300`) or with a unit (`"90s"`, `"5m"`, `"1h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationSetting(pub Duration);
+
+impl DurationSetting {
+    /// Parses `300`, `"300"`, `"90s"`, `"5m"`, `"2h"`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let s = raw.trim();
+        let (number, factor) = match s.chars().last() {
+            Some('s') => (&s[..s.len() - 1], 1),
+            Some('m') => (&s[..s.len() - 1], 60),
+            Some('h') => (&s[..s.len() - 1], 3600),
+            _ => (s, 1),
+        };
+        number
+            .trim()
+            .parse::<u64>()
+            .map(|n| Self(Duration::from_secs(n * factor)))
+            .map_err(|_| format!("`{raw}` is not a duration; write e.g. 300, \"90s\", \"5m\" or \"1h\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Self(Duration::from_secs(n))),
+            Raw::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -263,10 +334,16 @@ pub struct ModelSettings {
     /// Requests allowed to wait for a sequence slot; more get 429.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
-    /// Seconds a request may wait in the queue before it gets 503.
-    #[serde(default = "default_queue_timeout")]
-    pub queue_timeout_secs: u64,
-    /// Load at start-up instead of on the first request.
+    /// Seconds a request may wait (queue, memory, load) before 503; default from `[scheduler]`.
+    #[serde(default)]
+    pub queue_timeout_secs: Option<u64>,
+    /// Unload after this long without requests (`0` = right after use); absent = never.
+    #[serde(default)]
+    pub keep_alive: Option<DurationSetting>,
+    /// Memory this model needs, instead of the estimate from its GGUF header.
+    #[serde(default)]
+    pub memory: Option<ByteSize>,
+    /// Load at start-up and never unload.
     #[serde(default)]
     pub pinned: bool,
     /// Seconds a load may take before it is reported as failed.
@@ -288,9 +365,6 @@ fn default_max_concurrent() -> usize {
 fn default_queue_size() -> usize {
     32
 }
-fn default_queue_timeout() -> u64 {
-    120
-}
 fn default_load_timeout() -> u64 {
     300
 }
@@ -306,7 +380,9 @@ impl ModelSettings {
             context_length: None,
             max_concurrent: default_max_concurrent(),
             queue_size: default_queue_size(),
-            queue_timeout_secs: default_queue_timeout(),
+            queue_timeout_secs: None,
+            keep_alive: None,
+            memory: None,
             pinned: false,
             load_timeout_secs: default_load_timeout(),
             chat_template: None,
@@ -314,9 +390,9 @@ impl ModelSettings {
         }
     }
 
-    /// How long a request may wait for a slot.
-    pub fn queue_timeout(&self) -> Duration {
-        Duration::from_secs(self.queue_timeout_secs)
+    /// How long a request may wait, with `default_secs` from `[scheduler]`.
+    pub fn queue_timeout(&self, default_secs: u64) -> Duration {
+        Duration::from_secs(self.queue_timeout_secs.unwrap_or(default_secs))
     }
 
     /// How long a load may take.
@@ -424,6 +500,12 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes must be at least 1024".into());
+        }
+        if self.scheduler.fairness_batch == 0 {
+            return invalid("scheduler.fairness_batch must be at least 1".into());
+        }
+        if self.scheduler.max_loaded_models == Some(0) {
+            return invalid("scheduler.max_loaded_models must be at least 1 (or absent)".into());
         }
         if self.limits.max_n == 0 || self.limits.max_prompts == 0 || self.limits.max_messages == 0 {
             return invalid(

@@ -8,6 +8,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::scheduler::memory::ByteSize;
+
 /// Every way a request can fail, client mistakes and server conditions alike.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -66,6 +68,24 @@ pub enum ApiError {
         /// The cause, without internal details.
         reason: String,
     },
+    /// The model cannot fit in its device's memory budget, even with every other unpinned
+    /// model unloaded.
+    #[error("Model `{model}` needs an estimated {} but the {device} memory budget is {}{}. Raise the budget (scheduler.cpu_memory_budget / gpu_memory_budget), lower the model's context_length or max_concurrent, or unpin other models.", ByteSize(*needed), ByteSize(*budget), if *pinned > 0 { format!(" of which pinned models hold {}", ByteSize(*pinned)) } else { String::new() })]
+    InsufficientMemory {
+        /// Model name.
+        model: String,
+        /// Device key.
+        device: String,
+        /// Estimated footprint.
+        needed: u64,
+        /// The device's budget.
+        budget: u64,
+        /// Bytes held by pinned models.
+        pinned: u64,
+    },
+    /// The caller may not use this route.
+    #[error("{0}")]
+    Forbidden(String),
     /// The route exists but not for this method.
     #[error("Method not allowed for this route.")]
     MethodNotAllowed,
@@ -166,6 +186,18 @@ impl ApiError {
                 "server_error",
                 Some("model_load_failed"),
                 Some("model".into()),
+            ),
+            InsufficientMemory { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("insufficient_memory"),
+                Some("model".into()),
+            ),
+            Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                Some("forbidden"),
+                None,
             ),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

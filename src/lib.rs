@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod gguf;
 pub mod metrics;
 pub mod openai;
 pub mod scheduler;
@@ -47,8 +48,8 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
     })?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
-    let scheduler = Arc::new(Scheduler::new(&settings.models, engine, metrics.clone()));
-    scheduler.preload_pinned();
+    let scheduler = Arc::new(Scheduler::new(&settings, engine, metrics.clone()));
+    scheduler.start_background();
     let state = AppState {
         settings: Arc::new(settings),
         scheduler,

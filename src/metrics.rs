@@ -2,7 +2,8 @@
 //! bounded: configured model names, route patterns, status classes, finish reasons.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets (seconds) wide enough for a GPU (ms) and a CPU (s).
@@ -34,6 +35,24 @@ pub struct Metrics {
     pub inter_token_latency: HistogramVec,
     /// Whole request latency.
     pub request_duration: HistogramVec,
+    /// Successful model loads.
+    pub model_loads: IntCounterVec,
+    /// Failed model loads.
+    pub model_load_failures: IntCounterVec,
+    /// Models unloaded to make room for another.
+    pub model_evictions: IntCounterVec,
+    /// Evictions made to load another model (the thrash counter).
+    pub model_swaps: IntCounter,
+    /// Time to load a model.
+    pub model_load_duration: HistogramVec,
+    /// 1 when the model is loaded.
+    pub model_loaded: IntGaugeVec,
+    /// Bytes reserved for the model.
+    pub model_memory_bytes: IntGaugeVec,
+    /// Memory budget per device.
+    pub memory_budget_bytes: IntGaugeVec,
+    /// Memory reserved per device.
+    pub memory_used_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -115,6 +134,63 @@ impl Metrics {
                 "llamagate_request_duration_seconds",
                 "End-to-end generation latency, admission to last token.",
                 &["model"],
+            ),
+            model_loads: counter(
+                "llamagate_model_loads_total",
+                "Successful model loads.",
+                &["model"],
+            ),
+            model_load_failures: counter(
+                "llamagate_model_load_failures_total",
+                "Failed model loads.",
+                &["model"],
+            ),
+            model_evictions: counter(
+                "llamagate_model_evictions_total",
+                "Models unloaded to make room for another model.",
+                &["model"],
+            ),
+            model_swaps: {
+                let c = IntCounter::new(
+                    "llamagate_model_swaps_total",
+                    "Evictions made to load another model.",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("registered once");
+                c
+            },
+            model_load_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "llamagate_model_load_duration_seconds",
+                        "Time to load a model.",
+                    )
+                    .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+                    &["model"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
+            model_loaded: gauge(
+                "llamagate_model_loaded",
+                "1 when the model is loaded (ready or draining), else 0.",
+                &["model"],
+            ),
+            model_memory_bytes: gauge(
+                "llamagate_model_memory_bytes",
+                "Memory reserved for the model (estimated footprint) while loaded.",
+                &["model"],
+            ),
+            memory_budget_bytes: gauge(
+                "llamagate_memory_budget_bytes",
+                "Memory models may use, per device.",
+                &["device"],
+            ),
+            memory_used_bytes: gauge(
+                "llamagate_memory_used_bytes",
+                "Memory reserved by loaded models, per device.",
+                &["device"],
             ),
             registry,
         }

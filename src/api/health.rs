@@ -30,12 +30,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let slots = state.scheduler.registry().slots();
+    let pool = state.scheduler.pool();
     HttpResponse::Ok().json(Health {
         status: "ok",
         models: slots.len(),
         models_ready: slots
             .iter()
-            .filter(|s| s.status().status == "ready")
+            .filter(|s| pool.status(s.index).status == "ready")
             .count(),
     })
 }

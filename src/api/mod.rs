@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource, each with `configure`, mounted here. Handlers
 //! parse and validate, then hand over to the scheduler; they never touch an engine.
 
+pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod disconnect;
@@ -35,6 +36,7 @@ pub struct AppState {
 /// Mounts every resource.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     chat::configure(cfg);
+    admin::configure(cfg);
     completions::configure(cfg);
     models::configure(cfg);
     health::configure(cfg);

@@ -21,12 +21,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-fn model_object(slot: &ModelSlot, created: u64) -> ModelObject {
-    let status = slot.status();
+/// The `/v1/models` entry of a model.
+pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
+    let status = state.scheduler.pool().status(slot.index);
     ModelObject {
         id: slot.settings.name.clone(),
         object: "model".into(),
-        created,
+        created: state.started_at,
         owned_by: "llamagate".into(),
         status: status.status.into(),
         aliases: slot.settings.aliases.clone(),
@@ -34,10 +35,18 @@ fn model_object(slot: &ModelSlot, created: u64) -> ModelObject {
             crate::config::ModelSource::File(_) => slot.settings.source.file_name(),
             hf => hf.to_string(),
         },
-        device: status
-            .device
-            .unwrap_or_else(|| slot.settings.device.to_string()),
+        device: status.device.unwrap_or_else(|| slot.device_key.clone()),
         context_length: status.context_length,
+        quantization: slot.file.quantization.clone(),
+        size_bytes: slot.file.size_bytes,
+        parameters: slot.file.parameters,
+        memory_bytes: status.reserved_bytes,
+        loaded_at: status.loaded_at.and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        }),
+        pinned: slot.settings.pinned,
         error: status.error,
     }
 }
@@ -50,7 +59,7 @@ pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
         .registry()
         .slots()
         .iter()
-        .map(|s| model_object(s, state.started_at))
+        .map(|s| model_object(&state, s))
         .collect();
     HttpResponse::Ok().json(ModelList {
         object: "list".into(),
@@ -66,5 +75,5 @@ pub async fn get_model(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let slot = state.scheduler.registry().resolve(&id)?;
-    Ok(HttpResponse::Ok().json(model_object(&slot, state.started_at)))
+    Ok(HttpResponse::Ok().json(model_object(&state, &slot)))
 }

@@ -3,7 +3,6 @@
 //! when a client goes away). Dropping the returned stream drops the response channel,
 //! which makes mistral.rs cancel that sequence at its next token.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,32 +33,22 @@ pub struct MistralRsModel {
     facts: ModelFacts,
 }
 
-const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+/// GGUF architectures mistral.rs 0.8 can run.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "llama", "mistral3", "phi2", "phi3", "starcoder2", "qwen2", "qwen3", "qwen3moe",
+];
 
-/// Checks a local GGUF before handing it to mistral.rs, for clear errors.
+/// Checks a local GGUF before handing it to mistral.rs: readable, a complete GGUF (every
+/// length checked, so a corrupt header cannot make the engine allocate wildly), and an
+/// architecture the engine knows.
 fn preflight_file(path: &Path) -> Result<(), EngineError> {
-    let name = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string());
-    let mut file = std::fs::File::open(path).map_err(|e| {
-        EngineError::Load(match e.kind() {
-            std::io::ErrorKind::NotFound => format!("model file `{name}` not found"),
-            std::io::ErrorKind::PermissionDenied => {
-                format!("model file `{name}` is not readable (permission denied)")
-            }
-            _ => format!("model file `{name}` cannot be opened: {e}"),
-        })
-    })?;
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+    let summary = crate::gguf::read_summary(path)
+        .map_err(|e| EngineError::Load(super::describe_file_error(path, &e.0)))?;
+    let arch = summary.architecture().unwrap_or("none");
+    if !SUPPORTED_ARCHITECTURES.contains(&arch.to_ascii_lowercase().as_str()) {
         return Err(EngineError::Load(format!(
-            "model source `{name}` is a directory, not a .gguf file"
-        )));
-    }
-    let mut magic = [0u8; 4];
-    if file.read_exact(&mut magic).is_err() || &magic != GGUF_MAGIC {
-        return Err(EngineError::Load(format!(
-            "model file `{name}` is not a GGUF file (bad or missing header)"
+            "the GGUF's architecture `{arch}` is not supported by mistral.rs (supported: {})",
+            SUPPORTED_ARCHITECTURES.join(", ")
         )));
     }
     Ok(())
@@ -106,6 +95,27 @@ impl DeviceOrdinal for Device {
 
 #[async_trait]
 impl super::Engine for MistralRsEngine {
+    fn device_key(&self, setting: DeviceSetting) -> String {
+        match setting {
+            DeviceSetting::Auto => {
+                describe_device(&mistralrs::best_device(false).unwrap_or(Device::Cpu))
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn device_memory(&self, device_key: &str) -> Option<u64> {
+        let device = match device_key.parse::<DeviceSetting>().ok()? {
+            DeviceSetting::Cpu | DeviceSetting::Auto => Device::Cpu,
+            DeviceSetting::Cuda(n) => Device::new_cuda(n).ok()?,
+            DeviceSetting::Metal(n) => Device::new_metal(n).ok()?,
+        };
+        mistralrs::core::MemoryUsage
+            .get_total_memory(&device)
+            .ok()
+            .map(|b| b as u64)
+    }
+
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
         let (model_id, file, revision) = match &settings.source {
             ModelSource::File(path) => {
@@ -177,7 +187,10 @@ impl super::Engine for MistralRsEngine {
                         .into(),
                 ))
             }
-            Ok(Ok(Ok(Err(e)))) => return Err(EngineError::Load(describe_load_error(&e))),
+            Ok(Ok(Ok(Err(e)))) => {
+                tracing::warn!(model = %settings.name, error = %format!("{e:#}"), "mistral.rs could not load the model");
+                return Err(EngineError::Load(describe_load_error(&e)));
+            }
             Ok(Ok(Ok(Ok(model)))) => model,
         };
 

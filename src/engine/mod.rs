@@ -13,7 +13,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::Stream;
 
-use crate::config::ModelSettings;
+use crate::config::{DeviceSetting, ModelSettings, ModelSource};
+use crate::scheduler::memory::Footprint;
 
 /// Who said a chat turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +239,62 @@ pub trait LoadedModel: Send + Sync {
 pub trait Engine: Send + Sync {
     /// Loads the model described by `settings`.
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError>;
+
+    /// The device a model with this setting would run on (`cpu`, `cuda:0`, ...): the key
+    /// of the memory budget it draws from.
+    fn device_key(&self, setting: DeviceSetting) -> String {
+        match setting {
+            DeviceSetting::Auto | DeviceSetting::Cpu => "cpu".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Total memory of a device, when the engine can tell.
+    fn device_memory(&self, _device_key: &str) -> Option<u64> {
+        None
+    }
+
+    /// What the model will take in memory once loaded, before loading it.
+    fn estimate_footprint(&self, settings: &ModelSettings) -> Result<Footprint, String> {
+        if let Some(bytes) = settings.memory {
+            return Ok(Footprint::fixed(bytes.0));
+        }
+        match &settings.source {
+            ModelSource::File(path) => {
+                let summary = crate::gguf::read_summary(path).map_err(|e| {
+                    describe_file_error(path, &e.0)
+                })?;
+                let trained = summary.context_length().unwrap_or(4096);
+                let context = settings
+                    .context_length
+                    .map_or(trained, |c| (c as u64).min(trained));
+                let on_gpu = self.device_key(settings.device) != "cpu";
+                Ok(Footprint::estimate(
+                    &summary,
+                    context,
+                    settings.max_concurrent as u64,
+                    on_gpu,
+                ))
+            }
+            // Unknown until downloaded: set `memory` for hub models to account for them.
+            ModelSource::HuggingFace { .. } => Ok(Footprint::fixed(0)),
+        }
+    }
+}
+
+/// A message about a model file that names the file but not the directories above it.
+pub fn describe_file_error(path: &std::path::Path, problem: &str) -> String {
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model file".into());
+    if !path.exists() {
+        return format!("model file `{name}` not found");
+    }
+    if std::fs::File::open(path).is_err() {
+        return format!("model file `{name}` is not readable (permission denied)");
+    }
+    format!("model file `{name}`: {problem}")
 }
 
 /// CPU SIMD features this binary was compiled to use (candle picks kernels at compile time).

@@ -14,7 +14,7 @@ pub struct ModelObject {
     pub created: u64,
     /// Always `llamagate`.
     pub owned_by: String,
-    /// `unloaded`, `loading`, `ready` or `failed`.
+    /// `unloaded`, `loading`, `ready`, `draining` or `failed`.
     pub status: String,
     /// Other names routed to this model.
     pub aliases: Vec<String>,
@@ -24,6 +24,18 @@ pub struct ModelObject {
     pub device: String,
     /// Context window in tokens, once known (after the first load).
     pub context_length: Option<usize>,
+    /// Quantization of the weights (`Q4_1`, `Q8_0`, ...), from the GGUF header.
+    pub quantization: Option<String>,
+    /// Size of the model file in bytes.
+    pub size_bytes: Option<u64>,
+    /// Parameters, from the GGUF header.
+    pub parameters: Option<u64>,
+    /// Memory reserved for the model while loaded (the footprint estimate).
+    pub memory_bytes: u64,
+    /// Unix seconds when it was loaded, while loaded.
+    pub loaded_at: Option<u64>,
+    /// Whether it is loaded at start and never unloaded.
+    pub pinned: bool,
     /// The last load error, when `status` is `failed`.
     pub error: Option<String>,
 }

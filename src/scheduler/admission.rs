@@ -105,6 +105,11 @@ impl QueueTicket {
         }
     }
 
+    /// When this request's wait (for memory, a load and a slot) runs out.
+    pub fn deadline(&self) -> Instant {
+        self.entered + self.timeout
+    }
+
     /// How long this request has waited so far.
     pub fn waited(&self) -> Duration {
         self.entered.elapsed()

@@ -4,6 +4,8 @@
 //! model's slot until it is dropped; dropping it early cancels the generation.
 
 pub mod admission;
+pub mod memory;
+pub mod pool;
 pub mod registry;
 
 use std::pin::Pin;
@@ -14,16 +16,18 @@ use std::time::Instant;
 use futures::Stream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::config::Settings;
 use crate::engine::{Engine, EngineError, GenerationRequest, Prompt, TokenEvent, TokenStream};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::validation::ValidSampling;
+use pool::{Lease, Pool};
 use registry::Registry;
 
 /// Routes, admits and starts generations.
 pub struct Scheduler {
     registry: Registry,
-    engine: Arc<dyn Engine>,
+    pool: Arc<Pool>,
     metrics: Arc<Metrics>,
 }
 
@@ -38,38 +42,39 @@ pub fn engine_error(e: EngineError, param: &'static str) -> ApiError {
 
 impl Scheduler {
     /// A scheduler over the configured models.
-    pub fn new(
-        models: &[crate::config::ModelSettings],
-        engine: Arc<dyn Engine>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            registry: Registry::new(models),
+    pub fn new(settings: &Settings, engine: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Self {
+        let registry = Registry::new(&settings.models, &settings.scheduler, engine.as_ref());
+        let pool = Pool::new(
+            registry.slots().to_vec(),
             engine,
+            metrics.clone(),
+            &settings.scheduler,
+        );
+        Self {
+            registry,
+            pool,
             metrics,
         }
     }
 
-    /// The models and their states.
+    /// The models and their routes.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
-    /// Starts loading every pinned model in the background.
-    pub fn preload_pinned(self: &Arc<Self>) {
-        for slot in self.registry.slots() {
-            if slot.settings.pinned {
-                let slot = slot.clone();
-                let engine = self.engine.clone();
-                tokio::spawn(async move {
-                    let _ = slot.ensure_loaded(&engine).await;
-                });
-            }
-        }
+    /// The models' lifecycles and memory.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Starts background work (pinned loads, idle unloads). Needs a Tokio runtime.
+    pub fn start_background(&self) {
+        self.pool.start();
     }
 
     /// Copies the queue and slot counts into the gauges (called before a scrape).
     pub fn refresh_gauges(&self) {
+        self.pool.refresh_gauges();
         for slot in self.registry.slots() {
             let name = slot.settings.name.as_str();
             self.metrics
@@ -104,10 +109,16 @@ impl Scheduler {
             .admission
             .enter()
             .inspect_err(|_| reject("queue_full"))?;
-        let model = slot
-            .ensure_loaded(&self.engine)
+        let lease = self
+            .pool
+            .acquire(slot.index, ticket.deadline())
             .await
-            .inspect_err(|_| reject("load_failed"))?;
+            .inspect_err(|e| match e {
+                ApiError::QueueTimeout { .. } => reject("queue_timeout"),
+                ApiError::ModelLoadFailed { .. } => reject("load_failed"),
+                _ => {}
+            })?;
+        let model = lease.model().clone();
         let prompt_tokens = model
             .count_prompt_tokens(&prompt)
             .await
@@ -166,6 +177,7 @@ impl Scheduler {
             prompt_tokens,
             inner: stream,
             _permit: permit,
+            _lease: lease,
             metrics: self.metrics.clone(),
             started: admitted,
             last_token_at: None,
@@ -182,6 +194,7 @@ pub struct Generation {
     pub prompt_tokens: usize,
     inner: TokenStream,
     _permit: OwnedSemaphorePermit,
+    _lease: Lease,
     metrics: Arc<Metrics>,
     started: Instant,
     last_token_at: Option<Instant>,

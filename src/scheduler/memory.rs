@@ -1,0 +1,166 @@
+//! Memory accounting: what a model is expected to take once loaded, and how much each
+//! device may hold.
+//!
+//! Footprint estimate (bytes) = weights + KV cache + overhead, where
+//! - weights  = the GGUF's tensor bytes (read from its header),
+//! - KV cache = 2 (K and V) × layers × KV heads × head dimension × bytes per value
+//!   (4 on CPU, 2 on GPU) × context length × max concurrent sequences — the worst case,
+//!   every sequence at full context,
+//! - overhead = 64 MiB for the engine's buffers and tokenizer.
+//!
+//! The KV cache of mistral.rs grows with use, so a fresh model takes less than this; the
+//! estimate is an upper bound that makes loads safe under full load (docs/BENCHMARKS.md
+//! compares it with measured RSS growth).
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::gguf::GgufSummary;
+
+/// Fixed allowance for engine buffers, tokenizer and bookkeeping.
+pub const ENGINE_OVERHEAD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A size in bytes, written in config as a number or with a unit (`"512MiB"`, `"8GB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `123`, `"123"`, `"1.5GiB"`, `"512 MB"`, `"64k"`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let s = raw.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("`{raw}` is not a size; write e.g. 8GiB, 512MB or 1048576"))?;
+        let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kb" => 1e3,
+            "kib" => 1024.0,
+            "m" | "mb" => 1e6,
+            "mib" => 1024.0 * 1024.0,
+            "g" | "gb" => 1e9,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            "t" | "tb" => 1e12,
+            "tib" => 1024.0f64.powi(4),
+            other => return Err(format!("`{other}` is not a size unit; use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB")),
+        };
+        Ok(Self((value * multiplier) as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0 as f64;
+        if b >= 1024.0 * 1024.0 * 1024.0 {
+            write!(f, "{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+        } else {
+            write!(f, "{:.1} MiB", b / (1024.0 * 1024.0))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Self(n)),
+            Raw::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The expected memory of one loaded model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Tensor bytes.
+    pub weights: u64,
+    /// Worst-case KV cache.
+    pub kv_cache: u64,
+    /// Fixed allowance.
+    pub overhead: u64,
+}
+
+impl Footprint {
+    /// All together.
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.overhead
+    }
+
+    /// A footprint given directly (config override, or an engine that holds no weights).
+    pub fn fixed(bytes: u64) -> Self {
+        Self {
+            weights: bytes,
+            kv_cache: 0,
+            overhead: 0,
+        }
+    }
+
+    /// The estimate for a GGUF at `context` tokens × `sequences`, on a CPU or a GPU.
+    pub fn estimate(summary: &GgufSummary, context: u64, sequences: u64, on_gpu: bool) -> Self {
+        let per_value = if on_gpu { 2 } else { 4 };
+        let per_token = summary.kv_bytes_per_token(per_value).unwrap_or(0);
+        Self {
+            weights: summary.tensor_bytes(),
+            kv_cache: per_token
+                .saturating_mul(context)
+                .saturating_mul(sequences.max(1)),
+            overhead: ENGINE_OVERHEAD_BYTES,
+        }
+    }
+}
+
+/// Default share of a CPU's RAM that models may use.
+pub const DEFAULT_CPU_FRACTION: f64 = 0.7;
+/// Default share of a GPU's memory that models may use.
+pub const DEFAULT_GPU_FRACTION: f64 = 0.9;
+
+/// Physical RAM of this machine, if it can be read.
+pub fn system_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resident set size of this process, if it can be read.
+pub fn process_rss_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".into(),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(ByteSize::parse("1024").unwrap().0, 1024);
+        assert_eq!(ByteSize::parse("2KiB").unwrap().0, 2048);
+        assert_eq!(ByteSize::parse("1.5 GB").unwrap().0, 1_500_000_000);
+        assert!(ByteSize::parse("12 parsecs").is_err());
+        assert!(ByteSize::parse("lots").is_err());
+    }
+
+    #[test]
+    fn system_memory_is_known_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(system_memory_bytes().unwrap() > 100 * 1024 * 1024);
+            assert!(process_rss_bytes(None).unwrap() > 0);
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! The model pool: which models are loaded, inside which memory budgets, and who may use
+//! them. One lock guards every model's lifecycle so that eviction decisions are atomic:
+//!
+//! ```text
+//! Unloaded ──first request──▶ Loading ──▶ Ready ──fairness bound / admin unload──▶ Draining
+//!    ▲                          │           │ idle: LRU eviction, keep_alive         │ last request done
+//!    └──────────────────────────┴── Failed ◀┘ (load error; retried by a later request)┘
+//! ```
+//!
+//! Policy (no thrashing, no starvation):
+//! - A request for an unloaded model reserves its estimated footprint on its device. If it
+//!   does not fit, idle models (no running or queued requests, not pinned) are evicted,
+//!   least recently used first. If it cannot fit even with every unpinned model gone, the
+//!   request gets 503 `insufficient_memory` at once.
+//! - If it would fit once busy models finish, the request waits and each of those models
+//!   becomes *contended*: it admits at most `fairness_batch` more requests, then drains
+//!   (admits none, finishes what runs) and is evicted. So two busy models that do not fit
+//!   together take turns in batches of at least `fairness_batch` requests, instead of a
+//!   load per request, and neither waits for more than one batch of the other.
+//! - Pinned models load at start and are never evicted; `keep_alive` unloads idle models.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+
+use super::memory::{ByteSize, Footprint, DEFAULT_CPU_FRACTION, DEFAULT_GPU_FRACTION};
+use super::registry::ModelSlot;
+use crate::config::SchedulerSettings;
+use crate::engine::{Engine, LoadedModel};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Where a model is in its lifecycle.
+#[derive(Clone)]
+enum Life {
+    Unloaded,
+    Loading { generation: u64 },
+    Ready(Arc<dyn LoadedModel>),
+    Draining(Arc<dyn LoadedModel>),
+    Failed { error: String, generation: u64 },
+}
+
+struct Entry {
+    life: Life,
+    /// Leases held (requests admitted to this model and not finished).
+    active: usize,
+    /// Requests waiting in `acquire` for this model.
+    waiting: usize,
+    last_used: Instant,
+    /// Bytes counted against the device while Loading, Ready or Draining.
+    reserved: u64,
+    /// Admissions since another model started waiting for this one's memory.
+    contended_admissions: Option<usize>,
+    load_generation: u64,
+    loaded_at: Option<SystemTime>,
+}
+
+struct State {
+    entries: Vec<Entry>,
+}
+
+/// A snapshot of one model, for `/v1/models`, admin and metrics.
+#[derive(Debug, Clone)]
+pub struct ModelStatus {
+    /// `unloaded`, `loading`, `ready`, `draining` or `failed`.
+    pub status: &'static str,
+    /// Known once loaded.
+    pub context_length: Option<usize>,
+    /// Where it runs, once loaded.
+    pub device: Option<String>,
+    /// When it became ready.
+    pub loaded_at: Option<SystemTime>,
+    /// The last load error, when failed.
+    pub error: Option<String>,
+    /// Bytes reserved for it now.
+    pub reserved_bytes: u64,
+    /// Requests holding it.
+    pub active: usize,
+}
+
+/// Memory budget and use of one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// `cpu`, `cuda:0`, ...
+    pub device: String,
+    /// Bytes models may use.
+    pub budget: u64,
+    /// Bytes reserved by loading and loaded models.
+    pub used: u64,
+}
+
+/// The models, their lifecycles and the memory they hold.
+pub struct Pool {
+    slots: Vec<Arc<ModelSlot>>,
+    engine: Arc<dyn Engine>,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+    changed: Notify,
+    budgets: HashMap<String, u64>,
+    max_loaded: Option<usize>,
+    fairness_batch: usize,
+}
+
+/// A model held for one request; dropping it tells the pool the request is over.
+pub struct Lease {
+    pool: Arc<Pool>,
+    index: usize,
+    model: Arc<dyn LoadedModel>,
+}
+
+impl Lease {
+    /// The loaded model.
+    pub fn model(&self) -> &Arc<dyn LoadedModel> {
+        &self.model
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.release(self.index);
+    }
+}
+
+enum Step {
+    Leased(Arc<dyn LoadedModel>),
+    Wait,
+}
+
+/// Counts a request as waiting for its model while it is in `acquire`.
+struct WaitingGuard<'a> {
+    pool: &'a Pool,
+    index: usize,
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.pool.lock();
+        st.entries[self.index].waiting -= 1;
+        drop(st);
+        self.pool.changed.notify_waiters();
+    }
+}
+
+impl Pool {
+    /// A pool over `slots`, with budgets from `settings` (or the machine's memory).
+    pub fn new(
+        slots: Vec<Arc<ModelSlot>>,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        settings: &SchedulerSettings,
+    ) -> Arc<Self> {
+        let mut budgets = HashMap::new();
+        for slot in &slots {
+            let key = slot.device_key.clone();
+            if budgets.contains_key(&key) {
+                continue;
+            }
+            let is_cpu = key == "cpu";
+            let configured = if is_cpu {
+                settings.cpu_memory_budget
+            } else {
+                settings.gpu_memory_budget
+            };
+            let budget = match configured {
+                Some(ByteSize(b)) => b,
+                None => {
+                    let total = if is_cpu {
+                        super::memory::system_memory_bytes()
+                            .or_else(|| engine.device_memory(&key))
+                    } else {
+                        engine.device_memory(&key)
+                    };
+                    let fraction = if is_cpu {
+                        DEFAULT_CPU_FRACTION
+                    } else {
+                        DEFAULT_GPU_FRACTION
+                    };
+                    total.map_or(u64::MAX, |t| (t as f64 * fraction) as u64)
+                }
+            };
+            tracing::info!(device = %key, budget = %ByteSize(budget), "memory budget");
+            metrics
+                .memory_budget_bytes
+                .with_label_values(&[key.as_str()])
+                .set(budget.min(i64::MAX as u64) as i64);
+            budgets.insert(key, budget);
+        }
+        let entries = slots
+            .iter()
+            .map(|_| Entry {
+                life: Life::Unloaded,
+                active: 0,
+                waiting: 0,
+                last_used: Instant::now(),
+                reserved: 0,
+                contended_admissions: None,
+                load_generation: 0,
+                loaded_at: None,
+            })
+            .collect();
+        Arc::new(Self {
+            slots,
+            engine,
+            metrics,
+            state: Mutex::new(State { entries }),
+            changed: Notify::new(),
+            budgets,
+            max_loaded: settings.max_loaded_models,
+            fairness_batch: settings.fairness_batch.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the background work: loading pinned models and unloading idle ones.
+    pub fn start(self: &Arc<Self>) {
+        for slot in &self.slots {
+            if slot.settings.pinned {
+                let pool = self.clone();
+                let index = slot.index;
+                let timeout = slot.settings.load_timeout() + Duration::from_secs(5);
+                tokio::spawn(async move {
+                    let _ = pool.acquire(index, Instant::now() + timeout).await;
+                });
+            }
+        }
+        if self.slots.iter().any(|s| s.settings.keep_alive.is_some()) {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = pool.upgrade() else { break };
+                    pool.expire_idle();
+                }
+            });
+        }
+    }
+
+    /// Each model's state now.
+    pub fn status(&self, index: usize) -> ModelStatus {
+        let st = self.lock();
+        let e = &st.entries[index];
+        let (status, model, error) = match &e.life {
+            Life::Unloaded => ("unloaded", None, None),
+            Life::Loading { .. } => ("loading", None, None),
+            Life::Ready(m) => ("ready", Some(m), None),
+            Life::Draining(m) => ("draining", Some(m), None),
+            Life::Failed { error, .. } => ("failed", None, Some(error.clone())),
+        };
+        ModelStatus {
+            status,
+            context_length: model.map(|m| m.facts().context_length),
+            device: model.map(|m| m.facts().device.clone()),
+            loaded_at: model.and(e.loaded_at),
+            error,
+            reserved_bytes: e.reserved,
+            active: e.active,
+        }
+    }
+
+    /// Budget and use of every device.
+    pub fn memory(&self) -> Vec<DeviceMemory> {
+        let st = self.lock();
+        let mut out: Vec<DeviceMemory> = self
+            .budgets
+            .iter()
+            .map(|(device, budget)| DeviceMemory {
+                device: device.clone(),
+                budget: *budget,
+                used: self.used_on(&st, device),
+            })
+            .collect();
+        out.sort_by(|a, b| a.device.cmp(&b.device));
+        out
+    }
+
+    fn used_on(&self, st: &State, device: &str) -> u64 {
+        st.entries
+            .iter()
+            .zip(&self.slots)
+            .filter(|(_, s)| s.device_key == device)
+            .map(|(e, _)| e.reserved)
+            .sum()
+    }
+
+    /// Whether a request of another model is waiting for room (it is not loaded).
+    fn someone_waits_for_room(&self, st: &State, index: usize) -> bool {
+        st.entries.iter().enumerate().any(|(i, e)| {
+            i != index
+                && e.waiting > 0
+                && matches!(e.life, Life::Unloaded | Life::Failed { .. })
+        })
+    }
+
+    fn loaded_count(st: &State) -> usize {
+        st.entries
+            .iter()
+            .filter(|e| matches!(e.life, Life::Loading { .. } | Life::Ready(_) | Life::Draining(_)))
+            .count()
+    }
+
+    /// Waits until model `index` is ready and admits one request to it, loading it (and
+    /// evicting or draining others) as needed, until `deadline`.
+    pub async fn acquire(self: &Arc<Self>, index: usize, deadline: Instant) -> Result<Lease, ApiError> {
+        {
+            self.lock().entries[index].waiting += 1;
+        }
+        let _waiting = WaitingGuard { pool: self, index };
+        let mut awaited_load: Option<u64> = None;
+        let started = Instant::now();
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let step = {
+                let mut st = self.lock();
+                self.step(&mut st, index, &mut awaited_load)?
+            };
+            match step {
+                Step::Leased(model) => {
+                    return Ok(Lease {
+                        pool: self.clone(),
+                        index,
+                        model,
+                    })
+                }
+                Step::Wait => {
+                    if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+                        return Err(ApiError::QueueTimeout {
+                            model: self.slots[index].settings.name.clone(),
+                            waited: started.elapsed(),
+                            retry_after: Duration::from_secs(5),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// One decision for a request of model `index`, under the lock.
+    fn step(
+        self: &Arc<Self>,
+        st: &mut State,
+        index: usize,
+        awaited_load: &mut Option<u64>,
+    ) -> Result<Step, ApiError> {
+        let slot = &self.slots[index];
+        let name = &slot.settings.name;
+        let fairness = self.fairness_batch;
+        let someone_waits = self.someone_waits_for_room(st, index);
+        let e = &mut st.entries[index];
+        match &e.life {
+            Life::Ready(model) => {
+                let model = model.clone();
+                if !someone_waits {
+                    e.contended_admissions = None;
+                }
+                if let Some(admitted) = e.contended_admissions {
+                    if admitted >= fairness {
+                        tracing::info!(model = %name, "fairness bound reached: draining to make room");
+                        e.life = Life::Draining(model);
+                        return Ok(Step::Wait);
+                    }
+                    e.contended_admissions = Some(admitted + 1);
+                }
+                e.active += 1;
+                e.last_used = Instant::now();
+                return Ok(Step::Leased(model));
+            }
+            Life::Draining(_) => return Ok(Step::Wait),
+            Life::Loading { generation } => {
+                *awaited_load = Some(*generation);
+                return Ok(Step::Wait);
+            }
+            Life::Failed { error, generation } if *awaited_load == Some(*generation) => {
+                return Err(ApiError::ModelLoadFailed {
+                    model: name.clone(),
+                    reason: error.clone(),
+                });
+            }
+            Life::Unloaded | Life::Failed { .. } => {}
+        }
+
+        // Not loaded: find room for it.
+        let footprint = match self.engine.estimate_footprint(&slot.settings) {
+            Ok(f) => f,
+            Err(error) => {
+                e.load_generation += 1;
+                e.life = Life::Failed {
+                    error: error.clone(),
+                    generation: e.load_generation,
+                };
+                self.metrics.model_load_failures.with_label_values(&[name]).inc();
+                return Err(ApiError::ModelLoadFailed {
+                    model: name.clone(),
+                    reason: error,
+                });
+            }
+        };
+        let need = footprint.total();
+        let device = slot.device_key.as_str();
+        let budget = self.budgets.get(device).copied().unwrap_or(u64::MAX);
+        let pinned_used: u64 = st
+            .entries
+            .iter()
+            .zip(&self.slots)
+            .filter(|(_, s)| s.device_key == device && s.settings.pinned && s.index != index)
+            .map(|(e, _)| e.reserved)
+            .sum();
+        if need > budget.saturating_sub(pinned_used) {
+            self.metrics
+                .rejected_requests
+                .with_label_values(&[name, "insufficient_memory"])
+                .inc();
+            return Err(ApiError::InsufficientMemory {
+                model: name.clone(),
+                device: device.to_string(),
+                needed: need,
+                budget,
+                pinned: pinned_used,
+            });
+        }
+        if let Some(max) = self.max_loaded {
+            let pinned_loaded = st
+                .entries
+                .iter()
+                .zip(&self.slots)
+                .filter(|(e, s)| s.settings.pinned && !matches!(e.life, Life::Unloaded | Life::Failed { .. }))
+                .count();
+            if pinned_loaded >= max {
+                return Err(ApiError::InsufficientMemory {
+                    model: name.clone(),
+                    device: device.to_string(),
+                    needed: need,
+                    budget,
+                    pinned: pinned_used,
+                });
+            }
+        }
+
+        // Evict idle models, least recently used first, until it fits.
+        let fits = |st: &State, extra_free: u64, extra_slots: usize| {
+            let used = self.used_on(st, device).saturating_sub(extra_free);
+            let count_ok = self
+                .max_loaded
+                .is_none_or(|max| Self::loaded_count(st).saturating_sub(extra_slots) < max);
+            used.saturating_add(need) <= budget && count_ok
+        };
+        if !fits(st, 0, 0) {
+            let mut idle: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| {
+                    let e = &st.entries[i];
+                    i != index
+                        && !self.slots[i].settings.pinned
+                        && e.active == 0
+                        && matches!(e.life, Life::Ready(_) | Life::Draining(_))
+                })
+                .collect();
+            idle.sort_by_key(|&i| st.entries[i].last_used);
+            let mut chosen = Vec::new();
+            let mut freed = 0u64;
+            for i in idle {
+                if fits(st, freed, chosen.len()) {
+                    break;
+                }
+                let counts_for_memory = self.slots[i].device_key == device;
+                let counts_for_slots = self.max_loaded.is_some_and(|max| Self::loaded_count(st).saturating_sub(chosen.len()) >= max);
+                if counts_for_memory || counts_for_slots {
+                    if counts_for_memory {
+                        freed += st.entries[i].reserved;
+                    }
+                    chosen.push(i);
+                }
+            }
+            if fits(st, freed, chosen.len()) {
+                for i in chosen {
+                    tracing::info!(evicted = %self.slots[i].settings.name, for_model = %name, "evicting idle model to make room");
+                    self.metrics
+                        .model_evictions
+                        .with_label_values(&[self.slots[i].settings.name.as_str()])
+                        .inc();
+                    self.metrics.model_swaps.inc();
+                    self.unload_locked(st, i);
+                }
+            } else {
+                // Busy models hold the memory: make them take turns.
+                for i in 0..self.slots.len() {
+                    let same_device = self.slots[i].device_key == device || self.max_loaded.is_some();
+                    let other = &mut st.entries[i];
+                    if i != index
+                        && same_device
+                        && !self.slots[i].settings.pinned
+                        && matches!(other.life, Life::Ready(_))
+                        && other.contended_admissions.is_none()
+                    {
+                        other.contended_admissions = Some(0);
+                    }
+                }
+                return Ok(Step::Wait);
+            }
+        }
+
+        // Room is there: reserve it and load.
+        let e = &mut st.entries[index];
+        e.load_generation += 1;
+        let generation = e.load_generation;
+        e.life = Life::Loading { generation };
+        e.reserved = need;
+        *awaited_load = Some(generation);
+        self.spawn_load(index, generation, footprint);
+        Ok(Step::Wait)
+    }
+
+    fn spawn_load(self: &Arc<Self>, index: usize, generation: u64, footprint: Footprint) {
+        let pool = self.clone();
+        let settings = self.slots[index].settings.clone();
+        tracing::info!(model = %settings.name, source = %settings.source, footprint = %ByteSize(footprint.total()), "loading model");
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = pool.engine.load(&settings).await;
+            let seconds = started.elapsed().as_secs_f64();
+            let name = settings.name.as_str();
+            let mut st = pool.lock();
+            let e = &mut st.entries[index];
+            if !matches!(e.life, Life::Loading { generation: g } if g == generation) {
+                return;
+            }
+            match result {
+                Ok(model) => {
+                    tracing::info!(model = %name, device = %model.facts().device, context_length = model.facts().context_length, seconds, "model loaded");
+                    pool.metrics.model_loads.with_label_values(&[name]).inc();
+                    pool.metrics.model_load_duration.with_label_values(&[name]).observe(seconds);
+                    e.life = Life::Ready(model);
+                    e.loaded_at = Some(SystemTime::now());
+                    e.last_used = Instant::now();
+                    e.contended_admissions = None;
+                }
+                Err(err) => {
+                    tracing::warn!(model = %name, error = %err, "model load failed");
+                    pool.metrics.model_load_failures.with_label_values(&[name]).inc();
+                    e.life = Life::Failed {
+                        error: err.to_string(),
+                        generation,
+                    };
+                    e.reserved = 0;
+                }
+            }
+            drop(st);
+            pool.changed.notify_waiters();
+        });
+    }
+
+    /// Unloads model `i` (its memory is freed once running requests let go of it).
+    fn unload_locked(&self, st: &mut State, i: usize) {
+        let e = &mut st.entries[i];
+        if matches!(e.life, Life::Ready(_) | Life::Draining(_)) {
+            tracing::info!(model = %self.slots[i].settings.name, "model unloaded");
+        }
+        e.life = Life::Unloaded;
+        e.reserved = 0;
+        e.contended_admissions = None;
+        e.loaded_at = None;
+    }
+
+    fn release(&self, index: usize) {
+        let mut st = self.lock();
+        let pinned = self.slots[index].settings.pinned;
+        let keep_alive = self.slots[index].settings.keep_alive;
+        let e = &mut st.entries[index];
+        e.active = e.active.saturating_sub(1);
+        e.last_used = Instant::now();
+        let idle = e.active == 0;
+        let draining = matches!(e.life, Life::Draining(_));
+        let unused = idle && e.waiting == 0;
+        if idle && draining {
+            self.unload_locked(&mut st, index);
+        } else if unused && !pinned && keep_alive.is_some_and(|k| k.0.is_zero()) {
+            self.unload_locked(&mut st, index);
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    fn expire_idle(&self) {
+        let mut st = self.lock();
+        let mut changed = false;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i].settings;
+            let e = &st.entries[i];
+            let expired = s.keep_alive.is_some_and(|k| e.last_used.elapsed() >= k.0);
+            if expired && !s.pinned && e.active == 0 && e.waiting == 0 && matches!(e.life, Life::Ready(_)) {
+                tracing::info!(model = %s.name, "idle for keep_alive: unloading");
+                self.unload_locked(&mut st, i);
+                changed = true;
+            }
+        }
+        drop(st);
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Loads a model now (admin), waiting up to its load timeout.
+    pub async fn load_now(self: &Arc<Self>, index: usize) -> Result<(), ApiError> {
+        let timeout = self.slots[index].settings.load_timeout() + Duration::from_secs(5);
+        self.acquire(index, Instant::now() + timeout).await.map(drop)
+    }
+
+    /// Unloads a model now (admin): at once when idle, else it drains first.
+    pub fn unload_now(&self, index: usize) -> &'static str {
+        let mut st = self.lock();
+        let e = &mut st.entries[index];
+        let result = match &e.life {
+            Life::Ready(_) | Life::Draining(_) if e.active == 0 => {
+                self.unload_locked(&mut st, index);
+                "unloaded"
+            }
+            Life::Ready(m) => {
+                e.life = Life::Draining(m.clone());
+                "draining"
+            }
+            Life::Draining(_) => "draining",
+            Life::Loading { .. } => "loading",
+            Life::Unloaded | Life::Failed { .. } => "unloaded",
+        };
+        drop(st);
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// Copies states and memory into the gauges.
+    pub fn refresh_gauges(&self) {
+        for slot in &self.slots {
+            let status = self.status(slot.index);
+            let name = slot.settings.name.as_str();
+            self.metrics
+                .model_loaded
+                .with_label_values(&[name])
+                .set(i64::from(matches!(status.status, "ready" | "draining")));
+            self.metrics
+                .model_memory_bytes
+                .with_label_values(&[name])
+                .set(status.reserved_bytes as i64);
+        }
+        for d in self.memory() {
+            self.metrics
+                .memory_used_bytes
+                .with_label_values(&[d.device.as_str()])
+                .set(d.used.min(i64::MAX as u64) as i64);
+        }
+    }
+}
