@@ -152,7 +152,9 @@ impl DurationSetting {
             .trim()
             .parse::<u64>()
             .map(|n| Self(Duration::from_secs(n * factor)))
-            .map_err(|_| format!("`{raw}` is not a duration; write e.g. 300, \"90s\", \"5m\" or \"1h\""))
+            .map_err(|_| {
+                format!("`{raw}` is not a duration; write e.g. 300, \"90s\", \"5m\" or \"1h\"")
+            })
     }
 }
 

@@ -202,8 +202,9 @@ impl<R: Read> Reader<R> {
     }
 
     fn scalar(&mut self, t: u32, what: &str) -> Result<MetaValue, GgufError> {
-        let size = Self::scalar_size(t)
-            .ok_or_else(|| GgufError(format!("corrupt header: unknown value type {t} in {what}")))?;
+        let size = Self::scalar_size(t).ok_or_else(|| {
+            GgufError(format!("corrupt header: unknown value type {t} in {what}"))
+        })?;
         let b = self.bytes(size, what)?;
         let mut a = [0u8; 8];
         a[..b.len()].copy_from_slice(&b);
@@ -306,15 +307,16 @@ pub fn read_summary(path: &Path) -> Result<GgufSummary, GgufError> {
         }
         let ggml_type = r.u32(&name)?;
         let offset = r.u64(&name)?;
-        let (block, type_size) = ggml_type_layout(ggml_type).ok_or_else(|| {
-            GgufError(format!(
-                "tensor `{name}` has unknown type {ggml_type}"
-            ))
-        })?;
+        let (block, type_size) = ggml_type_layout(ggml_type)
+            .ok_or_else(|| GgufError(format!("tensor `{name}` has unknown type {ggml_type}")))?;
         let elements = dims
             .iter()
             .try_fold(1u64, |acc, d| acc.checked_mul(*d))
-            .ok_or_else(|| GgufError(format!("corrupt header: tensor `{name}` is impossibly large")))?;
+            .ok_or_else(|| {
+                GgufError(format!(
+                    "corrupt header: tensor `{name}` is impossibly large"
+                ))
+            })?;
         if elements % block != 0 {
             return Err(GgufError(format!(
                 "corrupt header: tensor `{name}` does not fill whole blocks"
@@ -387,13 +389,26 @@ impl GgufSummary {
 
     /// The quantization, from `general.file_type` (or the most common tensor type).
     pub fn quantization(&self) -> String {
-        if let Some(ft) = self.metadata.get("general.file_type").and_then(MetaValue::as_u64) {
+        if let Some(ft) = self
+            .metadata
+            .get("general.file_type")
+            .and_then(MetaValue::as_u64)
+        {
             let name = file_type_name(ft);
             if name != "unknown" {
                 return name.to_string();
             }
         }
         "unknown".into()
+    }
+
+    /// Vocabulary size (`{arch}.vocab_size` or the length of `tokenizer.ggml.tokens`).
+    pub fn vocab_size(&self) -> Option<u64> {
+        self.arch_u64("vocab_size")
+            .or_else(|| match self.metadata.get("tokenizer.ggml.tokens") {
+                Some(MetaValue::Array(n)) => Some(*n),
+                _ => None,
+            })
     }
 
     /// Context window the model was trained for.
@@ -461,7 +476,10 @@ mod tests {
     #[test]
     fn reads_a_small_header_and_detects_truncation() {
         let mut b = header(
-            &[("general.architecture", 8, string_value("llama")), ("llama.block_count", 4, 2u32.to_le_bytes().to_vec())],
+            &[
+                ("general.architecture", 8, string_value("llama")),
+                ("llama.block_count", 4, 2u32.to_le_bytes().to_vec()),
+            ],
             &[("w", 0, vec![4, 2])],
         );
         let aligned = b.len().div_ceil(32) * 32;

@@ -156,7 +156,9 @@ impl Metrics {
                     "Evictions made to load another model.",
                 )
                 .expect("valid metric");
-                registry.register(Box::new(c.clone())).expect("registered once");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
                 c
             },
             model_load_duration: {
@@ -165,11 +167,15 @@ impl Metrics {
                         "llamagate_model_load_duration_seconds",
                         "Time to load a model.",
                     )
-                    .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+                    .buckets(vec![
+                        0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                    ]),
                     &["model"],
                 )
                 .expect("valid metric");
-                registry.register(Box::new(h.clone())).expect("registered once");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("registered once");
                 h
             },
             model_loaded: gauge(

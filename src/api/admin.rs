@@ -79,7 +79,10 @@ pub struct DeviceMemoryReport {
 
 /// Memory budgets and use.
 #[utoipa::path(get, path = "/admin/memory", responses((status = 200, body = Vec<DeviceMemoryReport>)))]
-pub async fn memory(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn memory(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     require_loopback(&req)?;
     let report: Vec<DeviceMemoryReport> = state
         .scheduler

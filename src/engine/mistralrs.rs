@@ -35,7 +35,14 @@ pub struct MistralRsModel {
 
 /// GGUF architectures mistral.rs 0.8 can run.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
-    "llama", "mistral3", "phi2", "phi3", "starcoder2", "qwen2", "qwen3", "qwen3moe",
+    "llama",
+    "mistral3",
+    "phi2",
+    "phi3",
+    "starcoder2",
+    "qwen2",
+    "qwen3",
+    "qwen3moe",
 ];
 
 /// Checks a local GGUF before handing it to mistral.rs: readable, a complete GGUF (every

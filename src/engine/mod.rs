@@ -261,9 +261,8 @@ pub trait Engine: Send + Sync {
         }
         match &settings.source {
             ModelSource::File(path) => {
-                let summary = crate::gguf::read_summary(path).map_err(|e| {
-                    describe_file_error(path, &e.0)
-                })?;
+                let summary =
+                    crate::gguf::read_summary(path).map_err(|e| describe_file_error(path, &e.0))?;
                 let trained = summary.context_length().unwrap_or(4096);
                 let context = settings
                     .context_length

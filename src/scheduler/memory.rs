@@ -2,7 +2,9 @@
 //! device may hold.
 //!
 //! Footprint estimate (bytes) = weights + KV cache + overhead, where
-//! - weights  = the GGUF's tensor bytes (read from its header),
+//! - weights  = the GGUF's tensor bytes (read from its header) + the token-embedding
+//!   table dequantized to f32 (vocabulary × embedding length × 4; the engine keeps it
+//!   dequantized for lookups),
 //! - KV cache = 2 (K and V) × layers × KV heads × head dimension × bytes per value
 //!   (4 on CPU, 2 on GPU) × context length × max concurrent sequences — the worst case,
 //!   every sequence at full context,
@@ -46,7 +48,11 @@ impl ByteSize {
             "gib" => 1024.0 * 1024.0 * 1024.0,
             "t" | "tb" => 1e12,
             "tib" => 1024.0f64.powi(4),
-            other => return Err(format!("`{other}` is not a size unit; use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB")),
+            other => {
+                return Err(format!(
+                    "`{other}` is not a size unit; use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB"
+                ))
+            }
         };
         Ok(Self((value * multiplier) as u64))
     }
@@ -108,8 +114,12 @@ impl Footprint {
     pub fn estimate(summary: &GgufSummary, context: u64, sequences: u64, on_gpu: bool) -> Self {
         let per_value = if on_gpu { 2 } else { 4 };
         let per_token = summary.kv_bytes_per_token(per_value).unwrap_or(0);
+        let embeddings = summary
+            .vocab_size()
+            .zip(summary.arch_u64("embedding_length"))
+            .map_or(0, |(v, d)| v.saturating_mul(d).saturating_mul(4));
         Self {
-            weights: summary.tensor_bytes(),
+            weights: summary.tensor_bytes().saturating_add(embeddings),
             kv_cache: per_token
                 .saturating_mul(context)
                 .saturating_mul(sequences.max(1)),
@@ -141,6 +151,22 @@ pub fn process_rss_bytes(pid: Option<u32>) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Hands memory freed by an unloaded model back to the operating system. glibc keeps
+/// freed heap in its arenas; the engine frees its weights on its own thread shortly after
+/// the model is dropped, so this runs a moment later, off the async threads.
+pub fn return_freed_memory_soon() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    std::thread::spawn(|| {
+        for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            // SAFETY: malloc_trim only releases free pages; it has no preconditions.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -257,3 +257,6 @@ impl Drop for Generation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -167,8 +167,7 @@ impl Pool {
                 Some(ByteSize(b)) => b,
                 None => {
                     let total = if is_cpu {
-                        super::memory::system_memory_bytes()
-                            .or_else(|| engine.device_memory(&key))
+                        super::memory::system_memory_bytes().or_else(|| engine.device_memory(&key))
                     } else {
                         engine.device_memory(&key)
                     };
@@ -291,22 +290,29 @@ impl Pool {
     /// Whether a request of another model is waiting for room (it is not loaded).
     fn someone_waits_for_room(&self, st: &State, index: usize) -> bool {
         st.entries.iter().enumerate().any(|(i, e)| {
-            i != index
-                && e.waiting > 0
-                && matches!(e.life, Life::Unloaded | Life::Failed { .. })
+            i != index && e.waiting > 0 && matches!(e.life, Life::Unloaded | Life::Failed { .. })
         })
     }
 
     fn loaded_count(st: &State) -> usize {
         st.entries
             .iter()
-            .filter(|e| matches!(e.life, Life::Loading { .. } | Life::Ready(_) | Life::Draining(_)))
+            .filter(|e| {
+                matches!(
+                    e.life,
+                    Life::Loading { .. } | Life::Ready(_) | Life::Draining(_)
+                )
+            })
             .count()
     }
 
     /// Waits until model `index` is ready and admits one request to it, loading it (and
     /// evicting or draining others) as needed, until `deadline`.
-    pub async fn acquire(self: &Arc<Self>, index: usize, deadline: Instant) -> Result<Lease, ApiError> {
+    pub async fn acquire(
+        self: &Arc<Self>,
+        index: usize,
+        deadline: Instant,
+    ) -> Result<Lease, ApiError> {
         {
             self.lock().entries[index].waiting += 1;
         }
@@ -330,7 +336,10 @@ impl Pool {
                     })
                 }
                 Step::Wait => {
-                    if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+                    if tokio::time::timeout_at(deadline.into(), notified)
+                        .await
+                        .is_err()
+                    {
                         return Err(ApiError::QueueTimeout {
                             model: self.slots[index].settings.name.clone(),
                             waited: started.elapsed(),
@@ -357,9 +366,11 @@ impl Pool {
         match &e.life {
             Life::Ready(model) => {
                 let model = model.clone();
-                if !someone_waits {
-                    e.contended_admissions = None;
-                }
+                e.contended_admissions = match (someone_waits, e.contended_admissions) {
+                    (false, _) => None,
+                    (true, None) if !slot.settings.pinned => Some(0),
+                    (true, counted) => counted,
+                };
                 if let Some(admitted) = e.contended_admissions {
                     if admitted >= fairness {
                         tracing::info!(model = %name, "fairness bound reached: draining to make room");
@@ -395,7 +406,10 @@ impl Pool {
                     error: error.clone(),
                     generation: e.load_generation,
                 };
-                self.metrics.model_load_failures.with_label_values(&[name]).inc();
+                self.metrics
+                    .model_load_failures
+                    .with_label_values(&[name])
+                    .inc();
                 return Err(ApiError::ModelLoadFailed {
                     model: name.clone(),
                     reason: error,
@@ -430,7 +444,9 @@ impl Pool {
                 .entries
                 .iter()
                 .zip(&self.slots)
-                .filter(|(e, s)| s.settings.pinned && !matches!(e.life, Life::Unloaded | Life::Failed { .. }))
+                .filter(|(e, s)| {
+                    s.settings.pinned && !matches!(e.life, Life::Unloaded | Life::Failed { .. })
+                })
                 .count();
             if pinned_loaded >= max {
                 return Err(ApiError::InsufficientMemory {
@@ -469,7 +485,9 @@ impl Pool {
                     break;
                 }
                 let counts_for_memory = self.slots[i].device_key == device;
-                let counts_for_slots = self.max_loaded.is_some_and(|max| Self::loaded_count(st).saturating_sub(chosen.len()) >= max);
+                let counts_for_slots = self
+                    .max_loaded
+                    .is_some_and(|max| Self::loaded_count(st).saturating_sub(chosen.len()) >= max);
                 if counts_for_memory || counts_for_slots {
                     if counts_for_memory {
                         freed += st.entries[i].reserved;
@@ -490,7 +508,8 @@ impl Pool {
             } else {
                 // Busy models hold the memory: make them take turns.
                 for i in 0..self.slots.len() {
-                    let same_device = self.slots[i].device_key == device || self.max_loaded.is_some();
+                    let same_device =
+                        self.slots[i].device_key == device || self.max_loaded.is_some();
                     let other = &mut st.entries[i];
                     if i != index
                         && same_device
@@ -534,7 +553,10 @@ impl Pool {
                 Ok(model) => {
                     tracing::info!(model = %name, device = %model.facts().device, context_length = model.facts().context_length, seconds, "model loaded");
                     pool.metrics.model_loads.with_label_values(&[name]).inc();
-                    pool.metrics.model_load_duration.with_label_values(&[name]).observe(seconds);
+                    pool.metrics
+                        .model_load_duration
+                        .with_label_values(&[name])
+                        .observe(seconds);
                     e.life = Life::Ready(model);
                     e.loaded_at = Some(SystemTime::now());
                     e.last_used = Instant::now();
@@ -542,7 +564,10 @@ impl Pool {
                 }
                 Err(err) => {
                     tracing::warn!(model = %name, error = %err, "model load failed");
-                    pool.metrics.model_load_failures.with_label_values(&[name]).inc();
+                    pool.metrics
+                        .model_load_failures
+                        .with_label_values(&[name])
+                        .inc();
                     e.life = Life::Failed {
                         error: err.to_string(),
                         generation,
@@ -560,6 +585,7 @@ impl Pool {
         let e = &mut st.entries[i];
         if matches!(e.life, Life::Ready(_) | Life::Draining(_)) {
             tracing::info!(model = %self.slots[i].settings.name, "model unloaded");
+            super::memory::return_freed_memory_soon();
         }
         e.life = Life::Unloaded;
         e.reserved = 0;
@@ -577,9 +603,8 @@ impl Pool {
         let idle = e.active == 0;
         let draining = matches!(e.life, Life::Draining(_));
         let unused = idle && e.waiting == 0;
-        if idle && draining {
-            self.unload_locked(&mut st, index);
-        } else if unused && !pinned && keep_alive.is_some_and(|k| k.0.is_zero()) {
+        let expired_now = unused && !pinned && keep_alive.is_some_and(|k| k.0.is_zero());
+        if (idle && draining) || expired_now {
             self.unload_locked(&mut st, index);
         }
         drop(st);
@@ -593,7 +618,12 @@ impl Pool {
             let s = &self.slots[i].settings;
             let e = &st.entries[i];
             let expired = s.keep_alive.is_some_and(|k| e.last_used.elapsed() >= k.0);
-            if expired && !s.pinned && e.active == 0 && e.waiting == 0 && matches!(e.life, Life::Ready(_)) {
+            if expired
+                && !s.pinned
+                && e.active == 0
+                && e.waiting == 0
+                && matches!(e.life, Life::Ready(_))
+            {
                 tracing::info!(model = %s.name, "idle for keep_alive: unloading");
                 self.unload_locked(&mut st, i);
                 changed = true;
@@ -608,7 +638,9 @@ impl Pool {
     /// Loads a model now (admin), waiting up to its load timeout.
     pub async fn load_now(self: &Arc<Self>, index: usize) -> Result<(), ApiError> {
         let timeout = self.slots[index].settings.load_timeout() + Duration::from_secs(5);
-        self.acquire(index, Instant::now() + timeout).await.map(drop)
+        self.acquire(index, Instant::now() + timeout)
+            .await
+            .map(drop)
     }
 
     /// Unloads a model now (admin): at once when idle, else it drains first.

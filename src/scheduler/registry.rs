@@ -64,7 +64,11 @@ fn file_facts(settings: &ModelSettings) -> FileFacts {
 
 impl Registry {
     /// Builds the routing table (names and aliases were checked unique by the config).
-    pub fn new(models: &[ModelSettings], scheduler: &SchedulerSettings, engine: &dyn Engine) -> Self {
+    pub fn new(
+        models: &[ModelSettings],
+        scheduler: &SchedulerSettings,
+        engine: &dyn Engine,
+    ) -> Self {
         let routes = DashMap::new();
         let mut slots = Vec::new();
         for (index, settings) in models.iter().enumerate() {

@@ -9,3 +9,4 @@ mod completions;
 mod errors;
 mod helpers;
 mod models;
+mod pool;

@@ -1,0 +1,281 @@
+//! The multi-model scheduler with the real model: a budget that fits one model at a time,
+//! broken model files next to a good one, overload, and keep_alive freeing memory.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use llamagate::config::{ModelSettings, ModelSource};
+use llamagate::scheduler::memory::{process_rss_bytes, ByteSize};
+use serde_json::json;
+
+use crate::helpers::{model_path, post_json, settings_with, smollm2, spawn_server, TestServer};
+
+fn small(name: &str) -> ModelSettings {
+    let mut m = smollm2(name);
+    m.context_length = Some(1024);
+    m.max_concurrent = 2;
+    m
+}
+
+async fn complete(server: &TestServer, model: &str) -> (u16, serde_json::Value) {
+    post_json(
+        &server.url("/v1/completions"),
+        &json!({"model": model, "prompt": "Hello", "max_tokens": 3, "temperature": 0}),
+    )
+    .await
+}
+
+async fn statuses(server: &TestServer) -> Vec<(String, String)> {
+    let list: serde_json::Value = reqwest::get(server.url("/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_string(),
+                m["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_models_in_a_budget_for_one_take_turns_without_thrashing() {
+    let mut settings = settings_with(vec![small("left"), small("right")]);
+    // One model's estimate is ~352 MiB (98 MB weights + 108 MiB f32 embeddings + 90 MiB
+    // KV + 64 MiB overhead): the budget fits one, not two.
+    settings.scheduler.cpu_memory_budget = Some(ByteSize(500 * 1024 * 1024));
+    settings.scheduler.fairness_batch = 4;
+    let server = spawn_server(settings);
+
+    // Sequential alternation: every request is served, one model loaded at a time.
+    for model in ["left", "right", "left"] {
+        let (status, body) = complete(&server, model).await;
+        assert_eq!(status, 200, "{body}");
+        let states = statuses(&server).await;
+        let loaded: Vec<_> = states
+            .iter()
+            .filter(|(_, s)| s == "ready")
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert_eq!(loaded, vec![model.to_string()], "{states:?}");
+    }
+    let swaps_before = server.metric("llamagate_model_swaps_total").await;
+    assert_eq!(swaps_before, 2.0);
+
+    // 16 requests alternating between the models, all in flight together.
+    let started = Instant::now();
+    let results = join_all((0..16).map(|i| {
+        let server = &server;
+        async move { complete(server, if i % 2 == 0 { "left" } else { "right" }).await }
+    }))
+    .await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let swaps = server.metric("llamagate_model_swaps_total").await - swaps_before;
+    eprintln!(
+        "16 alternating requests: {swaps} swaps in {:?}",
+        started.elapsed()
+    );
+    assert!(swaps <= 6.0, "{swaps} swaps for 16 alternating requests");
+    let loads = server
+        .metric("llamagate_model_loads_total{model=\"left\"}")
+        .await
+        + server
+            .metric("llamagate_model_loads_total{model=\"right\"}")
+            .await;
+    assert!(loads <= 3.0 + 6.0 + 1.0, "{loads} loads");
+}
+
+fn corrupt_copy(kind: &str) -> std::path::PathBuf {
+    let real = std::fs::read(model_path()).unwrap();
+    let path = std::env::temp_dir().join(format!("llamagate-{kind}-{}.gguf", uuid::Uuid::new_v4()));
+    let bytes: Vec<u8> = match kind {
+        "truncated" => real[..real.len() / 3].to_vec(),
+        "bad-header" => {
+            let mut b = real[..4096].to_vec();
+            b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+            b
+        }
+        _ => b"this is not a model at all".to_vec(),
+    };
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn broken_model_files_fail_cleanly_while_the_good_model_serves() {
+    let missing = ModelSettings::new("missing", ModelSource::File("/nowhere/model.gguf".into()));
+    let truncated = ModelSettings::new("truncated", ModelSource::File(corrupt_copy("truncated")));
+    let bad_header =
+        ModelSettings::new("bad-header", ModelSource::File(corrupt_copy("bad-header")));
+    let not_gguf = ModelSettings::new("not-gguf", ModelSource::File(corrupt_copy("not-gguf")));
+    let server = spawn_server(settings_with(vec![
+        small("good"),
+        missing,
+        truncated,
+        bad_header,
+        not_gguf,
+    ]));
+    let expectations = [
+        ("missing", "not found"),
+        ("truncated", "truncated"),
+        ("bad-header", "corrupt header"),
+        ("not-gguf", "not a GGUF file"),
+    ];
+    for (model, needle) in expectations {
+        let (status, body) = complete(&server, model).await;
+        assert_eq!(status, 503, "{model}: {body}");
+        assert_eq!(body["error"]["code"], "model_load_failed");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{model}: {message}");
+        assert!(
+            !message.contains(&std::env::temp_dir().display().to_string()),
+            "no paths: {message}"
+        );
+        let (status, body) = complete(&server, "good").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let states = statuses(&server).await;
+    for (name, status) in states {
+        assert_eq!(
+            status,
+            if name == "good" { "ready" } else { "failed" },
+            "{name}"
+        );
+    }
+    assert!(
+        server
+            .metric("llamagate_model_load_failures_total{model=\"truncated\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn overload_gets_429_with_retry_after_and_every_accepted_request_completes() {
+    let mut m = small("busy");
+    m.max_concurrent = 1;
+    m.queue_size = 2;
+    m.pinned = true;
+    let server = spawn_server(settings_with(vec![m]));
+    let (status, _) = complete(&server, "busy").await; // loaded
+    assert_eq!(status, 200);
+    let client = reqwest::Client::new();
+    let results = join_all((0..12).map(|i| {
+        let client = client.clone();
+        let url = server.url(if i % 2 == 0 { "/v1/completions" } else { "/v1/chat/completions" });
+        async move {
+            let body = if i % 2 == 0 {
+                json!({"model": "busy", "prompt": "Count:", "max_tokens": 12, "stream": i % 4 == 0})
+            } else {
+                json!({"model": "busy", "messages": [{"role": "user", "content": "Count"}], "max_tokens": 12, "stream": i % 3 == 0})
+            };
+            let res = client.post(url).json(&body).send().await.unwrap();
+            let status = res.status().as_u16();
+            let retry_after = res.headers().get("retry-after").is_some();
+            let text = res.text().await.unwrap();
+            (status, retry_after, text)
+        }
+    }))
+    .await;
+    let accepted = results.iter().filter(|r| r.0 == 200).count();
+    let refused = results.iter().filter(|r| r.0 == 429).count();
+    assert_eq!(accepted + refused, 12, "{results:?}");
+    assert!(refused >= 4, "capacity is 3: {accepted} accepted");
+    for (status, retry_after, text) in &results {
+        if *status == 429 {
+            assert!(*retry_after, "429 carries Retry-After");
+            assert!(text.contains("rate_limit_exceeded"));
+        } else {
+            assert!(
+                text.contains("\"usage\"") || text.contains("[DONE]"),
+                "complete answer: {text}"
+            );
+        }
+    }
+}
+
+/// The idle TTL frees memory: measured on a separate `llamagate serve` process.
+#[tokio::test]
+async fn keep_alive_unloads_the_model_and_frees_its_memory() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = std::env::temp_dir().join(format!("llamagate-ttl-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n[[models]]\nname = \"ttl\"\nsource = \"{}\"\ndevice = \"cpu\"\ncontext_length = 2048\nmax_concurrent = 2\nkeep_alive = \"2s\"\n",
+            model_path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = TestServer {
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(server.url("/health")).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = child.id();
+    let before = process_rss_bytes(Some(pid)).unwrap();
+    let (status, body) = complete(&server, "ttl").await;
+    assert_eq!(status, 200, "{body}");
+    let loaded = process_rss_bytes(Some(pid)).unwrap();
+    let estimate: serde_json::Value = reqwest::get(server.url("/v1/models/ttl"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let estimate = estimate["memory_bytes"].as_u64().unwrap();
+    let mut unloaded = loaded;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = statuses(&server).await;
+        if status[0].1 == "unloaded" {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            unloaded = process_rss_bytes(Some(pid)).unwrap();
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(&config);
+    let mib = |b: u64| b as f64 / 1048576.0;
+    eprintln!(
+        "RSS before load {:.1} MiB, loaded {:.1} MiB (+{:.1}), after keep_alive {:.1} MiB; estimate {:.1} MiB",
+        mib(before), mib(loaded), mib(loaded.saturating_sub(before)), mib(unloaded), mib(estimate)
+    );
+    assert!(unloaded < loaded, "RSS did not drop after unload");
+    let grown = loaded.saturating_sub(before);
+    assert!(
+        loaded.saturating_sub(unloaded) * 2 >= grown,
+        "unloading gave back less than half of the {:.1} MiB the load took",
+        mib(grown)
+    );
+    assert!(
+        estimate >= loaded.saturating_sub(before),
+        "the estimate is an upper bound of the measured growth"
+    );
+}
