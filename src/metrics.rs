@@ -53,6 +53,19 @@ pub struct Metrics {
     pub memory_budget_bytes: IntGaugeVec,
     /// Memory reserved per device.
     pub memory_used_bytes: IntGaugeVec,
+    /// Time from arrival to getting a sequence slot (queue, memory, load).
+    pub queue_wait: HistogramVec,
+    /// Prompt tokens per request.
+    pub prompt_tokens_per_request: HistogramVec,
+    /// Generated tokens per request.
+    pub generated_tokens_per_request: HistogramVec,
+    /// Build identity (always 1).
+    pub build_info: IntGaugeVec,
+}
+
+/// Token-count buckets: 1 to 16384 in powers of two.
+fn token_buckets() -> Vec<f64> {
+    (0..=14).map(|p| f64::from(1u32 << p)).collect()
 }
 
 impl Metrics {
@@ -198,7 +211,98 @@ impl Metrics {
                 "Memory reserved by loaded models, per device.",
                 &["device"],
             ),
+            queue_wait: histogram(
+                "llamagate_queue_wait_seconds",
+                "Time from arrival until a sequence slot was granted (queue, memory, load).",
+                &["model"],
+            ),
+            prompt_tokens_per_request: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "llamagate_request_prompt_tokens",
+                        "Prompt tokens per request.",
+                    )
+                    .buckets(token_buckets()),
+                    &["model"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("registered once");
+                h
+            },
+            generated_tokens_per_request: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "llamagate_request_generated_tokens",
+                        "Generated tokens per finished request.",
+                    )
+                    .buckets(token_buckets()),
+                    &["model"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("registered once");
+                h
+            },
+            build_info: {
+                let g = gauge(
+                    "llamagate_build_info",
+                    "Build identity: version, engine, compiled features; always 1.",
+                    &["version", "engine", "features"],
+                );
+                let mut features: Vec<&str> = crate::engine::compiled_cpu_features();
+                if cfg!(feature = "cuda") {
+                    features.push("cuda");
+                }
+                if cfg!(feature = "metal") {
+                    features.push("metal");
+                }
+                g.with_label_values(&[
+                    env!("CARGO_PKG_VERSION"),
+                    "mistralrs-0.8",
+                    features.join(",").as_str(),
+                ])
+                .set(1);
+                g
+            },
             registry,
+        }
+    }
+
+    /// Creates the per-model series at zero, so dashboards and `rate()` see every
+    /// configured model from the first scrape.
+    pub fn register_model(&self, model: &str) {
+        let m = [model];
+        for c in [
+            &self.generated_tokens,
+            &self.prompt_tokens,
+            &self.cancelled_requests,
+            &self.model_loads,
+            &self.model_load_failures,
+            &self.model_evictions,
+        ] {
+            c.with_label_values(&m);
+        }
+        for g in [
+            &self.running_requests,
+            &self.queued_requests,
+            &self.model_loaded,
+            &self.model_memory_bytes,
+        ] {
+            g.with_label_values(&m);
+        }
+        for h in [
+            &self.time_to_first_token,
+            &self.inter_token_latency,
+            &self.request_duration,
+            &self.queue_wait,
+            &self.prompt_tokens_per_request,
+            &self.generated_tokens_per_request,
+            &self.model_load_duration,
+        ] {
+            h.with_label_values(&m);
         }
     }
 

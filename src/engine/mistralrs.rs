@@ -470,6 +470,7 @@ impl LoadedModel for MistralRsModel {
         });
 
         let n = s.n;
+        let max_tokens = s.max_tokens;
         let top_k = s.top_logprobs;
         let stops = s.stop.clone();
         let prompt_tokens = request.prompt_tokens;
@@ -535,13 +536,32 @@ impl LoadedModel for MistralRsModel {
                 }
             }
             if !finished.iter().all(|f| *f) {
-                // The engine closed the channel without finishing every choice.
-                yield Err(EngineError::Generation("the engine ended the generation early".into()));
-                return;
+                if probe.generated() == 0 {
+                    yield Err(EngineError::Generation("the engine ended the generation before any token".into()));
+                    return;
+                }
+                // mistral.rs drops a choice's last chunk (finish_reason included) when its
+                // last token is an incomplete UTF-8 sequence; the choice did end, so end it
+                // here: `length` when it used its whole budget, else end of sequence.
+                let reason = if probe.generated() >= max_tokens {
+                    FinishReason::Length
+                } else {
+                    FinishReason::Stop
+                };
+                for choice in 0..n {
+                    if !finished[choice] {
+                        let rest = matchers[choice].flush();
+                        if !rest.is_empty() {
+                            yield Ok(TokenEvent::Text { choice, text: rest, logprobs: Vec::new() });
+                        }
+                        yield Ok(TokenEvent::Finished { choice, reason });
+                    }
+                }
             }
+            // The sampler can be asked once more after a choice reached its limit.
             yield Ok(TokenEvent::Done(TokenUsage {
                 prompt_tokens,
-                completion_tokens: probe.generated(),
+                completion_tokens: probe.generated().min(max_tokens.saturating_mul(n)),
             }));
         };
         Ok(Box::pin(stream))

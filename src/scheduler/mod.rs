@@ -44,6 +44,9 @@ impl Scheduler {
     /// A scheduler over the configured models.
     pub fn new(settings: &Settings, engine: Arc<dyn Engine>, metrics: Arc<Metrics>) -> Self {
         let registry = Registry::new(&settings.models, &settings.scheduler, engine.as_ref());
+        for model in &settings.models {
+            metrics.register_model(&model.name);
+        }
         let pool = Pool::new(
             registry.slots().to_vec(),
             engine,
@@ -144,6 +147,10 @@ impl Scheduler {
             .wait_for_slot()
             .await
             .inspect_err(|_| reject("queue_timeout"))?;
+        self.metrics
+            .queue_wait
+            .with_label_values(&[name.as_str()])
+            .observe(admitted.elapsed().as_secs_f64());
 
         let counter = self
             .metrics
@@ -172,6 +179,10 @@ impl Scheduler {
             .prompt_tokens
             .with_label_values(&[name.as_str()])
             .inc_by(prompt_tokens as u64);
+        self.metrics
+            .prompt_tokens_per_request
+            .with_label_values(&[name.as_str()])
+            .observe(prompt_tokens as f64);
         Ok(Generation {
             model: name,
             prompt_tokens,
@@ -228,8 +239,12 @@ impl Stream for Generation {
                     }
                     self.last_token_at = Some(now);
                 }
-                TokenEvent::Done(_) => {
+                TokenEvent::Done(usage) => {
                     self.done = true;
+                    self.metrics
+                        .generated_tokens_per_request
+                        .with_label_values(&[self.model.as_str()])
+                        .observe(usage.completion_tokens as f64);
                     self.metrics
                         .request_duration
                         .with_label_values(&[self.model.as_str()])

@@ -50,10 +50,14 @@ impl LoadedModel for ScriptedModel {
         let generated = self.generated.clone();
         let max = request.sampling.max_tokens;
         let prompt_tokens = request.prompt_tokens;
+        let on_token = request.on_token.clone();
         Ok(Box::pin(async_stream::stream! {
             for _ in 0..max {
                 tokio::time::sleep(delay).await;
                 generated.fetch_add(1, Ordering::SeqCst);
+                if let Some(f) = &on_token {
+                    f();
+                }
                 yield Ok(TokenEvent::Text { choice: 0, text: "x".into(), logprobs: Vec::new() });
             }
             yield Ok(TokenEvent::Finished { choice: 0, reason: FinishReason::Length });
@@ -379,4 +383,66 @@ async fn admin_unload_drains_a_busy_model() {
     assert_eq!(status(&sched, "a"), "unloaded");
     sched.pool().load_now(0).await.unwrap();
     assert_eq!(status(&sched, "a"), "ready");
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_happened() {
+    let engine = Arc::new(ScriptedEngine::default());
+    let (sched, metrics) = scheduler(&settings(vec![model("m", 10)], 100), engine);
+    assert_eq!(run(&sched, "m", 5).await.unwrap(), 5);
+    let m = ["m"];
+    assert_eq!(metrics.generated_tokens.with_label_values(&m).get(), 5);
+    assert_eq!(metrics.prompt_tokens.with_label_values(&m).get(), 2);
+    assert_eq!(
+        metrics
+            .time_to_first_token
+            .with_label_values(&m)
+            .get_sample_count(),
+        1
+    );
+    assert_eq!(
+        metrics
+            .inter_token_latency
+            .with_label_values(&m)
+            .get_sample_count(),
+        4
+    );
+    assert_eq!(
+        metrics
+            .request_duration
+            .with_label_values(&m)
+            .get_sample_count(),
+        1
+    );
+    assert_eq!(
+        metrics.queue_wait.with_label_values(&m).get_sample_count(),
+        1
+    );
+    let per_request = metrics.generated_tokens_per_request.with_label_values(&m);
+    assert_eq!(
+        (per_request.get_sample_count(), per_request.get_sample_sum()),
+        (1, 5.0)
+    );
+    assert_eq!(metrics.model_loads.with_label_values(&m).get(), 1);
+    assert_eq!(metrics.cancelled_requests.with_label_values(&m).get(), 0);
+
+    // A stream dropped before its end is a cancellation, and the slot is freed.
+    let mut g = sched
+        .start("m", Prompt::Text("hi".into()), sampling(50), "prompt")
+        .await
+        .unwrap();
+    g.next().await.unwrap().unwrap();
+    drop(g);
+    assert_eq!(metrics.cancelled_requests.with_label_values(&m).get(), 1);
+    assert_eq!(
+        metrics
+            .request_duration
+            .with_label_values(&m)
+            .get_sample_count(),
+        1
+    );
+    sched.refresh_gauges();
+    assert_eq!(metrics.running_requests.with_label_values(&m).get(), 0);
+    assert_eq!(metrics.queued_requests.with_label_values(&m).get(), 0);
+    assert_eq!(metrics.model_loaded.with_label_values(&m).get(), 1);
 }

@@ -138,3 +138,29 @@ async fn echo_puts_the_prompt_in_front() {
         .unwrap()
         .starts_with("Hello"));
 }
+
+#[tokio::test]
+async fn a_choice_ending_inside_a_multibyte_character_still_finishes() {
+    // Greedy continuation of emoji: the first token is an incomplete UTF-8 sequence.
+    for max_tokens in 1..=3 {
+        for stream in [false, true] {
+            let (status, body) = post_json(
+                &shared().url("/v1/completions"),
+                &serde_json::json!({"model": MODEL, "prompt": "Emoji party: 😀🎉😀🎉😀🎉", "max_tokens": max_tokens, "temperature": 0, "stream": stream}),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            if stream {
+                let text = body.as_str().unwrap().to_string();
+                assert!(
+                    text.contains("\"finish_reason\":\"length\"")
+                        && text.ends_with("data: [DONE]\n\n"),
+                    "{text}"
+                );
+            } else {
+                assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
+                assert_eq!(body["usage"]["completion_tokens"], max_tokens, "{body}");
+            }
+        }
+    }
+}

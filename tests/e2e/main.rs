@@ -10,3 +10,4 @@ mod errors;
 mod helpers;
 mod models;
 mod pool;
+mod prometheus;

@@ -279,3 +279,47 @@ async fn keep_alive_unloads_the_model_and_frees_its_memory() {
         "the estimate is an upper bound of the measured growth"
     );
 }
+
+#[tokio::test]
+async fn admin_endpoints_load_and_unload_on_demand() {
+    let server = spawn_server(settings_with(vec![small("managed")]));
+    let client = reqwest::Client::new();
+    let res = client
+        .post(server.url("/admin/models/managed/load"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert!(body["loaded_at"].as_u64().is_some());
+    assert_eq!(body["quantization"], "Q4_1");
+    assert!(body["size_bytes"].as_u64().unwrap() > 90_000_000);
+    assert!(body["memory_bytes"].as_u64().unwrap() > body["size_bytes"].as_u64().unwrap());
+    let memory: serde_json::Value = client
+        .get(server.url("/admin/memory"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(memory[0]["device"], "cpu");
+    assert_eq!(memory[0]["used_bytes"], body["memory_bytes"]);
+    let res = client
+        .post(server.url("/admin/models/managed/unload"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "unloaded");
+    let res = client
+        .post(server.url("/admin/models/nope/load"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // And it comes back on demand.
+    let (status, _) = complete(&server, "managed").await;
+    assert_eq!(status, 200);
+}
