@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs beside Rust and Python, once: Debian packages
-# (a real Prometheus and promtool for the metrics tests). Skips what is already there.
+# Installs, once, what the test suite needs beside Rust and Python: Debian packages
+# (Prometheus and promtool for the metrics tests, Chromium for the chat-page test), the
+# browser driver from npm (playwright-core, driving Debian's Chromium), and schemathesis
+# from PyPI in a virtual environment. Skips what is already there.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$LLAMAGATE_ROOT"
 
 packages=()
 command -v prometheus >/dev/null 2>&1 || packages+=(prometheus)
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
-
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
 if ((${#packages[@]})); then
     SUDO=""
     if [[ $(id -u) -ne 0 ]]; then
         SUDO="sudo"
     fi
-    echo "installing: ${packages[*]}"
+    echo "installing Debian packages: ${packages[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         $(printf '%s\n' "${packages[@]}" | sort -u) >/dev/null
 fi
-echo "system packages ready"
+
+if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+    echo "installing playwright-core (npm)"
+    (cd tests/browser && npm install --no-audit --no-fund --silent)
+fi
+
+if [[ ! -x "$LLAMAGATE_VENV/bin/schemathesis" ]]; then
+    echo "installing schemathesis (PyPI) into $LLAMAGATE_VENV"
+    python3 -m venv "$LLAMAGATE_VENV"
+    "$LLAMAGATE_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5"
+fi
+echo "test dependencies ready"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Runs every check and test. Does all set-up on a fresh machine: installs the system
-# packages the tests use (scripts/setup.sh), fetches the test model, builds, then runs
-# formatting and lint checks and the whole test suite (unit tests, end-to-end tests
-# against the real model, a real Prometheus).
+# Runs every check and test. Does all set-up on a fresh machine: installs the test
+# dependencies (scripts/setup.sh), fetches the test model, builds, then runs formatting
+# and lint checks, the Rust test suite (unit tests; end-to-end tests with the real model,
+# a real Prometheus), the chat page in headless Chromium and schemathesis against the
+# live OpenAPI document.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
 
 started=$(date +%s)
-echo "== system packages"
+echo "== test dependencies"
 scripts/setup.sh
 
 echo "== fetching the test model"
@@ -20,7 +21,17 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
 echo "== cargo test"
-cargo test --no-fail-fast -- --test-threads="${LLAMAGATE_TEST_THREADS:-2}"
+cargo test --no-fail-fast -- --test-threads="${LLAMAGATE_TEST_THREADS:-2}" 2>&1 | tee "$LOG"
+cargo_passed=$(grep -Eo '[0-9]+ passed' "$LOG" | awk '{s+=$1} END {print s+0}')
+
+echo "== chat page in headless Chromium"
+node tests/browser/chat.mjs
+
+echo "== schemathesis against /openapi.json"
+scripts/schemathesis.sh
 
 echo "== all checks passed in $(( $(date +%s) - started )) s"
+echo "tests: $((cargo_passed + 3)) passed, 0 failed"

@@ -38,6 +38,9 @@ pub struct Settings {
     /// How models share memory and time.
     #[serde(default)]
     pub scheduler: SchedulerSettings,
+    /// API keys and which routes need one.
+    #[serde(default)]
+    pub auth: AuthSettings,
     /// The models this gateway serves.
     #[serde(default)]
     pub models: Vec<ModelSettings>,
@@ -57,6 +60,11 @@ pub struct ServerSettings {
     pub client_request_timeout_secs: u64,
     /// Seconds between SSE keep-alive comments while a stream waits for tokens.
     pub keep_alive_interval_secs: u64,
+    /// Browser origins allowed to call the API (CORS), e.g. `http://192.168.1.20:3000`;
+    /// `*` allows any. None by default.
+    pub cors_allowed_origins: Vec<String>,
+    /// On SIGTERM/SIGINT, seconds running requests get to finish before they are cut.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -67,6 +75,8 @@ impl Default for ServerSettings {
             workers: 0,
             client_request_timeout_secs: 30,
             keep_alive_interval_secs: 15,
+            cors_allowed_origins: Vec::new(),
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -102,6 +112,83 @@ impl Default for LimitSettings {
             max_stop_bytes: 256,
             max_top_logprobs: 20,
         }
+    }
+}
+
+/// A secret string: compared in constant time, never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// `[auth]`: API keys (`Authorization: Bearer <key>`) and the routes that need one.
+/// Keys also come from `LLAMAGATE_API_KEYS` / `LLAMAGATE_ADMIN_KEYS` (comma-separated)
+/// and from `api_keys_file` (one per line).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Keys accepted on `/v1/*` (and on other protected routes).
+    pub api_keys: Vec<Secret>,
+    /// A file with one key per line (`#` comments allowed).
+    pub api_keys_file: Option<PathBuf>,
+    /// Keys for `/admin/*`; without any, admin routes answer loopback clients only.
+    pub admin_keys: Vec<Secret>,
+    /// Require a key for `/metrics`.
+    pub protect_metrics: bool,
+    /// Require a key for `/health`.
+    pub protect_health: bool,
+    /// Require a key for the chat page `/`.
+    pub protect_ui: bool,
+    /// Require a key for `/docs` and `/openapi.json`.
+    pub protect_docs: bool,
+}
+
+impl AuthSettings {
+    /// Adds keys from the environment and the key file.
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        let from_env = |name: &str| -> Vec<Secret> {
+            std::env::var(name)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(|k| Secret(k.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        self.api_keys.extend(from_env("LLAMAGATE_API_KEYS"));
+        self.admin_keys.extend(from_env("LLAMAGATE_ADMIN_KEYS"));
+        if let Some(file) = &self.api_keys_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "auth.api_keys_file `{}` cannot be read: {e}",
+                    file.display()
+                ))
+            })?;
+            self.api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(|k| Secret(k.to_string())),
+            );
+        }
+        if self
+            .api_keys
+            .iter()
+            .chain(&self.admin_keys)
+            .any(|k| k.0.len() < 8)
+        {
+            return Err(ConfigError::Invalid(
+                "API keys must be at least 8 characters long".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -429,7 +516,7 @@ impl Settings {
                 .set_override("server.bind", bind.clone())
                 .map_err(|e| ConfigError::Parse(e.to_string()))?;
         }
-        let settings: Settings =
+        let mut settings: Settings =
             builder
                 .build()
                 .and_then(|c| c.try_deserialize())
@@ -439,6 +526,7 @@ impl Settings {
                         file.display()
                     ))
                 })?;
+        settings.auth.resolve()?;
         settings.validate()?;
         Ok(settings)
     }

@@ -83,12 +83,18 @@ pub enum ApiError {
         /// Bytes held by pinned models.
         pinned: u64,
     },
+    /// No key, or a wrong one, on a route that needs one.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The caller may not use this route.
     #[error("{0}")]
     Forbidden(String),
     /// The route exists but not for this method.
-    #[error("Method not allowed for this route.")]
-    MethodNotAllowed,
+    #[error("Method not allowed for this route; use {allow}.")]
+    MethodNotAllowed {
+        /// The methods the route takes (the `Allow` header).
+        allow: &'static str,
+    },
     /// No such route.
     #[error("Unknown request URL: {0}. Please check the URL for typos.")]
     RouteNotFound(String),
@@ -193,13 +199,19 @@ impl ApiError {
                 Some("insufficient_memory"),
                 Some("model".into()),
             ),
+            Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                None,
+            ),
             Forbidden(_) => (
                 StatusCode::FORBIDDEN,
                 "invalid_request_error",
                 Some("forbidden"),
                 None,
             ),
-            MethodNotAllowed => (
+            MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
                 Some("method_not_allowed"),
@@ -273,6 +285,12 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
+        if let Self::MethodNotAllowed { allow } = self {
+            response.insert_header((header::ALLOW, *allow));
+        }
+        if matches!(self, Self::Unauthorized(_)) {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
         if let Some(wait) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, wait.as_secs().max(1).to_string()));
         }
@@ -291,7 +309,8 @@ mod tests {
         assert_eq!(v["error"]["param"], "model");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("`x`"));
-        let v = serde_json::to_value(ApiError::MethodNotAllowed.envelope()).unwrap();
+        let v =
+            serde_json::to_value(ApiError::MethodNotAllowed { allow: "GET" }.envelope()).unwrap();
         assert!(v["error"].get("param").unwrap().is_null());
     }
 

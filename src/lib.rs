@@ -3,6 +3,7 @@
 //! API into a server bound to a listener (tests bind port 0).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -16,9 +17,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, Service};
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
-use futures::FutureExt;
 
 use crate::api::AppState;
 use crate::config::Settings;
@@ -50,7 +51,9 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
     let metrics = Arc::new(Metrics::new());
     let scheduler = Arc::new(Scheduler::new(&settings, engine, metrics.clone()));
     scheduler.start_background();
+    let keys = Arc::new(auth::KeyRing::new(&settings.auth));
     let state = AppState {
+        keys,
         settings: Arc::new(settings),
         scheduler,
         metrics,
@@ -58,26 +61,14 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
     };
     let app_state = state.clone();
     let server_settings = state.settings.server.clone();
+    warn_if_open(&server_settings.bind, &addr, &state.keys);
+    let cors_origins = server_settings.cors_allowed_origins.clone();
     let mut http = HttpServer::new(move || {
-        let http_metrics = app_state.metrics.clone();
         App::new()
             .app_data(web::Data::new(app_state.clone()))
-            .wrap_fn(move |req, srv| {
-                let endpoint = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-                let counter = http_metrics.http_requests.clone();
-                srv.call(req).map(move |res| {
-                    let class = match &res {
-                        Ok(r) => format!("{}xx", r.status().as_u16() / 100),
-                        Err(e) => {
-                            format!("{}xx", e.as_response_error().status_code().as_u16() / 100)
-                        }
-                    };
-                    counter
-                        .with_label_values(&[endpoint.as_str(), class.as_str()])
-                        .inc();
-                    res
-                })
-            })
+            .wrap(from_fn(api::middleware::authorize))
+            .wrap(from_fn(api::middleware::observe))
+            .wrap(cors(&cors_origins))
             .configure(api::configure)
             .default_service(web::to(api::not_found))
     })
@@ -85,7 +76,7 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
     .client_request_timeout(Duration::from_secs(
         server_settings.client_request_timeout_secs.max(1),
     ))
-    .shutdown_timeout(30)
+    .shutdown_timeout(server_settings.shutdown_grace_secs)
     .listen(listener)?;
     if server_settings.workers > 0 {
         http = http.workers(server_settings.workers);
@@ -95,6 +86,39 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
         addr,
         state,
     })
+}
+
+/// CORS: only the configured origins (none by default; `*` for any).
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "OPTIONS"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::ACCEPT,
+        ])
+        .allowed_header("x-request-id")
+        .expose_headers(["x-request-id", "retry-after"])
+        .max_age(600);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
+}
+
+/// A loud warning when the API is reachable from other machines without any key.
+fn warn_if_open(bind: &str, addr: &SocketAddr, keys: &auth::KeyRing) {
+    if !addr.ip().is_loopback() && !keys.has_api_keys() {
+        tracing::warn!(
+            "!!! llamagate listens on {bind} (reachable from other machines) WITHOUT API KEYS: \
+             anyone on the network can use the models. Set auth.api_keys, LLAMAGATE_API_KEYS \
+             or auth.api_keys_file. !!!"
+        );
+    }
 }
 
 /// Renders an [`ApiError`] for callers outside the HTTP layer (CLI messages).

@@ -29,6 +29,8 @@ enum Command {
         #[arg(long)]
         bind: Option<String>,
     },
+    /// Print the OpenAPI document (what /openapi.json serves).
+    Openapi,
 }
 
 fn init_tracing() {
@@ -47,6 +49,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Openapi => {
+            print!("{}", llamagate::api::openapi::document_json());
+            std::process::ExitCode::SUCCESS
+        }
         Command::Serve { config, bind } => {
             let settings = match Settings::load(&config, &CliOverrides { bind }) {
                 Ok(s) => s,

@@ -1,8 +1,8 @@
 //! Admin endpoints: load or unload a model on demand, see memory use.
 //! `POST /admin/models/{id}/load`, `POST /admin/models/{id}/unload`, `GET /admin/memory`.
-//! Only loopback clients may call them until API keys exist.
+//! They need an admin key; without admin keys configured, only loopback clients may call them.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -15,52 +15,41 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/admin/models/{id:.*}/load")
             .route(web::post().to(load_model))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(super::only_post)),
     )
     .service(
         web::resource("/admin/models/{id:.*}/unload")
             .route(web::post().to(unload_model))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(super::only_post)),
     )
     .service(
         web::resource("/admin/memory")
             .route(web::get().to(memory))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(super::only_get)),
     );
 }
 
-fn require_loopback(req: &HttpRequest) -> Result<(), ApiError> {
-    match req.peer_addr() {
-        Some(addr) if addr.ip().is_loopback() => Ok(()),
-        _ => Err(ApiError::Forbidden(
-            "admin endpoints answer only to clients on this machine".into(),
-        )),
-    }
-}
-
 /// Loads a model now and waits until it is ready.
-#[utoipa::path(post, path = "/admin/models/{id}/load", params(("id" = String, Path, description = "Model name or alias")),
-    responses((status = 200, body = crate::openai::models::ModelObject), (status = 503, body = crate::error::ErrorEnvelope)))]
+#[utoipa::path(post, path = "/admin/models/{id}/load", tag = "admin", params(("id" = String, Path, description = "Model name or alias")),
+    responses((status = 200, body = crate::openai::models::ModelObject), (status = 401, body = crate::error::ErrorEnvelope),
+        (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn load_model(
     state: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_loopback(&req)?;
     let slot = state.scheduler.registry().resolve(&id)?;
     state.scheduler.pool().load_now(slot.index).await?;
     Ok(HttpResponse::Ok().json(model_object(&state, &slot)))
 }
 
 /// Unloads a model: at once when idle, after its running requests otherwise.
-#[utoipa::path(post, path = "/admin/models/{id}/unload", params(("id" = String, Path, description = "Model name or alias")),
-    responses((status = 200, body = crate::openai::models::ModelObject)))]
+#[utoipa::path(post, path = "/admin/models/{id}/unload", tag = "admin", params(("id" = String, Path, description = "Model name or alias")),
+    responses((status = 200, body = crate::openai::models::ModelObject), (status = 401, body = crate::error::ErrorEnvelope),
+        (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
 pub async fn unload_model(
     state: web::Data<AppState>,
-    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_loopback(&req)?;
     let slot = state.scheduler.registry().resolve(&id)?;
     state.scheduler.pool().unload_now(slot.index);
     Ok(HttpResponse::Ok().json(model_object(&state, &slot)))
@@ -78,12 +67,8 @@ pub struct DeviceMemoryReport {
 }
 
 /// Memory budgets and use.
-#[utoipa::path(get, path = "/admin/memory", responses((status = 200, body = Vec<DeviceMemoryReport>)))]
-pub async fn memory(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    require_loopback(&req)?;
+#[utoipa::path(get, path = "/admin/memory", tag = "admin", responses((status = 200, body = Vec<DeviceMemoryReport>), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope)))]
+pub async fn memory(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let report: Vec<DeviceMemoryReport> = state
         .scheduler
         .pool()
@@ -97,3 +82,8 @@ pub async fn memory(
         .collect();
     Ok(HttpResponse::Ok().json(report))
 }
+
+/// The OpenAPI description of this resource.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(load_model, unload_model, memory), components(schemas(DeviceMemoryReport)), tags((name = "admin")))]
+pub struct AdminApi;

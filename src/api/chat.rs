@@ -25,14 +25,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/chat/completions")
             .route(web::post().to(create_chat_completion))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(super::only_post)),
     );
 }
 
 /// Creates a model response for the conversation.
-#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest, tag = "chat",
     responses(
-        (status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = ChatCompletionResponse),
+        (status = 200, description = "A completion; with `stream: true` an SSE stream of `ChatCompletionChunk` events ending with `data: [DONE]`",
+            content((ChatCompletionResponse = "application/json"), (String = "text/event-stream"))),
+        (status = 401, body = crate::error::ErrorEnvelope),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
         (status = 413, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope),
         (status = 503, body = crate::error::ErrorEnvelope)))]
@@ -51,6 +53,7 @@ pub async fn create_chat_completion(
             .scheduler
             .start(&valid.model, valid.prompt, valid.sampling, "messages")
             .await?;
+        super::middleware::attach_generation(&req, generation.report());
         let meta = ResponseMeta {
             id: new_id("chatcmpl"),
             created: unix_now(),
@@ -219,3 +222,8 @@ fn stream_chunks(
         yield ApiError::Engine("the generation ended early".into()).sse_event();
     }
 }
+
+/// The OpenAPI description of this resource.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create_chat_completion), components(schemas(ChatCompletionRequest, crate::openai::chat::ChatMessage, crate::openai::chat::ChatRole, crate::openai::common::StreamOptions, ChatCompletionResponse, crate::openai::chat::ChatChoice, AssistantMessage, ChatLogprobs, ChatTokenLogprob, crate::openai::chat::ChatTopLogprob, ChatCompletionChunk, ChatChunkChoice, ChatDelta, Usage)), tags((name = "chat")))]
+pub struct ChatApi;

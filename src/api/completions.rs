@@ -25,16 +25,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/completions")
             .route(web::post().to(create_completion))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(super::only_post)),
     );
 }
 
 type Tagged = (usize, Result<TokenEvent, EngineError>);
 
 /// Continues a text prompt (no chat template).
-#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest, tag = "completions",
     responses(
-        (status = 200, description = "A completion, or an SSE stream when `stream` is true", body = CompletionResponse),
+        (status = 200, description = "A completion; with `stream: true` an SSE stream of `CompletionResponse` chunks ending with `data: [DONE]`",
+            content((CompletionResponse = "application/json"), (String = "text/event-stream"))),
+        (status = 401, body = crate::error::ErrorEnvelope),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
         (status = 413, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope),
         (status = 503, body = crate::error::ErrorEnvelope)))]
@@ -58,6 +60,9 @@ pub async fn create_completion(
         });
         let generations = futures::future::try_join_all(starts).await?;
         let model = generations[0].model.clone();
+        for g in &generations {
+            super::middleware::attach_generation(&req, g.report());
+        }
         let streams: Vec<BoxStream<'static, Tagged>> = generations
             .into_iter()
             .enumerate()
@@ -256,3 +261,8 @@ fn stream_chunks(
         yield ApiError::Engine("the generation ended early".into()).sse_event();
     }
 }
+
+/// The OpenAPI description of this resource.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create_completion), components(schemas(CompletionRequest, CompletionResponse, CompletionChoice, CompletionLogprobs)), tags((name = "completions")))]
+pub struct CompletionsApi;

@@ -22,12 +22,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/health")
             .route(web::get().to(health))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(super::only_get)),
     );
 }
 
 /// The server is up.
-#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Health), (status = 401, body = crate::error::ErrorEnvelope)))]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let slots = state.scheduler.registry().slots();
     let pool = state.scheduler.pool();
@@ -40,3 +40,8 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             .count(),
     })
 }
+
+/// The OpenAPI description of this resource.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(health), components(schemas(Health)), tags((name = "health")))]
+pub struct HealthApi;

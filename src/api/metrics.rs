@@ -9,15 +9,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/metrics")
             .route(web::get().to(metrics))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(super::only_get)),
     );
 }
 
 /// Every metric, in Prometheus text format.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 401, body = crate::error::ErrorEnvelope)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state.scheduler.refresh_gauges();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
 }
+
+/// The OpenAPI description of this resource.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(metrics), tags((name = "metrics")))]
+pub struct MetricsApi;

@@ -5,10 +5,14 @@ pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod disconnect;
+pub mod docs;
 pub mod health;
 pub mod metrics;
+pub mod middleware;
 pub mod models;
+pub mod openapi;
 pub mod sse;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -31,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Unix seconds at start-up (`created` of models).
     pub started_at: u64,
+    /// API keys and route rules.
+    pub keys: Arc<crate::auth::KeyRing>,
 }
 
 /// Mounts every resource.
@@ -41,6 +47,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     models::configure(cfg);
     health::configure(cfg);
     metrics::configure(cfg);
+    docs::configure(cfg);
+    ui::configure(cfg);
 }
 
 /// Reads a request body, refusing with 413 as soon as it passes `limit` bytes.
@@ -78,7 +86,12 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound(format!("{} {path}", req.method())))
 }
 
-/// Known routes with the wrong method.
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+/// Known GET routes asked with another method.
+pub async fn only_get() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow: "GET" })
+}
+
+/// Known POST routes asked with another method.
+pub async fn only_post() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow: "POST" })
 }

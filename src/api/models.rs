@@ -12,12 +12,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/models")
             .route(web::get().to(list_models))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(super::only_get)),
     )
     .service(
         web::resource("/v1/models/{id:.*}")
             .route(web::get().to(get_model))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(web::to(super::only_get)),
     );
 }
 
@@ -52,7 +52,7 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
 }
 
 /// Lists every configured model.
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
+#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList), (status = 401, body = crate::error::ErrorEnvelope)))]
 pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
     let data = state
         .scheduler
@@ -68,8 +68,8 @@ pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// One model, by name or alias.
-#[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "Model name or alias")),
-    responses((status = 200, body = ModelObject), (status = 404, body = crate::error::ErrorEnvelope)))]
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "models", params(("id" = String, Path, description = "Model name or alias")),
+    responses((status = 200, body = ModelObject), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
 pub async fn get_model(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -77,3 +77,8 @@ pub async fn get_model(
     let slot = state.scheduler.registry().resolve(&id)?;
     Ok(HttpResponse::Ok().json(model_object(&state, &slot)))
 }
+
+/// The OpenAPI description of this resource.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_models, get_model), components(schemas(ModelList, ModelObject)), tags((name = "models")))]
+pub struct ModelsApi;

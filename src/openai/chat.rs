@@ -12,21 +12,27 @@ pub struct ChatCompletionRequest {
     /// Model name or alias, as listed by `/v1/models`.
     pub model: String,
     /// The conversation so far.
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
     /// Most tokens to generate (deprecated by OpenAI in favour of `max_completion_tokens`).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
     /// Most tokens to generate.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
     /// Sampling temperature in [0, 2]; 0 is greedy and deterministic. Default 1.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
     /// Nucleus sampling mass in (0, 1]. Default 1.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f64>,
     /// Number of choices. Default 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 8)]
     pub n: Option<i64>,
     /// Stream the answer as server-sent events.
     #[serde(default)]
@@ -40,15 +46,18 @@ pub struct ChatCompletionRequest {
     pub stop: Option<Value>,
     /// Penalty in [-2, 2] for tokens already present.
     #[serde(default)]
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub presence_penalty: Option<f64>,
     /// Penalty in [-2, 2] proportional to how often tokens appeared.
     #[serde(default)]
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub frequency_penalty: Option<f64>,
     /// Return log-probabilities of the generated tokens.
     #[serde(default)]
     pub logprobs: Option<bool>,
     /// Alternatives per token (0-20) with their log-probabilities; needs `logprobs`.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
     /// Seed for reproducible sampling.
     #[serde(default)]
@@ -58,10 +67,25 @@ pub struct ChatCompletionRequest {
     pub user: Option<String>,
 }
 
+/// Who says a message (documentation type; parsed as a string and checked).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    /// Instructions.
+    System,
+    /// Instructions (newer name).
+    Developer,
+    /// The person.
+    User,
+    /// The model.
+    Assistant,
+}
+
 /// One message of the conversation.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatMessage {
     /// `system`, `developer`, `user` or `assistant`.
+    #[schema(value_type = ChatRole)]
     pub role: String,
     /// A string, or a list of `{"type":"text","text":...}` parts.
     #[serde(default)]

@@ -16,15 +16,19 @@ pub struct CompletionRequest {
     pub prompt: Value,
     /// Most tokens to generate. Default 16.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
     /// Sampling temperature in [0, 2]. Default 1.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
     /// Nucleus sampling mass in (0, 1]. Default 1.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f64>,
     /// Choices per prompt. Default 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 8)]
     pub n: Option<i64>,
     /// Stream as server-sent events.
     #[serde(default)]
@@ -38,12 +42,15 @@ pub struct CompletionRequest {
     pub stop: Option<Value>,
     /// Penalty in [-2, 2] for tokens already present.
     #[serde(default)]
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub presence_penalty: Option<f64>,
     /// Penalty in [-2, 2] proportional to frequency.
     #[serde(default)]
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub frequency_penalty: Option<f64>,
     /// Alternatives per token (0-5) with log-probabilities.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 5)]
     pub logprobs: Option<i64>,
     /// Also return the prompt in front of the completion.
     #[serde(default)]

@@ -183,7 +183,13 @@ impl Scheduler {
             .prompt_tokens_per_request
             .with_label_values(&[name.as_str()])
             .observe(prompt_tokens as f64);
+        let report = Arc::new(GenerationReport {
+            model: name.clone(),
+            prompt_tokens,
+            ..GenerationReport::default()
+        });
         Ok(Generation {
+            report,
             model: name,
             prompt_tokens,
             inner: stream,
@@ -194,6 +200,33 @@ impl Scheduler {
             last_token_at: None,
             done: false,
         })
+    }
+}
+
+/// What a generation did, filled in as it runs (for the per-request log line).
+#[derive(Debug, Default)]
+pub struct GenerationReport {
+    /// The model's canonical name.
+    pub model: String,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    completion_tokens: std::sync::atomic::AtomicUsize,
+    ttft_micros: std::sync::atomic::AtomicU64,
+}
+
+impl GenerationReport {
+    /// Tokens generated (known once the generation ended).
+    pub fn completion_tokens(&self) -> usize {
+        self.completion_tokens
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Time to first token, once there was one.
+    pub fn ttft(&self) -> Option<std::time::Duration> {
+        match self.ttft_micros.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
     }
 }
 
@@ -210,6 +243,14 @@ pub struct Generation {
     started: Instant,
     last_token_at: Option<Instant>,
     done: bool,
+    report: Arc<GenerationReport>,
+}
+
+impl Generation {
+    /// What this generation did so far.
+    pub fn report(&self) -> Arc<GenerationReport> {
+        self.report.clone()
+    }
 }
 
 impl Stream for Generation {
@@ -225,6 +266,10 @@ impl Stream for Generation {
                     match self.last_token_at {
                         None => {
                             let ttft = (now - self.started).as_secs_f64();
+                            self.report.ttft_micros.store(
+                                ((now - self.started).as_micros() as u64).max(1),
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                             tracing::debug!(model = %self.model, ttft_ms = ttft * 1e3, "first token");
                             self.metrics
                                 .time_to_first_token
@@ -241,6 +286,10 @@ impl Stream for Generation {
                 }
                 TokenEvent::Done(usage) => {
                     self.done = true;
+                    self.report.completion_tokens.store(
+                        usage.completion_tokens,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     self.metrics
                         .generated_tokens_per_request
                         .with_label_values(&[self.model.as_str()])

@@ -8,6 +8,7 @@ mod cli;
 mod completions;
 mod errors;
 mod helpers;
+mod lan;
 mod models;
 mod pool;
 mod prometheus;
