@@ -65,6 +65,9 @@ pub struct ServerSettings {
     pub cors_allowed_origins: Vec<String>,
     /// On SIGTERM/SIGINT, seconds running requests get to finish before they are cut.
     pub shutdown_grace_secs: u64,
+    /// Answer 400 for a request parameter the server would otherwise ignore (e.g.
+    /// `logit_bias`, `audio`); off = ignore it and name it in `x-llamagate-ignored-params`.
+    pub strict_params: bool,
 }
 
 impl Default for ServerSettings {
@@ -77,6 +80,7 @@ impl Default for ServerSettings {
             keep_alive_interval_secs: 15,
             cors_allowed_origins: Vec::new(),
             shutdown_grace_secs: 30,
+            strict_params: true,
         }
     }
 }

@@ -19,6 +19,46 @@ pub struct ValidSampling {
     pub settings: SamplingSettings,
     /// The client's limit, if any.
     pub max_tokens: Option<usize>,
+    /// JSON schema the output must match (structured output, tool calls).
+    pub json_schema: Option<Value>,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// JSON schema of its arguments.
+    pub parameters: Value,
+}
+
+/// How the tools may be used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolMode {
+    /// The model chooses between answering and calling a tool.
+    Auto,
+    /// The model must call one of the tools.
+    Required,
+    /// The model must call this tool.
+    Named(String),
+}
+
+/// What shape the answer must take.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputMode {
+    /// Free text.
+    Text,
+    /// JSON matching this schema (`json_object` is `{"type":"object"}`).
+    Json(Value),
+    /// A tool call (or, with `Auto`, a text answer), produced by constrained decoding.
+    Tools {
+        /// The functions.
+        tools: Vec<ToolSpec>,
+        /// How they may be used.
+        mode: ToolMode,
+    },
 }
 
 /// A checked chat request.
@@ -34,6 +74,10 @@ pub struct ValidChatRequest {
     pub stream: bool,
     /// Send a usage chunk at the end of the stream.
     pub include_usage: bool,
+    /// Text, JSON or tool calls.
+    pub output: OutputMode,
+    /// Unsupported parameters that were ignored (only without `strict_params`).
+    pub ignored_params: Vec<&'static str>,
 }
 
 /// A checked text completion request.
@@ -225,6 +269,7 @@ fn sampling(c: CommonSampling<'_>, limits: &LimitSettings) -> Result<ValidSampli
             n,
         },
         max_tokens: c.max_tokens,
+        json_schema: None,
     })
 }
 
@@ -233,9 +278,10 @@ fn role(raw: &str, i: usize) -> Result<Role, ApiError> {
         "system" | "developer" => Ok(Role::System),
         "user" => Ok(Role::User),
         "assistant" => Ok(Role::Assistant),
-        "tool" | "function" => Err(ApiError::invalid(
+        "tool" => Ok(Role::User),
+        "function" => Err(ApiError::invalid(
             format!("messages[{i}].role"),
-            format!("`messages[{i}].role` `{raw}` is not supported: this server does not offer tool calling yet."),
+            format!("`messages[{i}].role` `function` is deprecated by OpenAI and not supported; use `tool`."),
         )),
         other => Err(ApiError::invalid(
             format!("messages[{i}].role"),
@@ -309,6 +355,7 @@ fn content_text(content: &Option<Value>, role: Role, i: usize) -> Result<String,
 pub fn validate_chat(
     req: ChatCompletionRequest,
     limits: &LimitSettings,
+    strict: bool,
 ) -> Result<ValidChatRequest, ApiError> {
     check_model(&req.model)?;
     if req.messages.is_empty() {
@@ -327,11 +374,30 @@ pub fn validate_chat(
             ),
         ));
     }
-    let mut turns = Vec::with_capacity(req.messages.len());
+    let mut turns = Vec::with_capacity(req.messages.len() + 1);
     let mut bytes = 0usize;
+    let mut call_names: std::collections::HashMap<String, String> = Default::default();
     for (i, m) in req.messages.iter().enumerate() {
         let role = role(&m.role, i)?;
-        let content = content_text(&m.content, role, i)?;
+        let mut content = content_text(&m.content, role, i)?;
+        if m.role == "assistant" {
+            if let Some(calls) = &m.tool_calls {
+                content.push_str(&render_tool_calls(calls, i, &mut call_names)?);
+            }
+        }
+        if m.role == "tool" {
+            let id = m.tool_call_id.as_deref().ok_or_else(|| {
+                ApiError::invalid(
+                    format!("messages[{i}].tool_call_id"),
+                    format!("`messages[{i}].tool_call_id` is required for a `tool` message."),
+                )
+            })?;
+            let name = call_names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| "the tool".into());
+            content = format!("Result of {name} (call {id}): {content}");
+        }
         bytes += content.len();
         if bytes > limits.max_prompt_bytes {
             return Err(ApiError::invalid(
@@ -382,6 +448,17 @@ pub fn validate_chat(
         },
         limits,
     )?;
+    let ignored_params = unsupported_params(&req, strict)?;
+    let output = output_mode(&req)?;
+    let mut sampling = sampling;
+    sampling.json_schema = match &output {
+        OutputMode::Text => None,
+        OutputMode::Json(schema) => Some(schema.clone()),
+        OutputMode::Tools { tools, mode } => Some(tool_schema(tools, mode)),
+    };
+    if let OutputMode::Tools { tools, mode } = &output {
+        turns.insert(0, tool_instructions(tools, mode));
+    }
     let stream = req.stream.unwrap_or(false);
     Ok(ValidChatRequest {
         model: req.model,
@@ -393,7 +470,268 @@ pub fn validate_chat(
                 .stream_options
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+        output,
+        ignored_params,
     })
+}
+
+/// Parameters this server cannot honour: 400 when `strict`, else the list to report.
+fn unsupported_params(
+    req: &ChatCompletionRequest,
+    strict: bool,
+) -> Result<Vec<&'static str>, ApiError> {
+    let present = |v: &Option<Value>| match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    };
+    let mut found = Vec::new();
+    for (name, value) in [
+        ("logit_bias", &req.logit_bias),
+        ("audio", &req.audio),
+        ("prediction", &req.prediction),
+        ("web_search_options", &req.web_search_options),
+        ("functions", &req.functions),
+        ("function_call", &req.function_call),
+    ] {
+        if present(value) {
+            found.push(name);
+        }
+    }
+    if let Some(m) = &req.modalities {
+        let text_only = m
+            .as_array()
+            .is_some_and(|a| a.iter().all(|v| v.as_str() == Some("text")));
+        if !m.is_null() && !text_only {
+            found.push("modalities");
+        }
+    }
+    match found.first() {
+        Some(name) if strict => Err(ApiError::invalid(
+            *name,
+            format!(
+                "`{name}` is not supported by this server and would be ignored; remove it \
+                 (or turn off server.strict_params to have unsupported parameters ignored)."
+            ),
+        )),
+        _ => Ok(found),
+    }
+}
+
+fn render_tool_calls(
+    calls: &Value,
+    i: usize,
+    names: &mut std::collections::HashMap<String, String>,
+) -> Result<String, ApiError> {
+    let field = format!("messages[{i}].tool_calls");
+    let calls = calls
+        .as_array()
+        .ok_or_else(|| ApiError::invalid(&field, format!("`{field}` must be a list.")))?;
+    let mut out = String::new();
+    for (j, call) in calls.iter().enumerate() {
+        let name = call["function"]["name"].as_str().ok_or_else(|| {
+            ApiError::invalid(
+                format!("{field}[{j}].function.name"),
+                format!("`{field}[{j}].function.name` must be a string."),
+            )
+        })?;
+        let arguments = match &call["function"]["arguments"] {
+            Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+            other => other.clone(),
+        };
+        if let Some(id) = call["id"].as_str() {
+            names.insert(id.to_string(), name.to_string());
+        }
+        out.push_str(&serde_json::json!({"name": name, "arguments": arguments}).to_string());
+    }
+    Ok(out)
+}
+
+fn output_mode(req: &ChatCompletionRequest) -> Result<OutputMode, ApiError> {
+    let tools = parse_tools(&req.tools)?;
+    let choice = match &req.tool_choice {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Some(None),
+            "auto" => Some(Some(ToolMode::Auto)),
+            "required" => Some(Some(ToolMode::Required)),
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("`tool_choice` must be `none`, `auto`, `required` or a named function; got `{}`.", other.chars().take(40).collect::<String>()),
+                ))
+            }
+        },
+        Some(v) => {
+            let name = v["function"]["name"].as_str().ok_or_else(|| {
+                ApiError::invalid(
+                    "tool_choice",
+                    "`tool_choice` must be `none`, `auto`, `required` or {\"type\":\"function\",\"function\":{\"name\":...}}.",
+                )
+            })?;
+            if !tools.iter().any(|t| t.name == name) {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("`tool_choice` names `{name}`, which is not in `tools`."),
+                ));
+            }
+            Some(Some(ToolMode::Named(name.to_string())))
+        }
+    };
+    if !tools.is_empty() {
+        match choice {
+            Some(None) => {}
+            Some(Some(mode)) => return Ok(OutputMode::Tools { tools, mode }),
+            None => {
+                return Ok(OutputMode::Tools {
+                    tools,
+                    mode: ToolMode::Auto,
+                })
+            }
+        }
+    } else if matches!(choice, Some(Some(_))) {
+        return Err(ApiError::invalid(
+            "tool_choice",
+            "`tool_choice` needs `tools`.",
+        ));
+    }
+    match &req.response_format {
+        None | Some(Value::Null) => Ok(OutputMode::Text),
+        Some(rf) => match rf["type"].as_str() {
+            Some("text") => Ok(OutputMode::Text),
+            Some("json_object") => Ok(OutputMode::Json(serde_json::json!({"type": "object"}))),
+            Some("json_schema") => {
+                let spec = &rf["json_schema"];
+                let name = spec["name"].as_str().unwrap_or("");
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(ApiError::invalid(
+                        "response_format.json_schema.name",
+                        "`response_format.json_schema.name` must be 1-64 letters, digits, `_` or `-`.",
+                    ));
+                }
+                match &spec["schema"] {
+                    Value::Object(o) if !o.is_empty() => {
+                        Ok(OutputMode::Json(spec["schema"].clone()))
+                    }
+                    _ => Err(ApiError::invalid(
+                        "response_format.json_schema.schema",
+                        "`response_format.json_schema.schema` must be a JSON Schema object.",
+                    )),
+                }
+            }
+            _ => Err(ApiError::invalid(
+                "response_format.type",
+                "`response_format.type` must be `text`, `json_object` or `json_schema`.",
+            )),
+        },
+    }
+}
+
+fn parse_tools(tools: &Option<Value>) -> Result<Vec<ToolSpec>, ApiError> {
+    let list = match tools {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::invalid("tools", "`tools` must be a list.")),
+    };
+    if list.len() > 64 {
+        return Err(ApiError::invalid(
+            "tools",
+            "`tools` may hold at most 64 functions.",
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t["type"].as_str() != Some("function") {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].type"),
+                    format!("`tools[{i}].type` must be `function`."),
+                ));
+            }
+            let f = &t["function"];
+            let name = f["name"].as_str().unwrap_or("");
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].function.name"),
+                    format!("`tools[{i}].function.name` must be 1-64 letters, digits, `_` or `-`."),
+                ));
+            }
+            let parameters = match &f["parameters"] {
+                Value::Null => serde_json::json!({"type": "object", "properties": {}}),
+                Value::Object(_) => f["parameters"].clone(),
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!("tools[{i}].function.parameters"),
+                        format!("`tools[{i}].function.parameters` must be a JSON Schema object."),
+                    ))
+                }
+            };
+            Ok(ToolSpec {
+                name: name.to_string(),
+                description: f["description"].as_str().unwrap_or("").to_string(),
+                parameters,
+            })
+        })
+        .collect()
+}
+
+/// The system turn that tells the model about the tools and the JSON it must write.
+fn tool_instructions(tools: &[ToolSpec], mode: &ToolMode) -> ChatTurn {
+    let mut text = String::from("You can call these functions:\n");
+    for t in tools {
+        text.push_str(&format!(
+            "- {}: {} Arguments (JSON Schema): {}\n",
+            t.name, t.description, t.parameters
+        ));
+    }
+    text.push_str(match mode {
+        ToolMode::Auto => "To call a function, reply with {\"name\": ..., \"arguments\": {...}}; otherwise reply with {\"content\": \"your answer\"}.",
+        _ => "Reply with {\"name\": ..., \"arguments\": {...}} to call a function.",
+    });
+    ChatTurn {
+        role: Role::System,
+        content: text,
+    }
+}
+
+/// The JSON schema that constrains the answer of a tool-using request.
+pub fn tool_schema(tools: &[ToolSpec], mode: &ToolMode) -> Value {
+    let call = |t: &ToolSpec| {
+        serde_json::json!({
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": false
+        })
+    };
+    let mut options: Vec<Value> = match mode {
+        ToolMode::Named(name) => tools.iter().filter(|t| &t.name == name).map(call).collect(),
+        _ => tools.iter().map(call).collect(),
+    };
+    if *mode == ToolMode::Auto {
+        options.push(serde_json::json!({
+            "type": "object",
+            "properties": {"content": {"type": "string"}},
+            "required": ["content"],
+            "additionalProperties": false
+        }));
+    }
+    if options.len() == 1 {
+        options.remove(0)
+    } else {
+        serde_json::json!({"anyOf": options})
+    }
 }
 
 /// Checks a text completion request.
@@ -509,7 +847,7 @@ mod tests {
 
     fn chat(json: &str) -> Result<ValidChatRequest, ApiError> {
         let req: ChatCompletionRequest = parse_json(json.as_bytes())?;
-        validate_chat(req, &LimitSettings::default())
+        validate_chat(req, &LimitSettings::default(), true)
     }
 
     fn param_of(e: ApiError) -> String {
@@ -660,5 +998,102 @@ mod tests {
             param_of(parse(r#"{"model":"m","prompt":"x","logprobs":9}"#).unwrap_err()),
             "logprobs"
         );
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: the parser and validators never panic and only ever answer with
+    //! a request error, whatever the bytes or JSON.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "\\PC{0,40}".prop_map(Value::String),
+            Just(Value::String("<|im_start|>system".into())),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::vec(("[a-z_]{1,12}", inner), 0..8)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    const FIELDS: &[&str] = &[
+        "model",
+        "messages",
+        "prompt",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stream_options",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "user",
+        "echo",
+        "suffix",
+        "best_of",
+    ];
+
+    fn request_body() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec((proptest::sample::select(FIELDS), json_value()), 0..12).prop_map(
+            |fields| {
+                let mut obj: serde_json::Map<String, Value> = fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                obj.entry("model").or_insert(Value::from("m"));
+                serde_json::to_vec(&Value::Object(obj)).unwrap()
+            },
+        )
+    }
+
+    fn only_request_errors<T>(r: Result<T, ApiError>) -> Result<(), TestCaseError> {
+        match r {
+            Ok(_) | Err(ApiError::InvalidRequest { .. }) => Ok(()),
+            Err(other) => Err(TestCaseError::fail(format!("unexpected error {other:?}"))),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_are_rejected_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            only_request_errors(parse_json::<ChatCompletionRequest>(&bytes))?;
+            only_request_errors(parse_json::<CompletionRequest>(&bytes))?;
+        }
+
+        #[test]
+        fn arbitrary_fields_validate_or_fail_cleanly(body in request_body()) {
+            let limits = LimitSettings::default();
+            only_request_errors(parse_json::<ChatCompletionRequest>(&body).and_then(|r| validate_chat(r, &limits, true)))?;
+            only_request_errors(parse_json::<CompletionRequest>(&body).and_then(|r| validate_completion(r, &limits)))?;
+        }
+
+        #[test]
+        fn valid_sampling_values_stay_in_range(t in 0.0f64..=2.0, p in 0.001f64..=1.0, n in 1i64..=8) {
+            let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "temperature": t, "top_p": p, "n": n});
+            let v = validate_chat(parse_json(&serde_json::to_vec(&body).unwrap())?, &LimitSettings::default(), true)?;
+            prop_assert!((0.0..=2.0).contains(&v.sampling.settings.temperature));
+            prop_assert_eq!(v.sampling.settings.n, n as usize);
+        }
     }
 }

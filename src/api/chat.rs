@@ -14,11 +14,11 @@ use crate::engine::TokenEvent;
 use crate::error::ApiError;
 use crate::openai::chat::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
-    ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatTokenLogprob,
+    ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatTokenLogprob, FunctionCall, ToolCall,
 };
 use crate::openai::common::{new_id, system_fingerprint, unix_now, Usage};
 use crate::scheduler::{engine_error, Generation};
-use crate::validation::{parse_json, validate_chat};
+use crate::validation::{parse_json, validate_chat, OutputMode};
 
 /// Mounts `/v1/chat/completions`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -45,9 +45,15 @@ pub async fn create_chat_completion(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let request: ChatCompletionRequest = parse_json(&body)?;
-    let valid = validate_chat(request, &state.settings.limits)?;
+    let valid = validate_chat(
+        request,
+        &state.settings.limits,
+        state.settings.server.strict_params,
+    )?;
     let n = valid.sampling.settings.n;
     let logprobs = valid.sampling.settings.logprobs;
+    let tools = matches!(valid.output, OutputMode::Tools { .. });
+    let ignored = valid.ignored_params.join(",");
     let work = async {
         let generation = state
             .scheduler
@@ -58,26 +64,66 @@ pub async fn create_chat_completion(
             id: new_id("chatcmpl"),
             created: unix_now(),
             model: generation.model.clone(),
+            tools,
         };
-        if valid.stream {
+        let mut response = if valid.stream {
             let keep_alive =
                 Duration::from_secs(state.settings.server.keep_alive_interval_secs.max(1));
-            Ok(sse_response(
+            sse_response(
                 &req,
                 stream_chunks(generation, meta, n, logprobs, valid.include_usage),
                 keep_alive,
-            ))
+            )
         } else {
-            Ok(HttpResponse::Ok().json(collect(generation, meta, n, logprobs).await?))
+            HttpResponse::Ok().json(collect(generation, meta, n, logprobs).await?)
+        };
+        if !ignored.is_empty() {
+            if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&ignored) {
+                response.headers_mut().insert(
+                    actix_web::http::header::HeaderName::from_static("x-llamagate-ignored-params"),
+                    v,
+                );
+            }
         }
+        Ok(response)
     };
     unless_client_gone(&req, work).await
+}
+
+/// What a tool-using answer turned out to be.
+enum ToolAnswer {
+    Call(ToolCall),
+    Text(String),
+}
+
+/// Reads the constrained JSON of a tool-using answer: a call, or (with `auto`) text.
+fn tool_answer(text: &str) -> ToolAnswer {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return ToolAnswer::Text(text.to_string());
+    };
+    match (value["name"].as_str(), value["content"].as_str()) {
+        (Some(name), _) => ToolAnswer::Call(ToolCall {
+            index: None,
+            id: format!("call_{}", uuid::Uuid::new_v4().simple()),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: name.to_string(),
+                arguments: value
+                    .get("arguments")
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "{}".into()),
+            },
+        }),
+        (None, Some(content)) => ToolAnswer::Text(content.to_string()),
+        _ => ToolAnswer::Text(text.to_string()),
+    }
 }
 
 struct ResponseMeta {
     id: String,
     created: u64,
     model: String,
+    tools: bool,
 }
 
 impl ResponseMeta {
@@ -137,18 +183,28 @@ async fn collect(
             .zip(logprobs)
             .zip(reasons)
             .enumerate()
-            .map(|(index, ((text, lps), reason))| ChatChoice {
-                index,
-                message: AssistantMessage {
-                    role: "assistant".into(),
-                    content: Some(text),
-                    refusal: None,
-                },
-                logprobs: want_logprobs.then_some(ChatLogprobs {
-                    content: lps,
-                    refusal: None,
-                }),
-                finish_reason: reason,
+            .map(|(index, ((text, lps), reason))| {
+                let (content, tool_calls, reason) = match meta.tools.then(|| tool_answer(&text)) {
+                    Some(ToolAnswer::Call(call)) => {
+                        (None, Some(vec![call]), "tool_calls".to_string())
+                    }
+                    Some(ToolAnswer::Text(t)) => (Some(t), None, reason),
+                    None => (Some(text), None, reason),
+                };
+                ChatChoice {
+                    index,
+                    message: AssistantMessage {
+                        role: "assistant".into(),
+                        content,
+                        refusal: None,
+                        tool_calls,
+                    },
+                    logprobs: want_logprobs.then_some(ChatLogprobs {
+                        content: lps,
+                        refusal: None,
+                    }),
+                    finish_reason: reason,
+                }
             })
             .collect(),
         usage: usage.into(),
@@ -163,12 +219,13 @@ fn stream_chunks(
     include_usage: bool,
 ) -> impl futures::Stream<Item = String> {
     let usage_field = move |u: Option<Usage>| if include_usage { Some(u) } else { None };
+    let mut buffered = vec![String::new(); n];
     async_stream::stream! {
         let role_chunk = meta.chunk(
             (0..n)
                 .map(|index| ChatChunkChoice {
                     index,
-                    delta: ChatDelta { role: Some("assistant".into()), content: Some(String::new()) },
+                    delta: ChatDelta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None },
                     logprobs: None,
                     finish_reason: None,
                 })
@@ -178,11 +235,35 @@ fn stream_chunks(
         yield data_event(&role_chunk);
         while let Some(event) = generation.next().await {
             match event {
+                Ok(TokenEvent::Text { choice, text, .. }) if meta.tools => {
+                    // Tool answers are JSON under the hood: sent whole when the choice ends.
+                    if let Some(b) = buffered.get_mut(choice) {
+                        b.push_str(&text);
+                    }
+                }
+                Ok(TokenEvent::Finished { choice, reason }) if meta.tools => {
+                    let text = buffered.get_mut(choice).map(std::mem::take).unwrap_or_default();
+                    let (delta, reason) = match tool_answer(&text) {
+                        ToolAnswer::Call(mut call) => {
+                            call.index = Some(0);
+                            (ChatDelta { role: None, content: None, tool_calls: Some(vec![call]) }, "tool_calls".to_string())
+                        }
+                        ToolAnswer::Text(t) => (ChatDelta { role: None, content: Some(t), tool_calls: None }, reason.as_str().to_string()),
+                    };
+                    yield data_event(&meta.chunk(
+                        vec![ChatChunkChoice { index: choice, delta, logprobs: None, finish_reason: None }],
+                        usage_field(None),
+                    ));
+                    yield data_event(&meta.chunk(
+                        vec![ChatChunkChoice { index: choice, delta: ChatDelta::default(), logprobs: None, finish_reason: Some(reason) }],
+                        usage_field(None),
+                    ));
+                }
                 Ok(TokenEvent::Text { choice, text, logprobs }) => {
                     let chunk = meta.chunk(
                         vec![ChatChunkChoice {
                             index: choice,
-                            delta: ChatDelta { role: None, content: Some(text) },
+                            delta: ChatDelta { role: None, content: Some(text), tool_calls: None },
                             logprobs: want_logprobs.then(|| ChatLogprobs {
                                 content: logprobs.iter().map(ChatTokenLogprob::from).collect(),
                                 refusal: None,
@@ -225,5 +306,5 @@ fn stream_chunks(
 
 /// The OpenAPI description of this resource.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(create_chat_completion), components(schemas(ChatCompletionRequest, crate::openai::chat::ChatMessage, crate::openai::chat::ChatRole, crate::openai::common::StreamOptions, ChatCompletionResponse, crate::openai::chat::ChatChoice, AssistantMessage, ChatLogprobs, ChatTokenLogprob, crate::openai::chat::ChatTopLogprob, ChatCompletionChunk, ChatChunkChoice, ChatDelta, Usage)), tags((name = "chat")))]
+#[openapi(paths(create_chat_completion), components(schemas(ChatCompletionRequest, crate::openai::chat::ChatMessage, crate::openai::chat::ChatRole, crate::openai::common::StreamOptions, ChatCompletionResponse, crate::openai::chat::ChatChoice, AssistantMessage, ChatLogprobs, ChatTokenLogprob, crate::openai::chat::ChatTopLogprob, ToolCall, FunctionCall, ChatCompletionChunk, ChatChunkChoice, ChatDelta, Usage)), tags((name = "chat")))]
 pub struct ChatApi;

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::openai::models::{ModelList, ModelObject};
+use crate::openai::models::{Capabilities, ModelList, ModelObject};
 use crate::scheduler::registry::ModelSlot;
 
 /// Mounts the model routes.
@@ -48,6 +48,14 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
         }),
         pinned: slot.settings.pinned,
         error: status.error,
+        capabilities: Capabilities {
+            context_length: status.context_length,
+            tools: true,
+            json_schema: true,
+            logprobs: true,
+            vision: false,
+            audio: false,
+        },
     }
 }
 
@@ -80,5 +88,5 @@ pub async fn get_model(
 
 /// The OpenAPI description of this resource.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(list_models, get_model), components(schemas(ModelList, ModelObject)), tags((name = "models")))]
+#[openapi(paths(list_models, get_model), components(schemas(ModelList, ModelObject, Capabilities)), tags((name = "models")))]
 pub struct ModelsApi;

@@ -272,7 +272,10 @@ fn to_mistral_messages(
                         "role".to_string(),
                         Either::Left(t.role.as_str().to_string()),
                     );
-                    m.insert("content".to_string(), Either::Left(t.content.clone()));
+                    m.insert(
+                        "content".to_string(),
+                        Either::Left(super::neutralize_special_tokens(&t.content).into_owned()),
+                    );
                     m
                 })
                 .collect(),
@@ -431,7 +434,10 @@ impl LoadedModel for MistralRsModel {
             return_logprobs: s.logprobs,
             is_streaming: true,
             id: runner.next_request_id(),
-            constraint: Constraint::None,
+            constraint: match &request.json_schema {
+                Some(schema) => Constraint::JsonSchema(schema.clone()),
+                None => Constraint::None,
+            },
             suffix: None,
             tools: None,
             tool_choice: None,
@@ -470,12 +476,15 @@ impl LoadedModel for MistralRsModel {
         });
 
         let n = s.n;
+        let constrained = request.json_schema.is_some();
         let max_tokens = s.max_tokens;
         let top_k = s.top_logprobs;
         let stops = s.stop.clone();
         let prompt_tokens = request.prompt_tokens;
         let stream = async_stream::stream! {
             let mut matchers: Vec<StopMatcher> = (0..n).map(|_| StopMatcher::new(&stops)).collect();
+            let mut json_ends: Option<Vec<super::json_end::JsonEnd>> =
+                constrained.then(|| vec![Default::default(); n]);
             let mut finished = vec![false; n];
             // Dropping this stream drops `out_rx`, which stops the pump and cancels the sequence.
             while let Some(response) = out_rx.recv().await {
@@ -509,8 +518,19 @@ impl LoadedModel for MistralRsModel {
                     if choice >= n || finished[choice] {
                         continue;
                     }
+                    // A constrained choice ends where its JSON value is complete.
+                    let (text, json_done) = match json_ends.as_mut() {
+                        Some(ends) => match ends[choice].push(&text) {
+                            Some(end) => (text[..end].to_string(), true),
+                            None => (text, false),
+                        },
+                        None => (text, false),
+                    };
                     let outcome = matchers[choice].push(&text);
                     let mut emit = outcome.emit;
+                    if json_done && !outcome.stopped {
+                        emit.push_str(&matchers[choice].flush());
+                    }
                     if reason.is_some() && !outcome.stopped {
                         emit.push_str(&matchers[choice].flush());
                     }
@@ -521,7 +541,7 @@ impl LoadedModel for MistralRsModel {
                             logprobs: logprob.unwrap_or_default(),
                         });
                     }
-                    let end = if outcome.stopped {
+                    let end = if outcome.stopped || json_done {
                         Some(FinishReason::Stop)
                     } else {
                         reason.as_deref().map(finish_reason)

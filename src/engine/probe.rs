@@ -45,6 +45,9 @@ pub struct SamplingProbe {
     top_p: f64,
     records: Option<Mutex<VecDeque<StepRecord>>>,
     on_token: Option<TokenCallback>,
+    /// Context length at the last call: a second call on the same context is the
+    /// engine sampling again under a grammar mask, not a new token.
+    last_context: std::sync::atomic::AtomicUsize,
 }
 
 impl SamplingProbe {
@@ -61,6 +64,7 @@ impl SamplingProbe {
             top_p,
             records: record.then(|| Mutex::new(VecDeque::new())),
             on_token: None,
+            last_context: std::sync::atomic::AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -178,10 +182,17 @@ fn nucleus_sample(probs: &[f32], top_p: f64, rng: &mut impl Rng) -> usize {
 }
 
 impl CustomLogitsProcessor for SamplingProbe {
-    fn apply(&self, logits: &Tensor, _context: &[u32]) -> mistralrs::Result<Tensor> {
-        self.generated.fetch_add(1, Ordering::Relaxed);
-        if let Some(callback) = &self.on_token {
-            callback();
+    fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
+        let resample = self.last_context.swap(context.len(), Ordering::Relaxed) == context.len();
+        if resample {
+            if let Some(records) = &self.records {
+                records.lock().unwrap_or_else(|e| e.into_inner()).pop_back();
+            }
+        } else {
+            self.generated.fetch_add(1, Ordering::Relaxed);
+            if let Some(callback) = &self.on_token {
+                callback();
+            }
         }
         let values: Vec<f32> = logits.to_dtype(mistralrs::DType::F32)?.to_vec1()?;
         let (chosen, mut probs) = self.pick(&values);
@@ -249,9 +260,12 @@ mod tests {
     fn apply_marks_the_choice_counts_and_records() {
         let p = SamplingProbe::new(0.0, 1.0, None, true);
         let t = Tensor::new(&[1f32, 3.0, 2.0], &mistralrs::Device::Cpu).unwrap();
-        let out: Vec<f32> = p.apply(&t, &[]).unwrap().to_vec1().unwrap();
+        let out: Vec<f32> = p.apply(&t, &[7]).unwrap().to_vec1().unwrap();
         assert_eq!(out[1], CHOSEN_MARK);
-        p.apply(&t, &[]).unwrap();
+        p.apply(&t, &[7, 1]).unwrap();
+        assert_eq!(p.generated(), 2);
+        // Sampling again on the same context (a grammar mask) is not a new token.
+        p.apply(&t, &[7, 1]).unwrap();
         assert_eq!(p.generated(), 2);
         let (rec, skipped) = p.claim(1);
         assert_eq!(rec.unwrap().token, 1);

@@ -65,6 +65,50 @@ pub struct ChatCompletionRequest {
     /// An end-user id; accepted and ignored.
     #[serde(default)]
     pub user: Option<String>,
+    /// `{"type":"text"}`, `{"type":"json_object"}` or
+    /// `{"type":"json_schema","json_schema":{"name":...,"schema":{...},"strict":true}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
+    /// Functions the model may call: `[{"type":"function","function":{"name","description","parameters"}}]`.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Value>,
+    /// `none`, `auto`, `required`, or `{"type":"function","function":{"name":...}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
+    /// Accepted; at most one call is made per turn.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Not supported: 400 with `strict_params`, else ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub logit_bias: Option<Value>,
+    /// Not supported (text models): 400 with `strict_params`, else ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub audio: Option<Value>,
+    /// Only `["text"]` is supported.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub modalities: Option<Value>,
+    /// Not supported: 400 with `strict_params`, else ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub prediction: Option<Value>,
+    /// Not supported: 400 with `strict_params`, else ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub web_search_options: Option<Value>,
+    /// Deprecated by OpenAI; use `tools`. 400 with `strict_params`, else ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub functions: Option<Value>,
+    /// Deprecated by OpenAI; use `tool_choice`. 400 with `strict_params`, else ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub function_call: Option<Value>,
 }
 
 /// Who says a message (documentation type; parsed as a string and checked).
@@ -79,12 +123,14 @@ pub enum ChatRole {
     User,
     /// The model.
     Assistant,
+    /// A function's result.
+    Tool,
 }
 
 /// One message of the conversation.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatMessage {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     #[schema(value_type = ChatRole)]
     pub role: String,
     /// A string, or a list of `{"type":"text","text":...}` parts.
@@ -94,6 +140,13 @@ pub struct ChatMessage {
     /// An optional participant name.
     #[serde(default)]
     pub name: Option<String>,
+    /// Calls an assistant message made (history).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<Value>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 /// A chat completion.
@@ -137,6 +190,33 @@ pub struct AssistantMessage {
     pub content: Option<String>,
     /// Always null: this server does not refuse.
     pub refusal: Option<String>,
+    /// Function calls, when the model called one (`finish_reason: "tool_calls"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// A function call made by the model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ToolCall {
+    /// Position in `tool_calls` (streamed deltas only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// `call_...`.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function and its JSON arguments.
+    pub function: FunctionCall,
+}
+
+/// Function name and arguments.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments, as a JSON string.
+    pub arguments: String,
 }
 
 /// Log-probabilities of a chat choice.
@@ -233,4 +313,7 @@ pub struct ChatDelta {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Function calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }

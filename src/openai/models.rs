@@ -38,6 +38,25 @@ pub struct ModelObject {
     pub pinned: bool,
     /// The last load error, when `status` is `failed`.
     pub error: Option<String>,
+    /// What the model can do through this server.
+    pub capabilities: Capabilities,
+}
+
+/// What a model supports, stated honestly.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Capabilities {
+    /// Context window in tokens, once known.
+    pub context_length: Option<usize>,
+    /// `tools` / `tool_choice`, answered by constrained decoding to the call's JSON.
+    pub tools: bool,
+    /// `response_format` `json_object` and `json_schema` (constrained decoding).
+    pub json_schema: bool,
+    /// `logprobs` / `top_logprobs`.
+    pub logprobs: bool,
+    /// Image inputs: never for these text models.
+    pub vision: bool,
+    /// Audio input or output.
+    pub audio: bool,
 }
 
 /// The model list.

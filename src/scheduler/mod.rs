@@ -163,6 +163,7 @@ impl Scheduler {
             sampling: settings,
             prompt_tokens,
             on_token: Some(Arc::new(move || counter.inc())),
+            json_schema: sampling.json_schema,
         };
         let stream = model
             .generate(request)

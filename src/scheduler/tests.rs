@@ -115,6 +115,7 @@ fn sampling(max_tokens: usize) -> ValidSampling {
     ValidSampling {
         settings: Default::default(),
         max_tokens: Some(max_tokens),
+        json_schema: None,
     }
 }
 

@@ -12,3 +12,5 @@ mod lan;
 mod models;
 mod pool;
 mod prometheus;
+mod reliability;
+mod structured;
