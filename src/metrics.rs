@@ -86,16 +86,16 @@ impl Metrics {
                 .expect("registered once");
             g
         };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                labels,
-            )
-            .expect("valid metric");
+        let histogram_with = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("valid metric");
             registry
                 .register(Box::new(h.clone()))
                 .expect("registered once");
             h
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            histogram_with(name, help, labels, LATENCY_BUCKETS.to_vec())
         };
         Self {
             generated_tokens: counter(
@@ -174,23 +174,14 @@ impl Metrics {
                     .expect("registered once");
                 c
             },
-            model_load_duration: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "llamagate_model_load_duration_seconds",
-                        "Time to load a model.",
-                    )
-                    .buckets(vec![
-                        0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-                    ]),
-                    &["model"],
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(h.clone()))
-                    .expect("registered once");
-                h
-            },
+            model_load_duration: histogram_with(
+                "llamagate_model_load_duration_seconds",
+                "Time to load a model.",
+                &["model"],
+                vec![
+                    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                ],
+            ),
             model_loaded: gauge(
                 "llamagate_model_loaded",
                 "1 when the model is loaded (ready or draining), else 0.",
@@ -216,36 +207,18 @@ impl Metrics {
                 "Time from arrival until a sequence slot was granted (queue, memory, load).",
                 &["model"],
             ),
-            prompt_tokens_per_request: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "llamagate_request_prompt_tokens",
-                        "Prompt tokens per request.",
-                    )
-                    .buckets(token_buckets()),
-                    &["model"],
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(h.clone()))
-                    .expect("registered once");
-                h
-            },
-            generated_tokens_per_request: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "llamagate_request_generated_tokens",
-                        "Generated tokens per finished request.",
-                    )
-                    .buckets(token_buckets()),
-                    &["model"],
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(h.clone()))
-                    .expect("registered once");
-                h
-            },
+            prompt_tokens_per_request: histogram_with(
+                "llamagate_request_prompt_tokens",
+                "Prompt tokens per request.",
+                &["model"],
+                token_buckets(),
+            ),
+            generated_tokens_per_request: histogram_with(
+                "llamagate_request_generated_tokens",
+                "Generated tokens per finished request.",
+                &["model"],
+                token_buckets(),
+            ),
             build_info: {
                 let g = gauge(
                     "llamagate_build_info",

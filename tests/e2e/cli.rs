@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use llamagate::config::{ModelSettings, ModelSource};
 
-use crate::helpers::{post_json, settings_with, spawn_server};
+use crate::helpers::{free_port, post_json, settings_with, spawn_server};
 
 fn llamagate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llamagate"))
@@ -72,14 +72,6 @@ fn bad_config_fails_at_start_up_with_a_useful_message() {
         &MODEL_ENTRY.replace("x.gguf", "hf://only-owner"),
         "hf://owner/repo/file.gguf",
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for_health(port: u16) -> bool {

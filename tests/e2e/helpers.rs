@@ -1,8 +1,10 @@
 //! Starting real servers (real engine, real model) on port 0, and talking to them.
 
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use std::time::Instant;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::Client;
@@ -185,4 +187,61 @@ pub async fn quiet() -> (tokio::sync::MutexGuard<'static, ()>, &'static TestServ
         spawn_server(settings_with(vec![model]))
     });
     (guard, server)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `llamagate serve` child process, killed (and its config removed) on drop.
+pub struct Served {
+    /// The process.
+    pub child: Child,
+    /// Its address.
+    pub server: TestServer,
+    config: std::path::PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Runs the real binary with `[server] bind` on a free port plus `body` as config.
+pub async fn serve_binary(body: &str) -> Served {
+    let port = free_port();
+    let config = std::env::temp_dir().join(format!("llamagate-rel-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &config,
+        format!("[server]\nbind = \"127.0.0.1:{port}\"\n{body}"),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = TestServer {
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(server.url("/health")).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Served {
+        child,
+        server,
+        config,
+    }
 }

@@ -9,7 +9,8 @@ use llamagate::config::Secret;
 use serde_json::json;
 
 use crate::helpers::{
-    assert_envelope, model_path, settings_with, shared, smollm2, spawn_server, TestServer, MODEL,
+    assert_envelope, free_port, model_path, settings_with, shared, smollm2, spawn_server,
+    TestServer, MODEL,
 };
 
 #[tokio::test]
@@ -204,14 +205,6 @@ async fn request_ids_are_echoed_or_generated() {
     assert_eq!(res.headers()["x-request-id"], "my-trace-42");
     let res = reqwest::get(shared().url("/health")).await.unwrap();
     assert_eq!(res.headers()["x-request-id"].len(), 36);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn write_config(port: u16, host: &str, extra: &str) -> std::path::PathBuf {

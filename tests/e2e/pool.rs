@@ -1,7 +1,6 @@
 //! The multi-model scheduler with the real model: a budget that fits one model at a time,
 //! broken model files next to a good one, overload, and keep_alive freeing memory.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -9,7 +8,9 @@ use llamagate::config::{ModelSettings, ModelSource};
 use llamagate::scheduler::memory::{process_rss_bytes, ByteSize};
 use serde_json::json;
 
-use crate::helpers::{model_path, post_json, settings_with, smollm2, spawn_server, TestServer};
+use crate::helpers::{
+    model_path, post_json, serve_binary, settings_with, smollm2, spawn_server, TestServer,
+};
 
 fn small(name: &str) -> ModelSettings {
     let mut m = smollm2(name);
@@ -207,38 +208,15 @@ async fn overload_gets_429_with_retry_after_and_every_accepted_request_completes
 /// The idle TTL frees memory: measured on a separate `llamagate serve` process.
 #[tokio::test]
 async fn keep_alive_unloads_the_model_and_frees_its_memory() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = std::env::temp_dir().join(format!("llamagate-ttl-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nbind = \"127.0.0.1:{port}\"\n[[models]]\nname = \"ttl\"\nsource = \"{}\"\ndevice = \"cpu\"\ncontext_length = 2048\nmax_concurrent = 2\nkeep_alive = \"2s\"\n",
-            model_path().display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = TestServer {
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(server.url("/health")).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let pid = child.id();
+    let served = serve_binary(&format!(
+        "[[models]]\nname = \"ttl\"\nsource = \"{}\"\ndevice = \"cpu\"\ncontext_length = 2048\nmax_concurrent = 2\nkeep_alive = \"2s\"\n",
+        model_path().display()
+    ))
+    .await;
+    let server = &served.server;
+    let pid = served.child.id();
     let before = process_rss_bytes(Some(pid)).unwrap();
-    let (status, body) = complete(&server, "ttl").await;
+    let (status, body) = complete(server, "ttl").await;
     assert_eq!(status, 200, "{body}");
     let loaded = process_rss_bytes(Some(pid)).unwrap();
     let estimate: serde_json::Value = reqwest::get(server.url("/v1/models/ttl"))
@@ -252,16 +230,14 @@ async fn keep_alive_unloads_the_model_and_frees_its_memory() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let status = statuses(&server).await;
+        let status = statuses(server).await;
         if status[0].1 == "unloaded" {
             tokio::time::sleep(Duration::from_millis(500)).await;
             unloaded = process_rss_bytes(Some(pid)).unwrap();
             break;
         }
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let _ = std::fs::remove_file(&config);
+    drop(served);
     let mib = |b: u64| b as f64 / 1048576.0;
     eprintln!(
         "RSS before load {:.1} MiB, loaded {:.1} MiB (+{:.1}), after keep_alive {:.1} MiB; estimate {:.1} MiB",

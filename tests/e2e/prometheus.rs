@@ -86,11 +86,7 @@ async fn a_real_prometheus_scrapes_and_the_dashboard_queries_run() {
         .replace("scrape_interval: 15s", "scrape_interval: 1s")
         .replace("scrape_interval: 5s", "scrape_interval: 1s");
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let prom = format!("http://127.0.0.1:{port}");
     let _prometheus = KillOnDrop(
         Command::new(tool("prometheus"))

@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -14,57 +13,9 @@ use llamagate::scheduler::memory::process_rss_bytes;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_envelope, model_path, post_json, settings_with, shared, smollm2, spawn_server,
-    TestServer, MODEL,
+    assert_envelope, model_path, post_json, serve_binary, settings_with, shared, smollm2,
+    spawn_server, TestServer, MODEL,
 };
-
-struct Served {
-    child: Child,
-    server: TestServer,
-    config: std::path::PathBuf,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
-
-async fn serve_binary(body: &str) -> Served {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = std::env::temp_dir().join(format!("llamagate-rel-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(
-        &config,
-        format!("[server]\nbind = \"127.0.0.1:{port}\"\n{body}"),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = TestServer {
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(server.url("/health")).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Served {
-        child,
-        server,
-        config,
-    }
-}
 
 fn model_entry(name: &str, extra: &str) -> String {
     format!(
