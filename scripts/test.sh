@@ -2,8 +2,8 @@
 # Runs every check and test. Does all set-up on a fresh machine: installs the test
 # dependencies (scripts/setup.sh), fetches the test model, builds, then runs formatting
 # and lint checks, the Rust test suite (unit tests; end-to-end tests with the real model,
-# a real Prometheus), the chat page in headless Chromium and schemathesis against the
-# live OpenAPI document.
+# a real Prometheus), the chat page in headless Chromium, the official OpenAI Python SDK
+# and schemathesis against the live OpenAPI document.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
@@ -22,7 +22,7 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 LOG="$(mktemp)"
-trap 'rm -f "$LOG"' EXIT
+trap 'rm -f "$LOG" "$LOG.sdk"' EXIT
 echo "== cargo test"
 cargo test --no-fail-fast -- --test-threads="${LLAMAGATE_TEST_THREADS:-2}" 2>&1 | tee "$LOG"
 cargo_passed=$(grep -Eo '[0-9]+ passed' "$LOG" | awk '{s+=$1} END {print s+0}')
@@ -30,8 +30,12 @@ cargo_passed=$(grep -Eo '[0-9]+ passed' "$LOG" | awk '{s+=$1} END {print s+0}')
 echo "== chat page in headless Chromium"
 node tests/browser/chat.mjs
 
+echo "== the official OpenAI Python SDK"
+"$LLAMAGATE_VENV/bin/python" tests/sdk/openai_sdk.py | tee "$LOG.sdk"
+sdk_passed=$(grep -Eo '^[0-9]+ passed' "$LOG.sdk" | awk '{s+=$1} END {print s+0}')
+
 echo "== schemathesis against /openapi.json"
 scripts/schemathesis.sh
 
 echo "== all checks passed in $(( $(date +%s) - started )) s"
-echo "tests: $((cargo_passed + 3)) passed, 0 failed"
+echo "tests: $((cargo_passed + sdk_passed + 3)) passed, 0 failed"

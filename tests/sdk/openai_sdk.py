@@ -1,0 +1,158 @@
+"""The official OpenAI Python SDK against a real llamagate with the real model.
+
+Started by scripts/test.sh: runs `llamagate serve` on a free port, drives it through
+`openai.OpenAI(base_url=...)` (chat, streaming with usage, legacy completions, models,
+typed errors, tools streamed and not, logprobs, structured output parsed into a
+pydantic model) and prints "N passed, M failed".
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import openai
+from pydantic import BaseModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+BINARY = os.environ.get("LLAMAGATE_BIN", os.path.join(TARGET, "debug", "llamagate"))
+MODEL_FILE = os.environ.get("LLAMAGATE_TEST_MODEL", os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"], "additionalProperties": False}}}]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server():
+    port = free_port()
+    config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    config.write(f'[server]\nbind = "127.0.0.1:{port}"\n[[models]]\nname = "smollm2"\n'
+                 f'source = "{MODEL_FILE}"\ndevice = "cpu"\npinned = true\n')
+    config.close()
+    proc = subprocess.Popen([BINARY, "serve", "--config", config.name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, config.name, base
+
+
+class Cat(BaseModel):
+    name: str
+    age: int
+
+
+def main():
+    proc, config, base = start_server()
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+    results = []
+
+    def check(name, fn):
+        try:
+            fn()
+            results.append(True)
+            print(f"ok   {name}")
+        except Exception:
+            results.append(False)
+            print(f"FAIL {name}\n{traceback.format_exc()}")
+
+    def chat():
+        r = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hi"}],
+                                           max_tokens=8, temperature=0)
+        assert r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+    def stream():
+        s = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hi"}],
+                                           max_tokens=8, temperature=0, stream=True,
+                                           stream_options={"include_usage": True})
+        text, usage, finish = "", None, None
+        for chunk in s:
+            usage = chunk.usage or usage
+            for c in chunk.choices:
+                text += c.delta.content or ""
+                finish = c.finish_reason or finish
+        assert text and usage and usage.completion_tokens >= 1 and finish in ("stop", "length")
+
+    def completions():
+        r = client.completions.create(model="smollm2", prompt=["Hello", "Bye"], max_tokens=4, temperature=0)
+        assert [c.index for c in r.choices] == [0, 1] and r.usage.completion_tokens <= 8
+
+    def models():
+        assert [m.id for m in client.models.list()] == ["smollm2"]
+        assert client.models.retrieve("smollm2").id == "smollm2"
+
+    def errors():
+        try:
+            client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+            raise AssertionError("no error")
+        except openai.NotFoundError as e:
+            assert e.code == "model_not_found"
+        try:
+            client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "x"}], temperature=5)
+            raise AssertionError("no error")
+        except openai.BadRequestError as e:
+            assert e.param == "temperature"
+
+    def tools():
+        r = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                           max_tokens=60, temperature=0, tools=WEATHER,
+                                           tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        call = r.choices[0].message.tool_calls[0]
+        assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+        import json
+        assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+    def streamed_tools():
+        s = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Weather?"}],
+                                           max_tokens=60, stream=True, tools=WEATHER, tool_choice="required")
+        names, finish = [], None
+        for chunk in s:
+            for c in chunk.choices:
+                for tc in c.delta.tool_calls or []:
+                    names.append(tc.function.name)
+                finish = c.finish_reason or finish
+        assert names == ["get_weather"] and finish == "tool_calls"
+
+    def logprobs():
+        r = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say yes"}],
+                                           max_tokens=3, temperature=0, logprobs=True, top_logprobs=2)
+        content = r.choices[0].logprobs.content
+        assert content and all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+
+    def parse():
+        r = client.beta.chat.completions.parse(model="smollm2", messages=[{"role": "user", "content": "A cat"}],
+                                               max_tokens=80, response_format=Cat)
+        assert isinstance(r.choices[0].message.parsed, Cat) and r.choices[0].finish_reason == "stop"
+
+    try:
+        for name, fn in [("chat", chat), ("stream with usage", stream), ("completions", completions),
+                         ("models", models), ("typed errors", errors), ("named tool call", tools),
+                         ("streamed tool call", streamed_tools), ("logprobs", logprobs),
+                         ("structured output parse", parse)]:
+            check(name, fn)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        os.unlink(config)
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
