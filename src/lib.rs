@@ -10,6 +10,7 @@ pub mod error;
 pub mod gguf;
 pub mod metrics;
 pub mod openai;
+pub mod quantize;
 pub mod scheduler;
 pub mod validation;
 

@@ -31,6 +31,16 @@ enum Command {
     },
     /// Print the OpenAPI document (what /openapi.json serves).
     Openapi,
+    /// Re-quantize a GGUF file (keeps the tokenizer and chat template).
+    Quantize {
+        /// The source GGUF.
+        input: PathBuf,
+        /// Where to write the result.
+        output: PathBuf,
+        /// f16, q8_0, q6_k, q5_k, q5_0, q4_k, q4_0, q4_1, q3_k or q2_k.
+        #[arg(long = "type", value_name = "TYPE")]
+        quant: String,
+    },
 }
 
 fn init_tracing() {
@@ -49,6 +59,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Quantize {
+            input,
+            output,
+            quant,
+        } => quantize(&input, &output, &quant),
         Command::Openapi => {
             print!("{}", llamagate::api::openapi::document_json());
             std::process::ExitCode::SUCCESS
@@ -68,6 +83,49 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn quantize(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    quant: &str,
+) -> std::process::ExitCode {
+    let qtype = match quant.parse::<llamagate::quantize::QuantType>() {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let result = llamagate::quantize::quantize_file(input, output, qtype, |done, total, name| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(name.to_string());
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(report) => {
+            println!(
+                "wrote {} ({} tensors, {:.1} MB, {:.2} bits/weight) in {:.1} s",
+                output.display(),
+                report.tensors,
+                report.output_bytes as f64 / 1e6,
+                report.bits_per_weight(),
+                started.elapsed().as_secs_f64()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

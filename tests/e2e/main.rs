@@ -12,5 +12,6 @@ mod lan;
 mod models;
 mod pool;
 mod prometheus;
+mod quantize;
 mod reliability;
 mod structured;
