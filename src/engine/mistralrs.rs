@@ -477,6 +477,20 @@ impl LoadedModel for MistralRsModel {
 
         let n = s.n;
         let constrained = request.json_schema.is_some();
+        // A schema the grammar engine rejects is reported before any response starts.
+        let mut pending = None;
+        if constrained {
+            match out_rx.recv().await {
+                Some(Response::ValidationError(e)) => {
+                    return Err(EngineError::InvalidSchema(
+                        e.to_string()
+                            .trim_start_matches("Invalid grammar. ")
+                            .to_string(),
+                    ))
+                }
+                other => pending = other,
+            }
+        }
         let max_tokens = s.max_tokens;
         let top_k = s.top_logprobs;
         let stops = s.stop.clone();
@@ -487,7 +501,14 @@ impl LoadedModel for MistralRsModel {
                 constrained.then(|| vec![Default::default(); n]);
             let mut finished = vec![false; n];
             // Dropping this stream drops `out_rx`, which stops the pump and cancels the sequence.
-            while let Some(response) = out_rx.recv().await {
+            loop {
+                let response = match pending.take() {
+                    Some(r) => r,
+                    None => match out_rx.recv().await {
+                        Some(r) => r,
+                        None => break,
+                    },
+                };
                 let pieces: Vec<(usize, String, Option<Vec<TokenLogprob>>, Option<String>)> = match response {
                     Response::Chunk(chunk) => chunk
                         .choices

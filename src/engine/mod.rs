@@ -208,6 +208,9 @@ pub enum EngineError {
     /// Generation failed part-way.
     #[error("{0}")]
     Generation(String),
+    /// The requested output schema cannot be compiled into a grammar.
+    #[error("{0}")]
+    InvalidSchema(String),
     /// The engine is gone (stopped or crashed).
     #[error("the engine stopped unexpectedly")]
     Unavailable,

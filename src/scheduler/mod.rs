@@ -35,6 +35,13 @@ pub struct Scheduler {
 pub fn engine_error(e: EngineError, param: &'static str) -> ApiError {
     match e {
         EngineError::Rejected(message) => ApiError::invalid(param, message),
+        EngineError::InvalidSchema(message) => ApiError::InvalidRequest {
+            message: format!(
+                "The JSON schema (from `response_format` or `tools`) is not supported: {message}"
+            ),
+            param: Some("response_format".into()),
+            code: Some("invalid_schema"),
+        },
         EngineError::Load(m) | EngineError::Generation(m) => ApiError::Engine(m),
         EngineError::Unavailable => ApiError::Engine("the engine is not running".into()),
     }

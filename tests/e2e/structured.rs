@@ -246,3 +246,27 @@ async fn models_state_their_capabilities() {
     assert_eq!(c["logprobs"], true);
     assert_eq!(c["vision"], false);
 }
+
+#[tokio::test]
+async fn a_schema_the_grammar_engine_rejects_is_a_400_streamed_or_not() {
+    for stream in [false, true] {
+        let (status, body) = post_json(
+            &shared().url("/v1/chat/completions"),
+            &json!({"model": MODEL, "max_tokens": 20, "stream": stream,
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "bad",
+                    "schema": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}}}),
+        )
+        .await;
+        assert_eq!(status, 400, "stream={stream}: {body}");
+        assert_eq!(body["error"]["param"], "response_format");
+        assert_eq!(body["error"]["code"], "invalid_schema");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("nonsense"),
+            "{body}"
+        );
+    }
+}
