@@ -31,6 +31,36 @@ enum Command {
     },
     /// Print the OpenAPI document (what /openapi.json serves).
     Openapi,
+    /// Measure a running OpenAI-compatible server (or one llamagate started here).
+    Bench {
+        /// The server's OpenAI base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/v1")]
+        url: String,
+        /// Start llamagate with this config (on a free port) and measure it.
+        #[arg(long)]
+        spawn: Option<PathBuf>,
+        /// Models to measure (default: every model the server lists).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Prompt lengths in words; 0 is a short question.
+        #[arg(long, value_delimiter = ',', default_value = "0,512")]
+        prompt_words: Vec<usize>,
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        concurrency: Vec<usize>,
+        /// Tokens to generate per request.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Requests per concurrency level (at least the concurrency).
+        #[arg(long, default_value_t = 8)]
+        requests: usize,
+        /// API key for the server.
+        #[arg(long, env = "OPENAI_API_KEY")]
+        api_key: Option<String>,
+        /// Directory for results.csv, results.json and chart.svg.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
     /// Re-quantize a GGUF file (keeps the tokenizer and chat template).
     Quantize {
         /// The source GGUF.
@@ -43,7 +73,7 @@ enum Command {
     },
 }
 
-fn init_tracing() {
+fn init_tracing(to_stderr: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("LLAMAGATE_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("info,mistralrs_core=warn,mistralrs=warn")
@@ -52,18 +82,54 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            if to_stderr {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            }
+        })
         .init();
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Commands whose stdout is a report keep their logs on stderr.
+    init_tracing(!matches!(cli.command, Command::Serve { .. }));
     match cli.command {
         Command::Quantize {
             input,
             output,
             quant,
         } => quantize(&input, &output, &quant),
+        Command::Bench {
+            url,
+            spawn,
+            models,
+            prompt_words,
+            concurrency,
+            max_tokens,
+            requests,
+            api_key,
+            out,
+        } => {
+            let plan = llamagate::bench::BenchPlan {
+                base_url: url,
+                api_key,
+                models,
+                prompt_words,
+                concurrency,
+                max_tokens,
+                requests,
+            };
+            match actix_web::rt::System::new().block_on(run_bench(plan, spawn, out)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Openapi => {
             print!("{}", llamagate::api::openapi::document_json());
             std::process::ExitCode::SUCCESS
@@ -85,6 +151,59 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+}
+
+async fn run_bench(
+    mut plan: llamagate::bench::BenchPlan,
+    spawn: Option<PathBuf>,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    let _server = match spawn {
+        Some(config) => {
+            let settings = Settings::load(
+                &config,
+                &CliOverrides {
+                    bind: Some("127.0.0.1:0".into()),
+                },
+            )?;
+            let built = llamagate::build_server(settings, Arc::new(MistralRsEngine))?;
+            plan.base_url = format!("http://{}/v1", built.addr);
+            let handle = built.server.handle();
+            actix_web::rt::spawn(built.server);
+            Some(handle)
+        }
+        None => None,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} requests {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = llamagate::bench::run(&plan, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .await?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("results.csv"),
+        llamagate::bench::report::csv(&report),
+    )?;
+    std::fs::write(
+        out.join("results.json"),
+        llamagate::bench::report::json(&report),
+    )?;
+    std::fs::write(
+        out.join("chart.svg"),
+        llamagate::bench::report::svg(&report),
+    )?;
+    print!("{}", llamagate::bench::report::markdown(&report));
+    eprintln!(
+        "wrote {0}/results.csv, {0}/results.json, {0}/chart.svg",
+        out.display()
+    );
+    Ok(())
 }
 
 fn quantize(

@@ -2,6 +2,7 @@
 //! driven over HTTP by a real OpenAI client (async-openai) and by raw requests.
 //! One binary keeps link time down.
 
+mod bench;
 mod cancel;
 mod chat;
 mod cli;

@@ -1,0 +1,89 @@
+//! `llamagate bench` against a running test server: well-formed CSV, JSON and SVG that
+//! agree with the printed table; a clear failure for an unreachable URL.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::helpers::shared;
+
+#[test]
+fn a_tiny_benchmark_writes_consistent_reports() {
+    let out = std::env::temp_dir().join(format!("llamagate-bench-{}", uuid::Uuid::new_v4()));
+    let res = Command::new(env!("CARGO_BIN_EXE_llamagate"))
+        .args(["bench", "--url", &shared().url("/v1")])
+        .args([
+            "--prompt-words",
+            "0",
+            "--concurrency",
+            "1,2",
+            "--max-tokens",
+            "4",
+            "--requests",
+            "2",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let scenarios = json["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 2);
+    assert!(json["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(json["machine"]["server_build"]
+        .as_str()
+        .unwrap()
+        .contains("mistralrs"));
+
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for (line, scenario) in lines[1..].iter().zip(scenarios) {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), header.len());
+        assert_eq!(
+            cells[col("concurrency")],
+            scenario["concurrency"].to_string()
+        );
+        let tps: f64 = cells[col("output_tokens_per_s")].parse().unwrap();
+        assert!((tps - scenario["output_tokens_per_s"].as_f64().unwrap()).abs() < 0.051);
+        assert!(tps > 0.0);
+        assert_eq!(cells[col("quantization")], "Q4_1");
+        // The printed table carries the same numbers.
+        assert!(
+            stdout.contains(&format!("| {} |", cells[col("output_tokens_per_s")])),
+            "{stdout}"
+        );
+    }
+
+    let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("<polyline") && svg.contains("smollm2-135m-instruct"));
+    assert_eq!(svg.matches("<circle").count(), 2);
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error() {
+    let res = Command::new(env!("CARGO_BIN_EXE_llamagate"))
+        .args(["bench", "--url", "http://127.0.0.1:9/v1", "--out"])
+        .arg(std::env::temp_dir().join("llamagate-bench-unreachable"))
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("cannot reach http://127.0.0.1:9/v1"),
+        "{stderr}"
+    );
+}
