@@ -604,12 +604,7 @@ fn output_mode(req: &ChatCompletionRequest) -> Result<OutputMode, ApiError> {
             Some("json_schema") => {
                 let spec = &rf["json_schema"];
                 let name = spec["name"].as_str().unwrap_or("");
-                if name.is_empty()
-                    || name.len() > 64
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                {
+                if !is_function_name(name) {
                     return Err(ApiError::invalid(
                         "response_format.json_schema.name",
                         "`response_format.json_schema.name` must be 1-64 letters, digits, `_` or `-`.",
@@ -631,6 +626,15 @@ fn output_mode(req: &ChatCompletionRequest) -> Result<OutputMode, ApiError> {
             )),
         },
     }
+}
+
+/// OpenAI's rule for function and schema names: 1-64 letters, digits, `_` or `-`.
+fn is_function_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn parse_tools(tools: &Option<Value>) -> Result<Vec<ToolSpec>, ApiError> {
@@ -656,12 +660,7 @@ fn parse_tools(tools: &Option<Value>) -> Result<Vec<ToolSpec>, ApiError> {
             }
             let f = &t["function"];
             let name = f["name"].as_str().unwrap_or("");
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            if !is_function_name(name) {
                 return Err(ApiError::invalid(
                     format!("tools[{i}].function.name"),
                     format!("`tools[{i}].function.name` must be 1-64 letters, digits, `_` or `-`."),
