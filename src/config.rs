@@ -249,17 +249,21 @@ impl DurationSetting {
     }
 }
 
+/// A setting written as a plain number or as text with a unit (durations, sizes).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum NumberOrText {
+    /// A bare number, in the setting's base unit.
+    Number(u64),
+    /// Text to parse, e.g. `"5m"` or `"8GiB"`.
+    Text(String),
+}
+
 impl<'de> Deserialize<'de> for DurationSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Self(Duration::from_secs(n))),
-            Raw::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => Ok(Self(Duration::from_secs(n))),
+            NumberOrText::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
         }
     }
 }

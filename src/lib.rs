@@ -26,7 +26,6 @@ use actix_web::{web, App, HttpServer};
 use crate::api::AppState;
 use crate::config::Settings;
 use crate::engine::Engine;
-use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 
@@ -121,9 +120,4 @@ fn warn_if_open(bind: &str, addr: &SocketAddr, keys: &auth::KeyRing) {
              or auth.api_keys_file. !!!"
         );
     }
-}
-
-/// Renders an [`ApiError`] for callers outside the HTTP layer (CLI messages).
-pub fn describe(error: &ApiError) -> String {
-    error.to_string()
 }

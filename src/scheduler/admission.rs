@@ -110,11 +110,6 @@ impl QueueTicket {
         self.entered + self.timeout
     }
 
-    /// How long this request has waited so far.
-    pub fn waited(&self) -> Duration {
-        self.entered.elapsed()
-    }
-
     fn leave(&mut self) {
         if std::mem::take(&mut self.counted) {
             self.waiting.fetch_sub(1, Ordering::SeqCst);

@@ -71,15 +71,11 @@ impl fmt::Display for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Self(n)),
-            Raw::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
+        match crate::config::NumberOrText::deserialize(d)? {
+            crate::config::NumberOrText::Number(n) => Ok(Self(n)),
+            crate::config::NumberOrText::Text(t) => {
+                Self::parse(&t).map_err(serde::de::Error::custom)
+            }
         }
     }
 }

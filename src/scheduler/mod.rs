@@ -198,6 +198,10 @@ impl Scheduler {
         });
         Ok(Generation {
             report,
+            inter_token_latency: self
+                .metrics
+                .inter_token_latency
+                .with_label_values(&[name.as_str()]),
             model: name,
             prompt_tokens,
             inner: stream,
@@ -248,6 +252,8 @@ pub struct Generation {
     _permit: OwnedSemaphorePermit,
     _lease: Lease,
     metrics: Arc<Metrics>,
+    /// This model's inter-token histogram, resolved once (observed on every token).
+    inter_token_latency: prometheus::Histogram,
     started: Instant,
     last_token_at: Option<Instant>,
     done: bool,
@@ -284,11 +290,7 @@ impl Stream for Generation {
                                 .with_label_values(&model)
                                 .observe(ttft)
                         }
-                        Some(last) => self
-                            .metrics
-                            .inter_token_latency
-                            .with_label_values(&model)
-                            .observe((now - last).as_secs_f64()),
+                        Some(last) => self.inter_token_latency.observe((now - last).as_secs_f64()),
                     }
                     self.last_token_at = Some(now);
                 }

@@ -426,7 +426,19 @@ impl Pool {
             .filter(|(_, s)| s.device_key == device && s.settings.pinned && s.index != index)
             .map(|(e, _)| e.reserved)
             .sum();
-        if need > budget.saturating_sub(pinned_used) {
+        // Pinned models never leave: if they alone leave no room (memory or model
+        // count), this model can never load.
+        let pinned_loaded = st
+            .entries
+            .iter()
+            .zip(&self.slots)
+            .filter(|(e, s)| {
+                s.settings.pinned && !matches!(e.life, Life::Unloaded | Life::Failed { .. })
+            })
+            .count();
+        let no_room_beside_pinned = need > budget.saturating_sub(pinned_used)
+            || self.max_loaded.is_some_and(|max| pinned_loaded >= max);
+        if no_room_beside_pinned {
             self.metrics
                 .rejected_requests
                 .with_label_values(&[name, "insufficient_memory"])
@@ -438,25 +450,6 @@ impl Pool {
                 budget,
                 pinned: pinned_used,
             });
-        }
-        if let Some(max) = self.max_loaded {
-            let pinned_loaded = st
-                .entries
-                .iter()
-                .zip(&self.slots)
-                .filter(|(e, s)| {
-                    s.settings.pinned && !matches!(e.life, Life::Unloaded | Life::Failed { .. })
-                })
-                .count();
-            if pinned_loaded >= max {
-                return Err(ApiError::InsufficientMemory {
-                    model: name.clone(),
-                    device: device.to_string(),
-                    needed: need,
-                    budget,
-                    pinned: pinned_used,
-                });
-            }
         }
 
         // Evict idle models, least recently used first, until it fits.
