@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use llamagate::config::{ModelSettings, ModelSource};
 
-use crate::helpers::{free_port, post_json, settings_with, spawn_server};
+use crate::helpers::{free_port, get_json, post_json, settings_with, spawn_server};
 
 fn llamagate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llamagate"))
@@ -155,12 +155,7 @@ async fn unreachable_hub_and_missing_file_are_clear_load_errors() {
         "{message}"
     );
 
-    let list: serde_json::Value = reqwest::get(server.url("/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = get_json(&server.url("/v1/models")).await;
     assert_eq!(list["data"][0]["status"], "failed");
     assert!(list["data"][1]["error"]
         .as_str()

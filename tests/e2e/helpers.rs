@@ -126,6 +126,11 @@ pub fn shared() -> &'static TestServer {
     })
 }
 
+/// GETs a URL and parses its JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 /// POSTs JSON and returns status and body.
 pub async fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
     let res = reqwest::Client::new()

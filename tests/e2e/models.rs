@@ -1,18 +1,13 @@
 //! Model listing, lookup by name and alias, health, metrics exposition.
 
-use crate::helpers::{shared, ALIAS, MODEL};
+use crate::helpers::{get_json, shared, ALIAS, MODEL};
 
 #[tokio::test]
 async fn models_are_listed_with_status_and_aliases() {
     let list = shared().openai().models().list().await.unwrap();
     assert_eq!(list.data.len(), 1);
     assert_eq!(list.data[0].id, MODEL);
-    let raw: serde_json::Value = reqwest::get(shared().url("/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let raw: serde_json::Value = get_json(&shared().url("/v1/models")).await;
     let m = &raw["data"][0];
     assert_eq!(m["object"], "model");
     assert_eq!(m["aliases"][0], ALIAS);
@@ -37,12 +32,7 @@ async fn a_model_is_found_by_alias_and_unknown_ids_are_404() {
 
 #[tokio::test]
 async fn health_answers() {
-    let v: serde_json::Value = reqwest::get(shared().url("/health"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = get_json(&shared().url("/health")).await;
     assert_eq!(v["status"], "ok");
     assert_eq!(v["models"], 1);
 }
@@ -54,12 +44,7 @@ async fn ready_model_reports_context_length_after_a_request() {
         &serde_json::json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1}),
     )
     .await;
-    let m: serde_json::Value = reqwest::get(shared().url("/v1/models/smollm2"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: serde_json::Value = get_json(&shared().url("/v1/models/smollm2")).await;
     assert_eq!(m["status"], "ready");
     assert_eq!(m["context_length"], 8192);
     assert_eq!(m["device"], "cpu");

@@ -9,7 +9,7 @@ use llamagate::scheduler::memory::{process_rss_bytes, ByteSize};
 use serde_json::json;
 
 use crate::helpers::{
-    model_path, post_json, serve_binary, settings_with, smollm2, spawn_server, TestServer,
+    get_json, model_path, post_json, serve_binary, settings_with, smollm2, spawn_server, TestServer,
 };
 
 fn small(name: &str) -> ModelSettings {
@@ -28,12 +28,7 @@ async fn complete(server: &TestServer, model: &str) -> (u16, serde_json::Value) 
 }
 
 async fn statuses(server: &TestServer) -> Vec<(String, String)> {
-    let list: serde_json::Value = reqwest::get(server.url("/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = get_json(&server.url("/v1/models")).await;
     list["data"]
         .as_array()
         .unwrap()
@@ -219,12 +214,7 @@ async fn keep_alive_unloads_the_model_and_frees_its_memory() {
     let (status, body) = complete(server, "ttl").await;
     assert_eq!(status, 200, "{body}");
     let loaded = process_rss_bytes(Some(pid)).unwrap();
-    let estimate: serde_json::Value = reqwest::get(server.url("/v1/models/ttl"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let estimate: serde_json::Value = get_json(&server.url("/v1/models/ttl")).await;
     let estimate = estimate["memory_bytes"].as_u64().unwrap();
     let mut unloaded = loaded;
     let deadline = Instant::now() + Duration::from_secs(10);

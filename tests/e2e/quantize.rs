@@ -10,7 +10,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
 use serde_json::json;
 
-use crate::helpers::{model_path, post_json, settings_with, smollm2, spawn_server};
+use crate::helpers::{get_json, model_path, post_json, settings_with, smollm2, spawn_server};
 
 fn quantize(input: &Path, output: &Path, qtype: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_llamagate"))
@@ -113,12 +113,7 @@ async fn round_trip(qtype: &str, file_type: u32, tolerance: f32) {
     assert_eq!(status, 200, "{body}");
     let text = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(text.split_whitespace().count() >= 3, "{text}");
-    let listed: serde_json::Value = reqwest::get(server.url("/v1/models/quantized"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: serde_json::Value = get_json(&server.url("/v1/models/quantized")).await;
     assert_eq!(listed["quantization"], qtype.to_uppercase());
     let _ = std::fs::remove_dir_all(dir);
 }

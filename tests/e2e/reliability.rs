@@ -13,7 +13,7 @@ use llamagate::scheduler::memory::process_rss_bytes;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_envelope, model_path, post_json, serve_binary, settings_with, shared, smollm2,
+    assert_envelope, get_json, model_path, post_json, serve_binary, settings_with, shared, smollm2,
     spawn_server, TestServer, MODEL,
 };
 
@@ -246,12 +246,7 @@ async fn clients_vanishing_at_every_stage_leak_nothing() {
     // The load goes on without its client; wait for it.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let m: Value = reqwest::get(server.url("/v1/models/lazy"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let m: Value = get_json(&server.url("/v1/models/lazy")).await;
         if m["status"] == "ready" {
             break;
         }

@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::helpers::{post_json, settings_with, shared, smollm2, spawn_server, MODEL};
+use crate::helpers::{get_json, post_json, settings_with, shared, smollm2, spawn_server, MODEL};
 
 fn person_schema() -> Value {
     json!({
@@ -234,12 +234,7 @@ async fn unsupported_parameters_are_400_in_strict_mode_and_reported_otherwise() 
 
 #[tokio::test]
 async fn models_state_their_capabilities() {
-    let m: Value = reqwest::get(shared().url("/v1/models/smollm2"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = get_json(&shared().url("/v1/models/smollm2")).await;
     let c = &m["capabilities"];
     assert_eq!(c["tools"], true);
     assert_eq!(c["json_schema"], true);
