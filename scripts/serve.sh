@@ -5,6 +5,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
+scripts/build-deps.sh
 scripts/fetch-models.sh
 # Built together with the tests: one feature set, so serving and testing share one build.
 cargo build --tests --bin llamagate

@@ -339,11 +339,30 @@ pub enum ModelSource {
         /// Branch, tag or commit; `main` when absent.
         revision: Option<String>,
     },
+    /// `http(s)://host:port/v1`: an OpenAI-compatible server that does the inference
+    /// (another llamagate, llama.cpp's server, vLLM, ...).
+    Upstream {
+        /// The base URL, without a trailing slash (requests go to `{base_url}/chat/completions`).
+        base_url: String,
+    },
 }
 
 impl ModelSource {
-    /// Parses a `source` value: `hf://owner/repo/file.gguf[@rev]` or a file path.
+    /// Parses a `source` value: `hf://owner/repo/file.gguf[@rev]`, `http(s)://host/v1` or a
+    /// file path.
     pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.starts_with("http://") || raw.starts_with("https://") {
+            let base = raw.trim_end_matches('/');
+            let host = base.split_once("://").map_or("", |(_, rest)| rest);
+            if host.is_empty() || host.starts_with('/') || base.contains(char::is_whitespace) {
+                return Err(format!(
+                    "`{raw}` is not an upstream URL; write http://host:port/v1"
+                ));
+            }
+            return Ok(Self::Upstream {
+                base_url: base.to_string(),
+            });
+        }
         if let Some(rest) = raw.strip_prefix("hf://") {
             let (path, revision) = match rest.rsplit_once('@') {
                 Some((p, r)) if !r.is_empty() => (p, Some(r.to_string())),
@@ -378,6 +397,7 @@ impl ModelSource {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             Self::HuggingFace { file, .. } => file.clone(),
+            Self::Upstream { .. } => String::new(),
         }
     }
 }
@@ -397,6 +417,7 @@ impl fmt::Display for ModelSource {
                 }
                 Ok(())
             }
+            Self::Upstream { base_url } => f.write_str(base_url),
         }
     }
 }
@@ -405,6 +426,49 @@ impl<'de> Deserialize<'de> for ModelSource {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         ModelSource::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which inference engine runs a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// mistral.rs (the default; CPU, CUDA or Metal).
+    #[default]
+    MistralRs,
+    /// llama.cpp through `llama-cpp-2` (fastest on CPU).
+    LlamaCpp,
+    /// An upstream OpenAI-compatible server (implied by an `http(s)://` source).
+    Upstream,
+}
+
+impl EngineKind {
+    /// The name used in config, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MistralRs => "mistralrs",
+            Self::LlamaCpp => "llama.cpp",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EngineKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mistralrs" | "mistral.rs" => Ok(Self::MistralRs),
+            "llama.cpp" | "llamacpp" | "llama-cpp" => Ok(Self::LlamaCpp),
+            "upstream" => Ok(Self::Upstream),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{s}` is not an engine; use \"mistralrs\", \"llama.cpp\" or \"upstream\""
+            ))),
+        }
     }
 }
 
@@ -417,8 +481,26 @@ pub struct ModelSettings {
     /// Other ids that route to this model.
     #[serde(default)]
     pub aliases: Vec<String>,
-    /// A path to a GGUF file, or `hf://owner/repo/file.gguf`.
+    /// A path to a GGUF file, `hf://owner/repo/file.gguf`, or the base URL of an upstream
+    /// OpenAI-compatible server (`http://host:port/v1`).
     pub source: ModelSource,
+    /// `mistralrs` (default) or `llama.cpp` for a GGUF; an `http(s)://` source is always
+    /// `upstream`.
+    #[serde(default)]
+    pub engine: Option<EngineKind>,
+    /// CPU threads for the llama.cpp engine (default: the machine's physical cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// The model's id at the upstream server (default: `name`).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Bearer key sent to the upstream server.
+    #[serde(default)]
+    pub upstream_api_key: Option<Secret>,
+    /// Seconds the upstream may take to start answering, and between two streamed
+    /// chunks, before the request fails with 504.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_secs: u64,
     /// `auto`, `cpu`, `cuda:N` or `metal:N`.
     #[serde(default)]
     pub device: DeviceSetting,
@@ -465,6 +547,9 @@ fn default_queue_size() -> usize {
 fn default_load_timeout() -> u64 {
     300
 }
+fn default_upstream_timeout() -> u64 {
+    120
+}
 
 impl ModelSettings {
     /// A model entry with defaults for everything but its name and source (used by tests).
@@ -473,6 +558,11 @@ impl ModelSettings {
             name: name.into(),
             aliases: Vec::new(),
             source,
+            engine: None,
+            threads: None,
+            upstream_model: None,
+            upstream_api_key: None,
+            upstream_timeout_secs: default_upstream_timeout(),
             device: DeviceSetting::Auto,
             context_length: None,
             max_concurrent: default_max_concurrent(),
@@ -495,6 +585,15 @@ impl ModelSettings {
     /// How long a load may take.
     pub fn load_timeout(&self) -> Duration {
         Duration::from_secs(self.load_timeout_secs)
+    }
+
+    /// The engine that runs this model: `upstream` for an `http(s)://` source, else the
+    /// configured one (mistral.rs by default).
+    pub fn engine_kind(&self) -> EngineKind {
+        match self.source {
+            ModelSource::Upstream { .. } => EngineKind::Upstream,
+            _ => self.engine.unwrap_or_default(),
+        }
     }
 }
 
@@ -586,6 +685,42 @@ impl Settings {
             if model.context_length == Some(0) {
                 return invalid(format!(
                     "model `{}`: context_length must be at least 1",
+                    model.name
+                ));
+            }
+            let upstream_source = matches!(model.source, ModelSource::Upstream { .. });
+            match (model.engine, upstream_source) {
+                (Some(EngineKind::Upstream), false) => {
+                    return invalid(format!(
+                        "model `{}`: engine \"upstream\" needs an http(s):// source (the server's /v1 URL)",
+                        model.name
+                    ))
+                }
+                (Some(kind @ (EngineKind::MistralRs | EngineKind::LlamaCpp)), true) => {
+                    return invalid(format!(
+                        "model `{}`: an http(s):// source is served by the upstream engine, not `{kind}`; remove `engine` or give a GGUF file",
+                        model.name
+                    ))
+                }
+                _ => {}
+            }
+            if model.engine_kind() == EngineKind::LlamaCpp
+                && matches!(model.source, ModelSource::HuggingFace { .. })
+            {
+                return invalid(format!(
+                    "model `{}`: the llama.cpp engine reads local files only; download the GGUF and give its path",
+                    model.name
+                ));
+            }
+            if model.threads == Some(0) {
+                return invalid(format!(
+                    "model `{}`: threads must be at least 1",
+                    model.name
+                ));
+            }
+            if model.upstream_timeout_secs == 0 {
+                return invalid(format!(
+                    "model `{}`: upstream_timeout_secs must be at least 1",
                     model.name
                 ));
             }

@@ -107,6 +107,46 @@ pub enum ApiError {
     /// The engine failed; the message is safe to show (no paths, no panics).
     #[error("The model failed while generating: {0}")]
     Engine(String),
+    /// The upstream server refused the request (its 4xx, passed on to the client).
+    #[error("{message}")]
+    UpstreamRejected {
+        /// The upstream's status (400-499).
+        status: u16,
+        /// The upstream's message.
+        message: String,
+        /// The field it blamed.
+        param: Option<String>,
+        /// Its code, when it is one of OpenAI's well-known codes.
+        code: Option<&'static str>,
+        /// Suggested wait, for 429.
+        retry_after: Option<Duration>,
+    },
+    /// The upstream server is unreachable or failed.
+    #[error("The upstream server failed: {0}")]
+    BadGateway(String),
+    /// The upstream server did not answer in time.
+    #[error("The upstream server did not answer in time: {0}")]
+    GatewayTimeout(String),
+}
+
+/// OpenAI's well-known error codes, as static strings (an upstream's code is kept only
+/// when it is one of these).
+pub fn known_error_code(code: &str) -> Option<&'static str> {
+    const KNOWN: &[&str] = &[
+        "context_length_exceeded",
+        "invalid_value",
+        "invalid_type",
+        "missing_required_parameter",
+        "unsupported_parameter",
+        "unsupported_value",
+        "invalid_schema",
+        "rate_limit_exceeded",
+        "request_too_large",
+        "invalid_json",
+        "model_not_found",
+        "invalid_prompt",
+    ];
+    KNOWN.iter().find(|k| **k == code).copied()
 }
 
 /// OpenAI's error envelope.
@@ -241,6 +281,36 @@ impl ApiError {
                 Some("engine_error"),
                 None,
             ),
+            UpstreamRejected {
+                status,
+                param,
+                code,
+                ..
+            } => (
+                StatusCode::from_u16(*status)
+                    .ok()
+                    .filter(StatusCode::is_client_error)
+                    .unwrap_or(StatusCode::BAD_REQUEST),
+                if *status == 429 {
+                    "requests"
+                } else {
+                    "invalid_request_error"
+                },
+                *code,
+                param.clone(),
+            ),
+            BadGateway(_) => (
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                Some("upstream_error"),
+                None,
+            ),
+            GatewayTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                Some("upstream_timeout"),
+                None,
+            ),
         }
     }
 
@@ -251,6 +321,8 @@ impl ApiError {
                 Some(*retry_after)
             }
             Self::ModelLoadFailed { .. } | Self::ShuttingDown => Some(Duration::from_secs(5)),
+            Self::UpstreamRejected { retry_after, .. } => *retry_after,
+            Self::BadGateway(_) | Self::GatewayTimeout(_) => Some(Duration::from_secs(2)),
             _ => None,
         }
     }

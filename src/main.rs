@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use llamagate::config::{CliOverrides, DeviceSetting, Settings};
-use llamagate::engine::{compiled_cpu_features, mistralrs::MistralRsEngine};
+use llamagate::engine::{compiled_cpu_features, router::EngineRouter};
 
 #[derive(Parser)]
 #[command(
@@ -166,7 +166,7 @@ async fn run_bench(
                     bind: Some("127.0.0.1:0".into()),
                 },
             )?;
-            let built = llamagate::build_server(settings, Arc::new(MistralRsEngine))?;
+            let built = llamagate::build_server(settings, Arc::new(EngineRouter::default()))?;
             plan.base_url = format!("http://{}/v1", built.addr);
             let handle = built.server.handle();
             actix_web::rt::spawn(built.server);
@@ -274,7 +274,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         };
         tracing::info!(model = %m.name, aliases = ?m.aliases, source = %m.source, device = %device, pinned = m.pinned, "model configured");
     }
-    let built = llamagate::build_server(settings, Arc::new(MistralRsEngine))?;
+    let built = llamagate::build_server(settings, Arc::new(EngineRouter::default()))?;
     tracing::info!("listening on http://{}", built.addr);
     built.server.await?;
     Ok(())

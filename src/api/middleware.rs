@@ -109,7 +109,7 @@ impl Drop for AccessLog {
             .map(|r| r.clone())
             .unwrap_or_default();
         let model = reports.first().map(|r| r.model.as_str()).unwrap_or("");
-        let prompt_tokens: usize = reports.iter().map(|r| r.prompt_tokens).sum();
+        let prompt_tokens: usize = reports.iter().map(|r| r.prompt_tokens()).sum();
         let completion_tokens: usize = reports.iter().map(|r| r.completion_tokens()).sum();
         let ttft_ms = reports
             .iter()

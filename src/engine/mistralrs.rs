@@ -102,8 +102,8 @@ impl DeviceOrdinal for Device {
 
 #[async_trait]
 impl super::Engine for MistralRsEngine {
-    fn device_key(&self, setting: DeviceSetting) -> String {
-        match setting {
+    fn device_key(&self, settings: &ModelSettings) -> String {
+        match settings.device {
             DeviceSetting::Auto => {
                 describe_device(&mistralrs::best_device(false).unwrap_or(Device::Cpu))
             }
@@ -142,6 +142,11 @@ impl super::Engine for MistralRsEngine {
                 file,
                 revision,
             } => (repo.clone(), file.clone(), revision.clone()),
+            ModelSource::Upstream { .. } => {
+                return Err(EngineError::Load(
+                    "mistral.rs loads GGUF files, not upstream servers".into(),
+                ))
+            }
         };
         let device = select_device(settings.device)?;
         let is_local = matches!(settings.source, ModelSource::File(_));

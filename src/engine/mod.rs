@@ -3,10 +3,14 @@
 //! [`TokenEvent`]s. Dropping that stream cancels the generation. Nothing outside this
 //! module touches an inference library.
 
+pub mod chat_template;
 pub mod json_end;
+pub mod llama_cpp;
 pub mod mistralrs;
 pub mod probe;
+pub mod router;
 pub mod stop;
+pub mod upstream;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -214,6 +218,26 @@ pub enum EngineError {
     /// The engine is gone (stopped or crashed).
     #[error("the engine stopped unexpectedly")]
     Unavailable,
+    /// The upstream server refused the request with an OpenAI-style error.
+    #[error("{message}")]
+    UpstreamRejected {
+        /// Its HTTP status.
+        status: u16,
+        /// Its message.
+        message: String,
+        /// The field it blamed.
+        param: Option<String>,
+        /// Its machine-readable code.
+        code: Option<String>,
+        /// Its `Retry-After`, in seconds.
+        retry_after: Option<u64>,
+    },
+    /// The upstream server is down, broke the connection or failed (HTTP 502).
+    #[error("{0}")]
+    UpstreamUnavailable(String),
+    /// The upstream server did not answer in time (HTTP 504).
+    #[error("{0}")]
+    UpstreamTimeout(String),
 }
 
 /// A generation in progress. Dropping it cancels the generation.
@@ -247,10 +271,10 @@ pub trait Engine: Send + Sync {
     /// Loads the model described by `settings`.
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError>;
 
-    /// The device a model with this setting would run on (`cpu`, `cuda:0`, ...): the key
-    /// of the memory budget it draws from.
-    fn device_key(&self, setting: DeviceSetting) -> String {
-        match setting {
+    /// The device the model would run on (`cpu`, `cuda:0`, ...): the key of the memory
+    /// budget it draws from.
+    fn device_key(&self, settings: &ModelSettings) -> String {
+        match settings.device {
             DeviceSetting::Auto | DeviceSetting::Cpu => "cpu".into(),
             other => other.to_string(),
         }
@@ -274,7 +298,7 @@ pub trait Engine: Send + Sync {
                 let context = settings
                     .context_length
                     .map_or(trained, |c| (c as u64).min(trained));
-                let on_gpu = self.device_key(settings.device) != "cpu";
+                let on_gpu = self.device_key(settings) != "cpu";
                 Ok(Footprint::estimate(
                     &summary,
                     context,
@@ -284,6 +308,8 @@ pub trait Engine: Send + Sync {
             }
             // Unknown until downloaded: set `memory` for hub models to account for them.
             ModelSource::HuggingFace { .. } => Ok(Footprint::fixed(0)),
+            // Another machine's memory.
+            ModelSource::Upstream { .. } => Ok(Footprint::fixed(0)),
         }
     }
 }

@@ -44,6 +44,21 @@ pub fn engine_error(e: EngineError, param: &'static str) -> ApiError {
         },
         EngineError::Load(m) | EngineError::Generation(m) => ApiError::Engine(m),
         EngineError::Unavailable => ApiError::Engine("the engine is not running".into()),
+        EngineError::UpstreamRejected {
+            status,
+            message,
+            param,
+            code,
+            retry_after,
+        } => ApiError::UpstreamRejected {
+            status,
+            message,
+            param,
+            code: code.as_deref().and_then(crate::error::known_error_code),
+            retry_after: retry_after.map(std::time::Duration::from_secs),
+        },
+        EngineError::UpstreamUnavailable(m) => ApiError::BadGateway(m),
+        EngineError::UpstreamTimeout(m) => ApiError::GatewayTimeout(m),
     }
 }
 
@@ -183,17 +198,19 @@ impl Scheduler {
             start_ms = admitted.elapsed().as_secs_f64() * 1e3,
             "generation started"
         );
-        self.metrics
-            .prompt_tokens
-            .with_label_values(&[name.as_str()])
-            .inc_by(prompt_tokens as u64);
-        self.metrics
-            .prompt_tokens_per_request
-            .with_label_values(&[name.as_str()])
-            .observe(prompt_tokens as f64);
+        if prompt_tokens > 0 {
+            self.metrics
+                .prompt_tokens
+                .with_label_values(&[name.as_str()])
+                .inc_by(prompt_tokens as u64);
+            self.metrics
+                .prompt_tokens_per_request
+                .with_label_values(&[name.as_str()])
+                .observe(prompt_tokens as f64);
+        }
         let report = Arc::new(GenerationReport {
             model: name.clone(),
-            prompt_tokens,
+            prompt_tokens: prompt_tokens.into(),
             ..GenerationReport::default()
         });
         Ok(Generation {
@@ -220,13 +237,18 @@ impl Scheduler {
 pub struct GenerationReport {
     /// The model's canonical name.
     pub model: String,
-    /// Prompt tokens.
-    pub prompt_tokens: usize,
+    prompt_tokens: std::sync::atomic::AtomicUsize,
     completion_tokens: std::sync::atomic::AtomicUsize,
     ttft_micros: std::sync::atomic::AtomicU64,
 }
 
 impl GenerationReport {
+    /// Prompt tokens (an upstream's count arrives with its last chunk).
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Tokens generated (known once the generation ended).
     pub fn completion_tokens(&self) -> usize {
         self.completion_tokens
@@ -296,6 +318,21 @@ impl Stream for Generation {
                 }
                 TokenEvent::Done(usage) => {
                     self.done = true;
+                    if self.prompt_tokens == 0 && usage.prompt_tokens > 0 {
+                        // An upstream model: only its answer tells the prompt's size.
+                        let model = [self.model.as_str()];
+                        self.metrics
+                            .prompt_tokens
+                            .with_label_values(&model)
+                            .inc_by(usage.prompt_tokens as u64);
+                        self.metrics
+                            .prompt_tokens_per_request
+                            .with_label_values(&model)
+                            .observe(usage.prompt_tokens as f64);
+                        self.report
+                            .prompt_tokens
+                            .store(usage.prompt_tokens, std::sync::atomic::Ordering::Relaxed);
+                    }
                     self.report.completion_tokens.store(
                         usage.completion_tokens,
                         std::sync::atomic::Ordering::Relaxed,

@@ -157,6 +157,10 @@ impl Pool {
             if budgets.contains_key(&key) {
                 continue;
             }
+            if key == crate::engine::router::REMOTE_DEVICE {
+                budgets.insert(key, u64::MAX);
+                continue;
+            }
             let is_cpu = key == "cpu";
             let configured = if is_cpu {
                 settings.cpu_memory_budget

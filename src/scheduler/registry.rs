@@ -80,7 +80,7 @@ impl Registry {
                     settings.queue_size,
                     settings.queue_timeout(scheduler.queue_timeout_secs),
                 ),
-                device_key: engine.device_key(settings.device),
+                device_key: engine.device_key(settings),
                 file: file_facts(settings),
                 settings: settings.clone(),
             });

@@ -9,7 +9,7 @@ use std::time::Instant;
 use async_openai::config::OpenAIConfig;
 use async_openai::Client;
 use llamagate::config::{DeviceSetting, ModelSettings, ModelSource, Settings};
-use llamagate::engine::mistralrs::MistralRsEngine;
+use llamagate::engine::router::EngineRouter;
 
 /// Canonical name of the test model.
 pub const MODEL: &str = "smollm2-135m-instruct";
@@ -101,7 +101,7 @@ pub fn spawn_server(settings: Settings) -> TestServer {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            let built = llamagate::build_server(settings, Arc::new(MistralRsEngine))
+            let built = llamagate::build_server(settings, Arc::new(EngineRouter::default()))
                 .expect("server builds");
             tx.send(built.addr).unwrap();
             built.server.await.expect("server runs");

@@ -1,0 +1,390 @@
+//! The llama.cpp engine, through the `llama-cpp-2` crate: the fastest way to run a GGUF
+//! on a CPU. Each loaded model owns one llama.cpp context with a sequence per concurrent
+//! request, driven by one worker thread ([`worker`]) that batches every running
+//! sequence into each forward pass (continuous batching) and reuses the KV cache of a
+//! prompt's longest cached prefix (multi-turn chat skips what it already read).
+//!
+//! Chat templates are rendered by [`super::chat_template`]; sampling is llamagate's own
+//! (the same seeded sampler as the mistral.rs engine), so both engines give the same API.
+
+mod grammar;
+mod worker;
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::{mpsc, oneshot};
+
+use super::chat_template::{ChatTemplate, CHATML};
+use super::{
+    EngineError, GenerationRequest, LoadedModel, ModelFacts, Prompt, TokenEvent, TokenStream,
+};
+use crate::config::{DeviceSetting, ModelSettings, ModelSource};
+
+/// Tokens one forward pass takes at most (prompt chunks and decode steps together).
+const BATCH_TOKENS: u32 = 512;
+
+/// Engine backed by llama.cpp (CPU).
+#[derive(Debug, Default, Clone)]
+pub struct LlamaCppEngine;
+
+/// llama.cpp's process-wide state, initialised once.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Load(format!("llama.cpp could not start: {e}")))
+}
+
+/// Physical CPU cores (llama.cpp runs slower on hyper-threads than on cores alone).
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut cores = std::collections::HashSet::new();
+    let mut physical = String::new();
+    for line in info.lines() {
+        if let Some((key, value)) = line.split_once(':') {
+            match key.trim() {
+                "physical id" => physical = value.trim().to_string(),
+                "core id" => {
+                    cores.insert((physical.clone(), value.trim().to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
+}
+
+/// What the worker thread reports once its context exists.
+struct Ready {
+    context_per_sequence: usize,
+}
+
+/// A GGUF loaded in llama.cpp.
+pub struct LlamaCppModel {
+    shared: Arc<Shared>,
+    jobs: std::sync::mpsc::Sender<worker::Job>,
+    facts: ModelFacts,
+}
+
+/// What the request side and the worker both read.
+pub(crate) struct Shared {
+    model: LlamaModel,
+    template: ChatTemplate,
+    /// Whether the tokenizer adds BOS, and its text (templates often write it themselves).
+    add_bos: bool,
+    bos_text: String,
+    grammar: OnceLock<Result<Arc<llguidance::ParserFactory>, String>>,
+}
+
+impl Shared {
+    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>, EngineError> {
+        let text = match prompt {
+            Prompt::Chat(turns) => self
+                .template
+                .render(turns, true)
+                .map_err(EngineError::Rejected)?,
+            Prompt::Text(text) => text.clone(),
+        };
+        let add_bos =
+            self.add_bos && (self.bos_text.is_empty() || !text.starts_with(&self.bos_text));
+        let tokens = self.model.vocab().tokenize(text.as_bytes(), add_bos, true);
+        if tokens.is_empty() {
+            return Err(EngineError::Rejected(
+                "the prompt is empty once tokenized".into(),
+            ));
+        }
+        Ok(tokens)
+    }
+
+    /// The grammar compiler for this vocabulary, built on first use (it walks the vocabulary).
+    fn grammar_factory(&self) -> Result<Arc<llguidance::ParserFactory>, EngineError> {
+        self.grammar
+            .get_or_init(|| grammar::factory(&self.model).map(Arc::new))
+            .clone()
+            .map_err(EngineError::Generation)
+    }
+}
+
+fn model_path(settings: &ModelSettings) -> Result<&Path, EngineError> {
+    match &settings.source {
+        ModelSource::File(path) => Ok(path),
+        _ => Err(EngineError::Load(
+            "the llama.cpp engine loads local GGUF files only".into(),
+        )),
+    }
+}
+
+#[async_trait]
+impl super::Engine for LlamaCppEngine {
+    fn device_key(&self, _settings: &ModelSettings) -> String {
+        "cpu".into()
+    }
+
+    async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        let path = model_path(settings)?.to_path_buf();
+        crate::gguf::read_summary(&path)
+            .map_err(|e| EngineError::Load(super::describe_file_error(&path, &e.0)))?;
+        if matches!(
+            settings.device,
+            DeviceSetting::Cuda(_) | DeviceSetting::Metal(_)
+        ) {
+            return Err(EngineError::Load(format!(
+                "this build's llama.cpp engine runs on the CPU; use engine = \"mistralrs\" for device {}",
+                settings.device
+            )));
+        }
+        let backend = backend()?;
+        let threads = settings.threads.unwrap_or_else(physical_cores).max(1);
+        let sequences = settings.max_concurrent.max(1);
+        let configured_context = settings.context_length;
+        let chat_template = settings.chat_template.clone();
+        let name = settings.name.clone();
+
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(Arc<Shared>, Ready), EngineError>>();
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<worker::Job>();
+        std::thread::Builder::new()
+            .name(format!("llama.cpp-{name}"))
+            .spawn(move || {
+                let loaded = std::panic::catch_unwind(|| {
+                    load_on_this_thread(
+                        backend,
+                        &path,
+                        chat_template.as_deref(),
+                        configured_context,
+                        sequences,
+                        threads,
+                    )
+                });
+                let (shared, context_params, context_per_sequence) = match loaded {
+                    Ok(Ok(parts)) => parts,
+                    Ok(Err(e)) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = ready_tx.send(Err(EngineError::Load(
+                            "llama.cpp crashed while loading the file (corrupt GGUF?)".into(),
+                        )));
+                        return;
+                    }
+                };
+                let context = match shared.model.new_context(backend, context_params) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(EngineError::Load(format!(
+                            "llama.cpp could not create a context ({e}); lower context_length or max_concurrent"
+                        ))));
+                        return;
+                    }
+                };
+                let context_per_sequence =
+                    context_per_sequence.min(context.n_ctx() as usize / sequences);
+                if ready_tx
+                    .send(Ok((
+                        shared.clone(),
+                        Ready {
+                            context_per_sequence,
+                        },
+                    )))
+                    .is_err()
+                {
+                    return; // The load timed out and nobody waits for this model.
+                }
+                worker::run(
+                    &shared,
+                    context,
+                    sequences,
+                    context_per_sequence,
+                    jobs_rx,
+                );
+            })
+            .map_err(|e| EngineError::Load(format!("cannot start a llama.cpp thread: {e}")))?;
+
+        let (shared, ready) = match tokio::time::timeout(settings.load_timeout(), ready_rx).await {
+            Err(_) => {
+                return Err(EngineError::Load(format!(
+                    "loading took longer than {} s (load_timeout_secs)",
+                    settings.load_timeout_secs
+                )))
+            }
+            Ok(Err(_)) => {
+                return Err(EngineError::Load(
+                    "llama.cpp stopped while loading the file".into(),
+                ))
+            }
+            Ok(Ok(result)) => result?,
+        };
+        tracing::info!(
+            model = %settings.name,
+            threads,
+            sequences,
+            context = ready.context_per_sequence,
+            "llama.cpp model ready"
+        );
+        Ok(Arc::new(LlamaCppModel {
+            shared,
+            jobs: jobs_tx,
+            facts: ModelFacts {
+                context_length: ready.context_per_sequence,
+                device: "cpu".into(),
+            },
+        }))
+    }
+}
+
+type Loaded = (Arc<Shared>, LlamaContextParams, usize);
+
+fn load_on_this_thread(
+    backend: &LlamaBackend,
+    path: &Path,
+    chat_template: Option<&str>,
+    configured_context: Option<usize>,
+    sequences: usize,
+    threads: usize,
+) -> Result<Loaded, EngineError> {
+    let model =
+        LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| {
+            EngineError::Load(super::describe_file_error(
+                path,
+                &format!("llama.cpp could not load it ({e})"),
+            ))
+        })?;
+    let trained = model.n_ctx_train().max(1) as usize;
+    let per_sequence = configured_context.map_or(trained, |c| c.min(trained));
+    let total = per_sequence
+        .checked_mul(sequences)
+        .and_then(|t| u32::try_from(t).ok())
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| EngineError::Load("context_length × max_concurrent is too large".into()))?;
+    let threads = i32::try_from(threads).unwrap_or(i32::MAX);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(Some(total))
+        .with_n_batch(BATCH_TOKENS)
+        .with_n_ubatch(BATCH_TOKENS)
+        .with_n_seq_max(sequences as u32)
+        .with_kv_unified(false)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+
+    let vocab = model.vocab();
+    let piece = |token: LlamaToken| {
+        String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
+    };
+    let (bos_text, eos_text) = (piece(vocab.bos()), piece(vocab.eos()));
+    let add_bos = vocab.should_add_bos();
+    let source = match chat_template {
+        Some(t) => t.to_string(),
+        None => model
+            .meta_val_str("tokenizer.chat_template")
+            .unwrap_or_else(|_| CHATML.to_string()),
+    };
+    let template = ChatTemplate::new(&source, bos_text.clone(), eos_text)
+        .map_err(|e| EngineError::Load(format!("chat template: {e}")))?;
+    Ok((
+        Arc::new(Shared {
+            model,
+            template,
+            add_bos,
+            bos_text,
+            grammar: OnceLock::new(),
+        }),
+        params,
+        per_sequence,
+    ))
+}
+
+impl LlamaCppModel {
+    async fn tokenize(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>, EngineError> {
+        let shared = self.shared.clone();
+        let prompt = prompt.clone();
+        tokio::task::spawn_blocking(move || shared.tokenize(&prompt))
+            .await
+            .map_err(|_| EngineError::Unavailable)?
+    }
+}
+
+#[async_trait]
+impl LoadedModel for LlamaCppModel {
+    fn facts(&self) -> &ModelFacts {
+        &self.facts
+    }
+
+    async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, EngineError> {
+        Ok(self.tokenize(prompt).await?.len())
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
+        let tokens = self.tokenize(&request.prompt).await?;
+        let n = request.sampling.n.max(1);
+        let matchers = match &request.json_schema {
+            None => None,
+            Some(schema) => {
+                let factory = self.shared.grammar_factory()?;
+                let schema = schema.clone();
+                let built = tokio::task::spawn_blocking(move || {
+                    (0..n)
+                        .map(|_| grammar::matcher(&factory, &schema))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .map_err(|_| EngineError::Unavailable)?;
+                Some(built.map_err(EngineError::InvalidSchema)?)
+            }
+        };
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        self.jobs
+            .send(worker::Job {
+                tokens,
+                sampling: request.sampling,
+                matchers,
+                on_token: request.on_token,
+                out: out_tx,
+            })
+            .map_err(|_| EngineError::Unavailable)?;
+        // Dropping this stream closes the channel; the worker sees it before its next
+        // step and frees the sequence.
+        let events = tokio_stream_from(out_rx);
+        Ok(Box::pin(
+            events
+                .chain(futures::stream::once(async {
+                    Err(EngineError::Unavailable)
+                }))
+                .scan(false, |done, item| {
+                    // The trailing error only shows when the worker vanished before `Done`.
+                    if *done {
+                        return futures::future::ready(None);
+                    }
+                    if matches!(item, Ok(TokenEvent::Done(_)) | Err(_)) {
+                        *done = true;
+                    }
+                    futures::future::ready(Some(item))
+                }),
+        ))
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::UnboundedReceiver<Result<TokenEvent, EngineError>>,
+) -> impl futures::Stream<Item = Result<TokenEvent, EngineError>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

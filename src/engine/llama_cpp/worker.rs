@@ -1,0 +1,547 @@
+//! The thread that owns a llama.cpp context and runs every generation of one model.
+//!
+//! Each loop turn takes new jobs, drops sequences whose client went away, gives free
+//! sequence slots to waiting choices (the slot whose cached tokens share the longest
+//! prefix with the prompt, so only the new part is read), then runs one forward pass
+//! over every running sequence: one token for each that is generating, and prompt
+//! chunks for those still reading, up to [`super::BATCH_TOKENS`] in all. Each sequence
+//! with fresh logits samples its next token with llamagate's sampler.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+use llguidance::Matcher;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::Shared;
+use crate::engine::json_end::JsonEnd;
+use crate::engine::probe::{SamplingProbe, TokenCallback};
+use crate::engine::stop::StopMatcher;
+use crate::engine::{
+    EngineError, FinishReason, SamplingSettings, TokenEvent, TokenLogprob, TokenUsage, TopLogprob,
+};
+
+/// One generation handed to the worker.
+pub struct Job {
+    /// The prompt, tokenized.
+    pub tokens: Vec<LlamaToken>,
+    /// How to sample (`n` choices, each its own sequence).
+    pub sampling: SamplingSettings,
+    /// One grammar matcher per choice, when the output is constrained to a JSON schema.
+    pub matchers: Option<Vec<Matcher>>,
+    /// Called for every generated token.
+    pub on_token: Option<TokenCallback>,
+    /// Where the events go; closed when the client went away.
+    pub out: UnboundedSender<Result<TokenEvent, EngineError>>,
+}
+
+/// What the choices of one job share.
+struct RequestState {
+    out: UnboundedSender<Result<TokenEvent, EngineError>>,
+    on_token: Option<TokenCallback>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    choices_left: usize,
+}
+
+impl RequestState {
+    fn send(&self, event: TokenEvent) {
+        let _ = self.out.send(Ok(event));
+    }
+}
+
+/// One choice of a job, waiting for or holding a sequence slot.
+struct Choice {
+    request: Rc<RefCell<RequestState>>,
+    index: usize,
+    prompt: Rc<[LlamaToken]>,
+    sampling: Rc<SamplingSettings>,
+    probe: SamplingProbe,
+    matcher: Option<Matcher>,
+    json_end: Option<JsonEnd>,
+    stop: StopMatcher,
+    /// Bytes of a character split across tokens.
+    partial_utf8: Vec<u8>,
+    counts: HashMap<i32, u32>,
+    generated: usize,
+}
+
+/// A choice running in a sequence slot.
+struct Running {
+    slot: usize,
+    choice: Choice,
+    /// Tokens in this slot's KV cache, in order.
+    cached: Vec<LlamaToken>,
+    /// Tokens to feed next (the rest of the prompt, or the last sampled token).
+    pending: VecDeque<LlamaToken>,
+}
+
+/// A sequence slot of the context.
+#[derive(Default)]
+struct Slot {
+    busy: bool,
+    /// Tokens its KV cache still holds from the last choice that ran in it.
+    cached: Vec<LlamaToken>,
+}
+
+enum Outcome {
+    Continue,
+    Finished,
+}
+
+/// Runs until the model is unloaded (the job sender is dropped).
+pub fn run(
+    shared: &Shared,
+    mut context: LlamaContext<'_>,
+    sequences: usize,
+    context_per_sequence: usize,
+    jobs: Receiver<Job>,
+) {
+    let mut slots: Vec<Slot> = (0..sequences).map(|_| Slot::default()).collect();
+    let mut waiting: VecDeque<Choice> = VecDeque::new();
+    let mut running: Vec<Running> = Vec::new();
+    let capacity = (super::BATCH_TOKENS as usize).max(sequences);
+    let mut batch = LlamaBatch::new(capacity, 1);
+    let vocab = shared.model.vocab();
+
+    loop {
+        // Take new work; sleep only when there is nothing to do.
+        if running.is_empty() && waiting.is_empty() {
+            match jobs.recv() {
+                Ok(job) => enqueue(job, &mut waiting),
+                Err(_) => return,
+            }
+        }
+        loop {
+            match jobs.try_recv() {
+                Ok(job) => enqueue(job, &mut waiting),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) if running.is_empty() && waiting.is_empty() => {
+                    return
+                }
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+
+        // Clients that went away free their slots (the KV they filled stays reusable).
+        waiting.retain(|c| !c.request.borrow().out.is_closed());
+        running.retain(|r| {
+            let gone = r.choice.request.borrow().out.is_closed();
+            if gone {
+                release(&mut slots[r.slot], &r.cached);
+            }
+            !gone
+        });
+
+        admit(&mut waiting, &mut running, &mut slots, &mut context);
+        if running.is_empty() {
+            continue;
+        }
+
+        // One forward pass: decode steps first, then prompt chunks in the room left.
+        batch.clear();
+        let mut rows: Vec<(usize, i32)> = Vec::new();
+        let mut room = capacity;
+        let mut order: Vec<usize> = (0..running.len()).collect();
+        order.sort_by_key(|&i| running[i].pending.len());
+        let mut failed = false;
+        for i in order {
+            if room == 0 {
+                break;
+            }
+            let r = &mut running[i];
+            let take = r.pending.len().min(room);
+            let finishes_prompt = take == r.pending.len();
+            for k in 0..take {
+                let Some(token) = r.pending.pop_front() else {
+                    break;
+                };
+                let position = r.cached.len() as i32;
+                let wants_logits = finishes_prompt && k + 1 == take;
+                if batch
+                    .add(token, position, &[r.slot as i32], wants_logits)
+                    .is_err()
+                {
+                    failed = true;
+                    break;
+                }
+                if wants_logits {
+                    rows.push((i, batch.n_tokens() - 1));
+                }
+                r.cached.push(token);
+            }
+            room -= take;
+        }
+        if failed || batch.n_tokens() == 0 {
+            fail_all(&mut running, &mut slots, &mut context, "batch overflow");
+            continue;
+        }
+        if let Err(e) = context.decode(&mut batch) {
+            tracing::error!(error = %e, "llama.cpp decode failed");
+            fail_all(
+                &mut running,
+                &mut slots,
+                &mut context,
+                "the forward pass failed",
+            );
+            continue;
+        }
+
+        let mut finished: Vec<usize> = Vec::new();
+        for (i, row) in rows {
+            let logits = context.get_logits_ith(row);
+            let r = &mut running[i];
+            if let Outcome::Finished = step(r, logits, &vocab, context_per_sequence) {
+                finished.push(i);
+            }
+        }
+        finished.sort_unstable();
+        for i in finished.into_iter().rev() {
+            let r = running.swap_remove(i);
+            release(&mut slots[r.slot], &r.cached);
+        }
+    }
+}
+
+fn enqueue(job: Job, waiting: &mut VecDeque<Choice>) {
+    let n = job.sampling.n.max(1);
+    let request = Rc::new(RefCell::new(RequestState {
+        out: job.out,
+        on_token: job.on_token,
+        prompt_tokens: job.tokens.len(),
+        completion_tokens: 0,
+        choices_left: n,
+    }));
+    let prompt: Rc<[LlamaToken]> = job.tokens.into();
+    let sampling = Rc::new(job.sampling);
+    let mut matchers = job.matchers.map(|m| m.into_iter());
+    for index in 0..n {
+        let matcher = matchers.as_mut().and_then(Iterator::next);
+        let s = &sampling;
+        waiting.push_back(Choice {
+            request: request.clone(),
+            index,
+            prompt: prompt.clone(),
+            probe: SamplingProbe::new(
+                s.temperature,
+                s.top_p,
+                s.seed.map(|seed| seed.wrapping_add(index as u64)),
+                false,
+            ),
+            json_end: matcher.as_ref().map(|_| JsonEnd::default()),
+            matcher,
+            stop: StopMatcher::new(&s.stop),
+            sampling: sampling.clone(),
+            partial_utf8: Vec::new(),
+            counts: HashMap::new(),
+            generated: 0,
+        });
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Gives free slots to waiting choices, reusing the longest cached prefix.
+fn admit(
+    waiting: &mut VecDeque<Choice>,
+    running: &mut Vec<Running>,
+    slots: &mut [Slot],
+    context: &mut LlamaContext<'_>,
+) {
+    while !waiting.is_empty() {
+        let Some(choice) = waiting.front() else { break };
+        let best = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.busy)
+            .map(|(i, s)| (i, common_prefix(&s.cached, &choice.prompt)))
+            .max_by_key(|&(i, shared)| (shared, std::cmp::Reverse(i)));
+        let Some((slot, shared)) = best else { break };
+        let Some(choice) = waiting.pop_front() else {
+            break;
+        };
+        // At least one prompt token is read again: its logits start the generation.
+        let keep = shared.min(choice.prompt.len() - 1);
+        let cleared = u32::try_from(keep).ok().is_some_and(|keep| {
+            context
+                .clear_kv_cache_seq(Some(slot as u32), Some(keep), None)
+                .unwrap_or(false)
+        });
+        let keep = if cleared {
+            keep
+        } else {
+            let _ = context.clear_kv_cache_seq(Some(slot as u32), None, None);
+            0
+        };
+        if keep > 0 {
+            tracing::debug!(
+                slot,
+                reused = keep,
+                prompt = choice.prompt.len(),
+                "prompt prefix reused"
+            );
+        }
+        slots[slot].busy = true;
+        let mut cached = std::mem::take(&mut slots[slot].cached);
+        cached.truncate(keep);
+        let pending = choice.prompt[keep..].iter().copied().collect();
+        running.push(Running {
+            slot,
+            choice,
+            cached,
+            pending,
+        });
+    }
+}
+
+fn release(slot: &mut Slot, cached: &[LlamaToken]) {
+    slot.busy = false;
+    slot.cached = cached.to_vec();
+}
+
+fn fail_all(
+    running: &mut Vec<Running>,
+    slots: &mut [Slot],
+    context: &mut LlamaContext<'_>,
+    why: &str,
+) {
+    for r in running.drain(..) {
+        let request = r.choice.request.borrow();
+        let _ = request
+            .out
+            .send(Err(EngineError::Generation(format!("llama.cpp: {why}"))));
+        slots[r.slot].busy = false;
+        slots[r.slot].cached.clear();
+        let _ = context.clear_kv_cache_seq(Some(r.slot as u32), None, None);
+    }
+}
+
+/// Samples one token for `r` from `logits` and reports it.
+fn step(
+    r: &mut Running,
+    logits: &[f32],
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+    context_per_sequence: usize,
+) -> Outcome {
+    let choice = &mut r.choice;
+    let sampling = choice.sampling.clone();
+    let mut logits = logits.to_vec();
+    if sampling.presence_penalty != 0.0 || sampling.frequency_penalty != 0.0 {
+        for (&token, &count) in &choice.counts {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l -= sampling.presence_penalty + sampling.frequency_penalty * count as f32;
+            }
+        }
+    }
+    if let Some(matcher) = choice.matcher.as_mut() {
+        if !matcher.is_stopped() {
+            match matcher.compute_mask_or_eos() {
+                Ok(mask) => {
+                    for (id, l) in logits.iter_mut().enumerate() {
+                        if !mask.is_allowed(id as u32) {
+                            *l = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "grammar failed; ending the choice");
+                    return finish(choice, FinishReason::Stop);
+                }
+            }
+        }
+    }
+    let (chosen, probs) = choice.probe.pick(&logits);
+    let token = LlamaToken(chosen as i32);
+    choice.generated += 1;
+    *choice.counts.entry(token.0).or_default() += 1;
+    {
+        let mut request = choice.request.borrow_mut();
+        request.completion_tokens += 1;
+        if let Some(callback) = &request.on_token {
+            callback();
+        }
+    }
+    if let Some(matcher) = choice.matcher.as_mut() {
+        if !matcher.is_stopped() && matcher.consume_token(chosen as u32).is_err() {
+            return finish(choice, FinishReason::Stop);
+        }
+    }
+    if vocab.is_eog(token) {
+        return finish(choice, FinishReason::Stop);
+    }
+
+    let piece = vocab.token_to_piece(token, false, None);
+    let logprobs = if sampling.logprobs {
+        vec![token_logprob(
+            &piece,
+            chosen,
+            &probs,
+            sampling.top_logprobs,
+            vocab,
+        )]
+    } else {
+        Vec::new()
+    };
+    choice.partial_utf8.extend_from_slice(&piece);
+    let text = take_valid_utf8(&mut choice.partial_utf8);
+    let (text, json_done) = match choice.json_end.as_mut() {
+        Some(end) => match end.push(&text) {
+            Some(at) => (text[..at].to_string(), true),
+            None => (text, false),
+        },
+        None => (text, false),
+    };
+    let outcome = choice.stop.push(&text);
+    let mut emit = outcome.emit;
+    if json_done && !outcome.stopped {
+        emit.push_str(&choice.stop.flush());
+    }
+    if !emit.is_empty() || !logprobs.is_empty() {
+        choice.request.borrow().send(TokenEvent::Text {
+            choice: choice.index,
+            text: emit,
+            logprobs,
+        });
+    }
+    if outcome.stopped || json_done {
+        choice.partial_utf8.clear();
+        return finish(choice, FinishReason::Stop);
+    }
+    if choice.generated >= sampling.max_tokens || r.cached.len() + 1 >= context_per_sequence {
+        return finish(choice, FinishReason::Length);
+    }
+    r.pending.push_back(token);
+    Outcome::Continue
+}
+
+/// The longest valid UTF-8 prefix of `bytes`, removed from it; invalid bytes that can
+/// never complete a character become U+FFFD.
+fn take_valid_utf8(bytes: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => {
+            let s = s.to_string();
+            bytes.clear();
+            s
+        }
+        Err(e) if e.error_len().is_none() => {
+            // An incomplete character at the end: keep it for the next token.
+            let valid = e.valid_up_to();
+            let text = String::from_utf8_lossy(&bytes[..valid]).into_owned();
+            bytes.drain(..valid);
+            text
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            bytes.clear();
+            text
+        }
+    }
+}
+
+fn token_logprob(
+    piece: &[u8],
+    chosen: usize,
+    probs: &[f32],
+    top: usize,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+) -> TokenLogprob {
+    let ln = |p: f32| {
+        let l = p.ln();
+        if l.is_finite() {
+            l
+        } else {
+            -9999.0
+        }
+    };
+    let mut best: Vec<usize> = Vec::new();
+    if top > 0 && !probs.is_empty() {
+        let mut ids: Vec<usize> = (0..probs.len()).collect();
+        let k = top.min(ids.len());
+        ids.select_nth_unstable_by(k - 1, |&a, &b| probs[b].total_cmp(&probs[a]));
+        ids.truncate(k);
+        ids.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        best = ids;
+    }
+    TokenLogprob {
+        token: String::from_utf8_lossy(piece).into_owned(),
+        logprob: ln(probs.get(chosen).copied().unwrap_or(0.0)),
+        top: best
+            .into_iter()
+            .map(|id| TopLogprob {
+                token: String::from_utf8_lossy(&vocab.token_to_piece(
+                    LlamaToken(id as i32),
+                    false,
+                    None,
+                ))
+                .into_owned(),
+                logprob: ln(probs[id]),
+            })
+            .collect(),
+    }
+}
+
+/// Ends a choice: flushes held-back text, reports the reason, and `Done` after the last
+/// choice of its request.
+fn finish(choice: &mut Choice, reason: FinishReason) -> Outcome {
+    let mut rest = String::from_utf8_lossy(&std::mem::take(&mut choice.partial_utf8)).into_owned();
+    if !choice.stop.stopped() {
+        let held = choice.stop.push(&rest);
+        rest = held.emit;
+        if !held.stopped {
+            rest.push_str(&choice.stop.flush());
+        }
+    } else {
+        rest.clear();
+    }
+    let mut request = choice.request.borrow_mut();
+    if !rest.is_empty() {
+        request.send(TokenEvent::Text {
+            choice: choice.index,
+            text: rest,
+            logprobs: Vec::new(),
+        });
+    }
+    request.send(TokenEvent::Finished {
+        choice: choice.index,
+        reason,
+    });
+    request.choices_left -= 1;
+    if request.choices_left == 0 {
+        let usage = TokenUsage {
+            prompt_tokens: request.prompt_tokens,
+            completion_tokens: request.completion_tokens,
+        };
+        request.send(TokenEvent::Done(usage));
+    }
+    Outcome::Finished
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_tokens_is_held_back() {
+        let mut bytes = "é".as_bytes()[..1].to_vec();
+        assert_eq!(take_valid_utf8(&mut bytes), "");
+        bytes.extend_from_slice(&"é".as_bytes()[1..]);
+        assert_eq!(take_valid_utf8(&mut bytes), "é");
+        assert!(bytes.is_empty());
+        let mut broken = vec![b'a', 0xFF, b'b'];
+        assert_eq!(take_valid_utf8(&mut broken), "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn common_prefix_counts_shared_tokens() {
+        let t = |v: &[i32]| v.iter().map(|&x| LlamaToken(x)).collect::<Vec<_>>();
+        assert_eq!(common_prefix(&t(&[1, 2, 3]), &t(&[1, 2, 4])), 2);
+        assert_eq!(common_prefix(&t(&[]), &t(&[1])), 0);
+    }
+}

@@ -1,0 +1,64 @@
+//! The engine the server is built with: hands each model to the engine its settings
+//! name (mistral.rs, llama.cpp or an upstream server), so the scheduler sees one
+//! [`Engine`] whatever runs underneath.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::llama_cpp::LlamaCppEngine;
+use super::mistralrs::MistralRsEngine;
+use super::upstream::UpstreamEngine;
+use super::{Engine, EngineError, LoadedModel};
+use crate::config::{EngineKind, ModelSettings};
+use crate::scheduler::memory::Footprint;
+
+/// Device key of models served by another machine: they draw on no local budget.
+pub const REMOTE_DEVICE: &str = "remote";
+
+/// Routes every model to the engine its settings ask for.
+pub struct EngineRouter {
+    mistralrs: Arc<dyn Engine>,
+    llama_cpp: Arc<dyn Engine>,
+    upstream: Arc<dyn Engine>,
+}
+
+impl Default for EngineRouter {
+    fn default() -> Self {
+        Self {
+            mistralrs: Arc::new(MistralRsEngine),
+            llama_cpp: Arc::new(LlamaCppEngine),
+            upstream: Arc::new(UpstreamEngine),
+        }
+    }
+}
+
+impl EngineRouter {
+    fn pick(&self, settings: &ModelSettings) -> &dyn Engine {
+        match settings.engine_kind() {
+            EngineKind::MistralRs => self.mistralrs.as_ref(),
+            EngineKind::LlamaCpp => self.llama_cpp.as_ref(),
+            EngineKind::Upstream => self.upstream.as_ref(),
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for EngineRouter {
+    async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        self.pick(settings).load(settings).await
+    }
+
+    fn device_key(&self, settings: &ModelSettings) -> String {
+        self.pick(settings).device_key(settings)
+    }
+
+    fn device_memory(&self, device_key: &str) -> Option<u64> {
+        // Device memory does not depend on the engine asking; mistral.rs knows GPUs.
+        self.mistralrs.device_memory(device_key)
+    }
+
+    fn estimate_footprint(&self, settings: &ModelSettings) -> Result<Footprint, String> {
+        self.pick(settings).estimate_footprint(settings)
+    }
+}

@@ -1,0 +1,519 @@
+//! The upstream engine: a model served by another OpenAI-compatible server (a GPU box,
+//! another llamagate, llama.cpp's server, vLLM). llamagate still queues, meters and
+//! authenticates; the upstream generates. Every request is streamed from the upstream
+//! and passed on chunk by chunk; dropping the stream closes the connection, which
+//! cancels the upstream's generation. A down upstream is a 502, a slow one a 504, and
+//! the upstream's own 4xx errors reach the client as they were.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::{
+    EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, Prompt, TokenEvent,
+    TokenLogprob, TokenStream, TokenUsage, TopLogprob,
+};
+use crate::config::{ModelSettings, ModelSource};
+
+/// Context window reported for upstream models: the upstream enforces its own.
+pub const UNBOUNDED_CONTEXT: usize = u32::MAX as usize;
+
+/// Longest error body read from an upstream.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Longest single SSE event accepted from an upstream.
+const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Engine for `http(s)://` sources.
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamEngine;
+
+/// One model at an upstream server.
+pub struct UpstreamModel {
+    client: reqwest::Client,
+    base_url: String,
+    model: String,
+    api_key: Option<String>,
+    timeout: Duration,
+    facts: ModelFacts,
+}
+
+/// Resolves `env:NAME` to the variable's value; any other text is the key itself.
+fn resolve_key(raw: &str) -> Result<String, EngineError> {
+    match raw.strip_prefix("env:") {
+        Some(name) => std::env::var(name).map_err(|_| {
+            EngineError::Load(format!(
+                "upstream_api_key names the environment variable `{name}`, which is not set"
+            ))
+        }),
+        None => Ok(raw.to_string()),
+    }
+}
+
+#[async_trait]
+impl super::Engine for UpstreamEngine {
+    fn device_key(&self, _settings: &ModelSettings) -> String {
+        super::router::REMOTE_DEVICE.into()
+    }
+
+    async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        let ModelSource::Upstream { base_url } = &settings.source else {
+            return Err(EngineError::Load(
+                "the upstream engine needs an http(s):// source".into(),
+            ));
+        };
+        let timeout = Duration::from_secs(settings.upstream_timeout_secs);
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| EngineError::Load(format!("HTTP client: {e}")))?;
+        let api_key = settings
+            .upstream_api_key
+            .as_ref()
+            .map(|k| resolve_key(&k.0))
+            .transpose()?;
+        Ok(Arc::new(UpstreamModel {
+            client,
+            base_url: base_url.clone(),
+            model: settings
+                .upstream_model
+                .clone()
+                .unwrap_or_else(|| settings.name.clone()),
+            api_key,
+            timeout,
+            facts: ModelFacts {
+                context_length: UNBOUNDED_CONTEXT,
+                device: super::router::REMOTE_DEVICE.into(),
+            },
+        }))
+    }
+}
+
+/// The request body sent upstream: always streamed, usage included.
+fn request_body(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
+    let s = &request.sampling;
+    let chat = matches!(request.prompt, Prompt::Chat(_));
+    let mut body = json!({
+        "model": model,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "n": s.n,
+    });
+    let fields = body.as_object_mut().expect("object literal");
+    match &request.prompt {
+        Prompt::Chat(turns) => {
+            let messages: Vec<Value> = turns
+                .iter()
+                .map(|t| json!({"role": t.role.as_str(), "content": t.content}))
+                .collect();
+            fields.insert("messages".into(), Value::Array(messages));
+        }
+        Prompt::Text(text) => {
+            fields.insert("prompt".into(), Value::String(text.clone()));
+        }
+    }
+    if s.max_tokens < UNBOUNDED_CONTEXT {
+        fields.insert("max_tokens".into(), json!(s.max_tokens));
+    }
+    if let Some(seed) = s.seed {
+        fields.insert("seed".into(), json!(seed));
+    }
+    if s.presence_penalty != 0.0 {
+        fields.insert("presence_penalty".into(), json!(s.presence_penalty));
+    }
+    if s.frequency_penalty != 0.0 {
+        fields.insert("frequency_penalty".into(), json!(s.frequency_penalty));
+    }
+    if !s.stop.is_empty() {
+        fields.insert("stop".into(), json!(s.stop));
+    }
+    if s.logprobs {
+        if chat {
+            fields.insert("logprobs".into(), json!(true));
+            fields.insert("top_logprobs".into(), json!(s.top_logprobs));
+        } else {
+            fields.insert("logprobs".into(), json!(s.top_logprobs));
+        }
+    }
+    if let Some(schema) = &request.json_schema {
+        fields.insert(
+            "response_format".into(),
+            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}}),
+        );
+    }
+    (
+        if chat {
+            "chat/completions"
+        } else {
+            "completions"
+        },
+        body,
+    )
+}
+
+/// Turns an upstream's error response into an engine error.
+fn upstream_error(status: u16, retry_after: Option<u64>, body: &[u8]) -> EngineError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let message = error
+        .and_then(|e| e.get("message").and_then(Value::as_str).or(e.as_str()))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                text.chars().take(300).collect()
+            }
+        });
+    let field = |name: &str| {
+        error
+            .and_then(|e| e.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    match status {
+        // Our key or our model name is wrong at the upstream: a gateway problem.
+        401 | 403 => EngineError::UpstreamUnavailable(format!(
+            "the upstream refused llamagate's key (HTTP {status}): {message}; check upstream_api_key"
+        )),
+        404 => EngineError::UpstreamUnavailable(format!(
+            "the upstream does not serve this model (HTTP 404): {message}; check upstream_model"
+        )),
+        400..=499 => EngineError::UpstreamRejected {
+            status,
+            message,
+            param: field("param"),
+            code: field("code"),
+            retry_after: if status == 429 {
+                Some(retry_after.unwrap_or(1))
+            } else {
+                None
+            },
+        },
+        _ => EngineError::UpstreamUnavailable(format!("HTTP {status}: {message}")),
+    }
+}
+
+fn finish_reason(raw: &str) -> FinishReason {
+    match raw {
+        "length" => FinishReason::Length,
+        _ => FinishReason::Stop,
+    }
+}
+
+/// Log-probabilities of one chunk, chat (`content: [...]`) or legacy (`tokens: [...]`) form.
+fn chunk_logprobs(value: Option<&Value>) -> Vec<TokenLogprob> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Vec::new();
+    };
+    let number = |v: Option<&Value>| v.and_then(Value::as_f64).unwrap_or(-9999.0) as f32;
+    if let Some(content) = value.get("content").and_then(Value::as_array) {
+        return content
+            .iter()
+            .map(|t| TokenLogprob {
+                token: t["token"].as_str().unwrap_or_default().to_string(),
+                logprob: number(t.get("logprob")),
+                top: t["top_logprobs"]
+                    .as_array()
+                    .map(|alts| {
+                        alts.iter()
+                            .map(|a| TopLogprob {
+                                token: a["token"].as_str().unwrap_or_default().to_string(),
+                                logprob: number(a.get("logprob")),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
+    }
+    let tokens = value["tokens"].as_array().cloned().unwrap_or_default();
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, token)| {
+            let mut top: Vec<TopLogprob> = value["top_logprobs"]
+                .get(i)
+                .and_then(Value::as_object)
+                .map(|alts| {
+                    alts.iter()
+                        .map(|(token, lp)| TopLogprob {
+                            token: token.clone(),
+                            logprob: number(Some(lp)),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+            TokenLogprob {
+                token: token.as_str().unwrap_or_default().to_string(),
+                logprob: number(value["token_logprobs"].get(i)),
+                top,
+            }
+        })
+        .collect()
+}
+
+/// Splits complete SSE events off the front of `buffer`, returning their `data` payloads.
+fn take_events(buffer: &mut Vec<u8>) -> Vec<String> {
+    let mut events = Vec::new();
+    loop {
+        let end = buffer
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map(|i| (i, 2))
+            .into_iter()
+            .chain(
+                buffer
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|i| (i, 4)),
+            )
+            .min_by_key(|&(i, _)| i);
+        let Some((at, len)) = end else { break };
+        let event: Vec<u8> = buffer.drain(..at + len).collect();
+        let text = String::from_utf8_lossy(&event[..at]);
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if !data.is_empty() {
+            events.push(data.join("\n"));
+        }
+    }
+    events
+}
+
+#[async_trait]
+impl LoadedModel for UpstreamModel {
+    fn facts(&self) -> &ModelFacts {
+        &self.facts
+    }
+
+    async fn count_prompt_tokens(&self, _prompt: &Prompt) -> Result<usize, EngineError> {
+        // Only the upstream knows its tokenizer; its usage numbers are reported at the end.
+        Ok(0)
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
+        let (path, body) = request_body(&self.model, &request);
+        let url = format!("{}/{path}", self.base_url);
+        let mut call = self.client.post(&url).json(&body);
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        let timeout = self.timeout;
+        let response = match tokio::time::timeout(timeout, call.send()).await {
+            Err(_) => {
+                return Err(EngineError::UpstreamTimeout(format!(
+                    "no answer from {} within {} s (upstream_timeout_secs)",
+                    self.base_url,
+                    timeout.as_secs()
+                )))
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(EngineError::UpstreamUnavailable(format!(
+                    "cannot connect to {}",
+                    self.base_url
+                )))
+            }
+            Ok(Err(e)) if e.is_timeout() => {
+                return Err(EngineError::UpstreamTimeout(format!(
+                    "connecting to {} timed out",
+                    self.base_url
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(EngineError::UpstreamUnavailable(format!(
+                    "request to {} failed: {}",
+                    self.base_url,
+                    e.without_url()
+                )))
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+            let mut body = Vec::new();
+            let mut chunks = response.bytes_stream();
+            while let Ok(Some(Ok(chunk))) = tokio::time::timeout(timeout, chunks.next()).await {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_ERROR_BODY {
+                    break;
+                }
+            }
+            return Err(upstream_error(status.as_u16(), retry_after, &body));
+        }
+
+        let n = request.sampling.n.max(1);
+        let on_token = request.on_token.clone();
+        let base_url = self.base_url.clone();
+        let mut bytes = response.bytes_stream();
+        let stream = async_stream::stream! {
+            let mut buffer: Vec<u8> = Vec::new();
+            let mut finished = vec![false; n];
+            let mut usage: Option<TokenUsage> = None;
+            let mut chunks_seen = 0usize;
+            'read: loop {
+                let next = match tokio::time::timeout(timeout, bytes.next()).await {
+                    Err(_) => {
+                        yield Err(EngineError::UpstreamTimeout(format!(
+                            "{base_url} stopped sending for {} s", timeout.as_secs()
+                        )));
+                        return;
+                    }
+                    Ok(next) => next,
+                };
+                match next {
+                    None => break 'read,
+                    Some(Err(_)) => {
+                        yield Err(EngineError::UpstreamUnavailable(format!(
+                            "{base_url} broke the connection mid-answer"
+                        )));
+                        return;
+                    }
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                }
+                if buffer.len() > MAX_EVENT_BYTES {
+                    yield Err(EngineError::UpstreamUnavailable("the upstream sent an oversized event".into()));
+                    return;
+                }
+                for data in take_events(&mut buffer) {
+                    if data.trim() == "[DONE]" {
+                        break 'read;
+                    }
+                    let Ok(value) = serde_json::from_str::<Value>(&data) else {
+                        continue;
+                    };
+                    if let Some(error) = value.get("error") {
+                        let message = error
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("the upstream failed mid-answer");
+                        yield Err(EngineError::UpstreamUnavailable(message.to_string()));
+                        return;
+                    }
+                    if let Some(u) = value.get("usage").filter(|u| !u.is_null()) {
+                        let count = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+                        usage = Some(TokenUsage {
+                            prompt_tokens: count("prompt_tokens"),
+                            completion_tokens: count("completion_tokens"),
+                        });
+                    }
+                    let choices = value.get("choices").and_then(Value::as_array).cloned().unwrap_or_default();
+                    for c in choices {
+                        let index = c.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                        if index >= n || finished[index] {
+                            continue;
+                        }
+                        let text = c
+                            .get("delta")
+                            .and_then(|d| d.get("content"))
+                            .or_else(|| c.get("text"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
+                        let logprobs = chunk_logprobs(c.get("logprobs"));
+                        if !text.is_empty() || !logprobs.is_empty() {
+                            chunks_seen += 1;
+                            if let Some(callback) = &on_token {
+                                callback();
+                            }
+                            yield Ok(TokenEvent::Text { choice: index, text, logprobs });
+                        }
+                        if let Some(reason) = c.get("finish_reason").and_then(Value::as_str) {
+                            finished[index] = true;
+                            yield Ok(TokenEvent::Finished { choice: index, reason: finish_reason(reason) });
+                        }
+                    }
+                }
+            }
+            if !finished.iter().all(|f| *f) {
+                yield Err(EngineError::UpstreamUnavailable(format!(
+                    "{base_url} ended the stream before every choice finished"
+                )));
+                return;
+            }
+            yield Ok(TokenEvent::Done(usage.unwrap_or(TokenUsage {
+                prompt_tokens: 0,
+                completion_tokens: chunks_seen,
+            })));
+        };
+        Ok(Box::pin(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_split_across_reads() {
+        let mut buffer = b"data: {\"a\":1}\n\ndata: [DO".to_vec();
+        assert_eq!(take_events(&mut buffer), vec!["{\"a\":1}".to_string()]);
+        buffer.extend_from_slice(b"NE]\r\n\r\n: comment\n\n");
+        assert_eq!(take_events(&mut buffer), vec!["[DONE]".to_string()]);
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn upstream_errors_map_to_gateway_statuses() {
+        let body = br#"{"error":{"message":"too long","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        match upstream_error(400, None, body) {
+            EngineError::UpstreamRejected {
+                status,
+                message,
+                param,
+                code,
+                ..
+            } => {
+                assert_eq!(status, 400);
+                assert_eq!(message, "too long");
+                assert_eq!(param.as_deref(), Some("messages"));
+                assert_eq!(code.as_deref(), Some("context_length_exceeded"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            upstream_error(429, Some(7), b""),
+            EngineError::UpstreamRejected {
+                retry_after: Some(7),
+                ..
+            }
+        ));
+        assert!(matches!(
+            upstream_error(500, None, b"boom"),
+            EngineError::UpstreamUnavailable(m) if m.contains("boom")
+        ));
+        assert!(matches!(
+            upstream_error(401, None, b"{}"),
+            EngineError::UpstreamUnavailable(m) if m.contains("upstream_api_key")
+        ));
+    }
+
+    #[test]
+    fn legacy_and_chat_logprobs_parse() {
+        let chat = json!({"content":[{"token":"Hi","logprob":-0.5,"top_logprobs":[{"token":"Hi","logprob":-0.5},{"token":"Yo","logprob":-1.5}]}]});
+        let parsed = chunk_logprobs(Some(&chat));
+        assert_eq!(parsed[0].token, "Hi");
+        assert_eq!(parsed[0].top.len(), 2);
+        let legacy =
+            json!({"tokens":["a"],"token_logprobs":[-0.1],"top_logprobs":[{"a":-0.1,"b":-2.0}]});
+        let parsed = chunk_logprobs(Some(&legacy));
+        assert_eq!(parsed[0].top[0].token, "a");
+        assert!((parsed[0].logprob + 0.1).abs() < 1e-6);
+    }
+}
