@@ -23,7 +23,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The `/v1/models` entry of a model.
 pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
-    let status = state.scheduler.pool().status(slot.index);
+    let mut status = state.scheduler.pool().status(slot.index);
+    // An upstream enforces its own window; it is not known here.
+    status.context_length = status
+        .context_length
+        .filter(|&c| c != crate::engine::upstream::UNBOUNDED_CONTEXT);
     ModelObject {
         id: slot.settings.name.clone(),
         object: "model".into(),
@@ -35,6 +39,7 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
             crate::config::ModelSource::File(_) => slot.settings.source.file_name(),
             hf => hf.to_string(),
         },
+        engine: slot.settings.engine_kind().to_string(),
         device: status.device.unwrap_or_else(|| slot.device_key.clone()),
         context_length: status.context_length,
         quantization: slot.file.quantization.clone(),

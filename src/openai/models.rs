@@ -20,7 +20,9 @@ pub struct ModelObject {
     pub aliases: Vec<String>,
     /// Where the weights come from (file name or hf:// reference).
     pub source: String,
-    /// Configured device.
+    /// The engine that runs it: `mistralrs`, `llama.cpp` or `upstream`.
+    pub engine: String,
+    /// Configured device (`remote` for upstream models).
     pub device: String,
     /// Context window in tokens, once known (after the first load).
     pub context_length: Option<usize>,

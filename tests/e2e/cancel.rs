@@ -7,12 +7,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::helpers::{settings_with, smollm2, spawn_server, TestServer};
+use crate::helpers::{settings_with, smollm2, spawn_server, Engine, TestServer};
 
 const MODEL: &str = "cancel-test";
 
-fn server() -> TestServer {
+fn server(engine: Engine) -> TestServer {
     let mut m = smollm2(MODEL);
+    m.engine = Some(engine.kind);
     m.pinned = true;
     spawn_server(settings_with(vec![m]))
 }
@@ -52,9 +53,8 @@ async fn assert_generation_stopped(server: &TestServer, max_tokens: f64) {
 
 const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
 
-#[tokio::test]
-async fn dropping_a_stream_cancels_the_generation() {
-    let server = server();
+async fn dropping_a_stream_cancels_the_generation(engine: Engine) {
+    let server = server(engine);
     let res = reqwest::Client::new()
         .post(server.url("/v1/completions"))
         .json(&json!({"model": MODEL, "prompt": COUNTING, "max_tokens": 3000, "temperature": 0, "stream": true}))
@@ -70,9 +70,8 @@ async fn dropping_a_stream_cancels_the_generation() {
     assert_generation_stopped(&server, 3000.0).await;
 }
 
-#[tokio::test]
-async fn abandoning_a_non_streaming_request_cancels_the_generation() {
-    let server = server();
+async fn abandoning_a_non_streaming_request_cancels_the_generation(engine: Engine) {
+    let server = server(engine);
     // Warm up so the load is not part of the timeout.
     let _ = crate::helpers::post_json(
         &server.url("/v1/completions"),
@@ -93,3 +92,8 @@ async fn abandoning_a_non_streaming_request_cancels_the_generation() {
     assert!(generated(&server).await > started, "generation had started");
     assert_generation_stopped(&server, started + 3000.0).await;
 }
+
+crate::per_engine!(
+    dropping_a_stream_cancels_the_generation,
+    abandoning_a_non_streaming_request_cancels_the_generation,
+);

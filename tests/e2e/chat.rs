@@ -9,7 +9,7 @@ use async_openai::types::{
 };
 use futures::StreamExt;
 
-use crate::helpers::{quiet, shared, TestServer, ALIAS, MODEL};
+use crate::helpers::{quiet, shared, Engine, TestServer};
 
 fn user(text: &str) -> ChatCompletionRequestMessage {
     ChatCompletionRequestUserMessageArgs::default()
@@ -20,12 +20,13 @@ fn user(text: &str) -> ChatCompletionRequestMessage {
 }
 
 fn request(
+    engine: Engine,
     messages: Vec<ChatCompletionRequestMessage>,
     max_tokens: u32,
     temperature: f32,
 ) -> CreateChatCompletionRequest {
     CreateChatCompletionRequestArgs::default()
-        .model(ALIAS)
+        .model(engine.alias)
         .messages(messages)
         .max_completion_tokens(max_tokens)
         .temperature(temperature)
@@ -33,11 +34,11 @@ fn request(
         .unwrap()
 }
 
-async fn greedy_text(server: &TestServer, prompt: &str, max_tokens: u32) -> String {
+async fn greedy_text(engine: Engine, server: &TestServer, prompt: &str, max_tokens: u32) -> String {
     let res = server
         .openai()
         .chat()
-        .create(request(vec![user(prompt)], max_tokens, 0.0))
+        .create(request(engine, vec![user(prompt)], max_tokens, 0.0))
         .await
         .unwrap();
     res.choices[0].message.content.clone().unwrap()
@@ -45,6 +46,7 @@ async fn greedy_text(server: &TestServer, prompt: &str, max_tokens: u32) -> Stri
 
 /// Streams a request and returns (text, finish_reason, usage, chunk count).
 async fn stream(
+    engine: Engine,
     server: &TestServer,
     req: CreateChatCompletionRequest,
 ) -> (
@@ -62,7 +64,7 @@ async fn stream(
     while let Some(chunk) = s.next().await {
         let chunk = chunk.unwrap();
         chunks += 1;
-        assert_eq!(chunk.model, MODEL);
+        assert_eq!(chunk.model, engine.model);
         if let Some(u) = chunk.usage {
             assert!(chunk.choices.is_empty(), "usage chunk has no choices");
             usage = Some(u);
@@ -83,12 +85,12 @@ async fn stream(
     (text, finish, usage, chunks)
 }
 
-#[tokio::test]
-async fn non_streaming_answer_has_text_usage_and_canonical_model() {
+async fn non_streaming_answer_has_text_usage_and_canonical_model(engine: Engine) {
     let res = shared()
         .openai()
         .chat()
         .create(request(
+            engine,
             vec![
                 ChatCompletionRequestSystemMessageArgs::default()
                     .content("You are a helpful assistant.")
@@ -102,7 +104,7 @@ async fn non_streaming_answer_has_text_usage_and_canonical_model() {
         ))
         .await
         .unwrap();
-    assert_eq!(res.model, MODEL);
+    assert_eq!(res.model, engine.model);
     assert_eq!(res.object, "chat.completion");
     assert!(res.id.starts_with("chatcmpl-"));
     assert_eq!(res.choices.len(), 1);
@@ -124,21 +126,20 @@ async fn non_streaming_answer_has_text_usage_and_canonical_model() {
     ));
 }
 
-#[tokio::test]
-async fn streaming_matches_non_streaming_and_reports_usage() {
+async fn streaming_matches_non_streaming_and_reports_usage(engine: Engine) {
     let (_turn, server) = quiet().await;
     let prompt = "Name three colours.";
     let plain = server
         .openai()
         .chat()
-        .create(request(vec![user(prompt)], 20, 0.0))
+        .create(request(engine, vec![user(prompt)], 20, 0.0))
         .await
         .unwrap();
-    let mut req = request(vec![user(prompt)], 20, 0.0);
+    let mut req = request(engine, vec![user(prompt)], 20, 0.0);
     req.stream_options = Some(ChatCompletionStreamOptions {
         include_usage: true,
     });
-    let (text, finish, usage, chunks) = stream(server, req).await;
+    let (text, finish, usage, chunks) = stream(engine, server, req).await;
     assert_eq!(text, plain.choices[0].message.content.clone().unwrap());
     assert_eq!(finish, plain.choices[0].finish_reason);
     let usage = usage.expect("usage chunk when include_usage");
@@ -148,19 +149,19 @@ async fn streaming_matches_non_streaming_and_reports_usage() {
     assert!(chunks >= 3, "role, content and final chunks: {chunks}");
 }
 
-#[tokio::test]
-async fn streaming_without_include_usage_sends_no_usage() {
-    let (_, finish, usage, _) = stream(shared(), request(vec![user("Hi!")], 8, 0.0)).await;
+async fn streaming_without_include_usage_sends_no_usage(engine: Engine) {
+    let (_, finish, usage, _) =
+        stream(engine, shared(), request(engine, vec![user("Hi!")], 8, 0.0)).await;
     assert!(usage.is_none());
     assert!(finish.is_some());
 }
 
-#[tokio::test]
-async fn max_tokens_ends_with_length_and_exact_count() {
+async fn max_tokens_ends_with_length_and_exact_count(engine: Engine) {
     let res = shared()
         .openai()
         .chat()
         .create(request(
+            engine,
             vec![user("Write a long story about a dragon and a knight.")],
             5,
             0.0,
@@ -171,6 +172,7 @@ async fn max_tokens_ends_with_length_and_exact_count() {
     assert_eq!(res.usage.unwrap().completion_tokens, 5);
     // The deprecated max_tokens field works the same.
     let mut req = request(
+        engine,
         vec![user("Write a long story about a dragon and a knight.")],
         5,
         0.0,
@@ -185,17 +187,16 @@ async fn max_tokens_ends_with_length_and_exact_count() {
     assert_eq!(res.choices[0].finish_reason, Some(FinishReason::Length));
 }
 
-#[tokio::test]
-async fn stop_sequence_cuts_text_and_is_not_returned() {
+async fn stop_sequence_cuts_text_and_is_not_returned(engine: Engine) {
     let (_turn, server) = quiet().await;
     let prompt = "Write a long story about a dragon and a knight.";
-    let full = greedy_text(server, prompt, 40).await;
+    let full = greedy_text(engine, server, prompt, 40).await;
     let words: Vec<&str> = full.split_whitespace().collect();
     assert!(words.len() > 6, "need a longer answer: {full:?}");
     let stop = words[4].to_string();
     let cut = &full[..full.find(&stop).unwrap()];
 
-    let mut req = request(vec![user(prompt)], 40, 0.0);
+    let mut req = request(engine, vec![user(prompt)], 40, 0.0);
     req.stop = Some(Stop::StringArray(vec![
         stop.clone(),
         "\u{1F600}never".into(),
@@ -204,22 +205,21 @@ async fn stop_sequence_cuts_text_and_is_not_returned() {
     assert_eq!(res.choices[0].message.content.as_deref(), Some(cut));
     assert_eq!(res.choices[0].finish_reason, Some(FinishReason::Stop));
 
-    let (streamed, finish, _, _) = stream(server, req).await;
+    let (streamed, finish, _, _) = stream(engine, server, req).await;
     assert_eq!(streamed, cut, "streamed text stops before {stop:?}");
     assert_eq!(finish, Some(FinishReason::Stop));
 }
 
-#[tokio::test]
-async fn temperature_zero_and_seed_are_deterministic_and_unseeded_sampling_varies() {
+async fn temperature_zero_and_seed_are_deterministic_and_unseeded_sampling_varies(engine: Engine) {
     let (_turn, server) = quiet().await;
     let prompt = "Invent a name for a cat.";
     assert_eq!(
-        greedy_text(server, prompt, 16).await,
-        greedy_text(server, prompt, 16).await
+        greedy_text(engine, server, prompt, 16).await,
+        greedy_text(engine, server, prompt, 16).await
     );
 
     let seeded = || {
-        let mut r = request(vec![user(prompt)], 16, 0.9);
+        let mut r = request(engine, vec![user(prompt)], 16, 0.9);
         r.seed = Some(1234);
         r
     };
@@ -232,7 +232,7 @@ async fn temperature_zero_and_seed_are_deterministic_and_unseeded_sampling_varie
         let r = shared()
             .openai()
             .chat()
-            .create(request(vec![user(prompt)], 16, 1.0))
+            .create(request(engine, vec![user(prompt)], 16, 1.0))
             .await
             .unwrap();
         texts.insert(r.choices[0].message.content.clone().unwrap());
@@ -240,12 +240,11 @@ async fn temperature_zero_and_seed_are_deterministic_and_unseeded_sampling_varie
     assert!(texts.len() > 1, "unseeded sampling should vary: {texts:?}");
 }
 
-#[tokio::test]
-async fn multi_turn_history_is_part_of_the_prompt() {
+async fn multi_turn_history_is_part_of_the_prompt(engine: Engine) {
     let single = shared()
         .openai()
         .chat()
-        .create(request(vec![user("What is my name?")], 8, 0.0))
+        .create(request(engine, vec![user("What is my name?")], 8, 0.0))
         .await
         .unwrap();
     let history = vec![
@@ -260,22 +259,21 @@ async fn multi_turn_history_is_part_of_the_prompt() {
     let multi = shared()
         .openai()
         .chat()
-        .create(request(history, 8, 0.0))
+        .create(request(engine, history, 8, 0.0))
         .await
         .unwrap();
     assert!(multi.usage.unwrap().prompt_tokens > single.usage.unwrap().prompt_tokens + 10);
     assert!(!multi.choices[0].message.content.clone().unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn n_choices_and_logprobs() {
-    let mut req = request(vec![user("Pick a random fruit.")], 6, 1.0);
+async fn n_choices_and_logprobs(engine: Engine) {
+    let mut req = request(engine, vec![user("Pick a random fruit.")], 6, 1.0);
     req.n = Some(2);
     let res = shared().openai().chat().create(req).await.unwrap();
     assert_eq!(res.choices.len(), 2);
     assert_eq!(res.choices[1].index, 1);
 
-    let mut req = request(vec![user("Say yes.")], 4, 0.0);
+    let mut req = request(engine, vec![user("Say yes.")], 4, 0.0);
     req.logprobs = Some(true);
     req.top_logprobs = Some(2);
     let res = shared().openai().chat().create(req).await.unwrap();
@@ -288,12 +286,11 @@ async fn n_choices_and_logprobs() {
     }
 }
 
-#[tokio::test]
-async fn array_of_text_parts_is_accepted() {
+async fn array_of_text_parts_is_accepted(engine: Engine) {
     let (status, body) = crate::helpers::post_json(
         &shared().url("/v1/chat/completions"),
         &serde_json::json!({
-            "model": MODEL,
+            "model": engine.model,
             "messages": [{"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi."}]}],
             "max_tokens": 4,
             "temperature": 0,
@@ -305,3 +302,15 @@ async fn array_of_text_parts_is_accepted() {
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
     assert!(body["choices"][0]["message"].get("refusal").is_some());
 }
+
+crate::per_engine!(
+    non_streaming_answer_has_text_usage_and_canonical_model,
+    streaming_matches_non_streaming_and_reports_usage,
+    streaming_without_include_usage_sends_no_usage,
+    max_tokens_ends_with_length_and_exact_count,
+    stop_sequence_cuts_text_and_is_not_returned,
+    temperature_zero_and_seed_are_deterministic_and_unseeded_sampling_varies,
+    multi_turn_history_is_part_of_the_prompt,
+    n_choices_and_logprobs,
+    array_of_text_parts_is_accepted,
+);

@@ -3,16 +3,15 @@
 use async_openai::types::{CreateCompletionRequestArgs, Prompt};
 use futures::StreamExt;
 
-use crate::helpers::{post_json, quiet, shared, MODEL};
+use crate::helpers::{post_json, quiet, shared, Engine};
 
-#[tokio::test]
-async fn text_prompt_completes_without_template() {
+async fn text_prompt_completes_without_template(engine: Engine) {
     let res = shared()
         .openai()
         .completions()
         .create(
             CreateCompletionRequestArgs::default()
-                .model(MODEL)
+                .model(engine.model)
                 .prompt("The capital of France is")
                 .max_tokens(6u32)
                 .temperature(0.0)
@@ -31,14 +30,13 @@ async fn text_prompt_completes_without_template() {
     assert!(usage.completion_tokens <= 6);
 }
 
-#[tokio::test]
-async fn list_of_prompts_gives_one_choice_each_in_order() {
+async fn list_of_prompts_gives_one_choice_each_in_order(engine: Engine) {
     let res = shared()
         .openai()
         .completions()
         .create(
             CreateCompletionRequestArgs::default()
-                .model(MODEL)
+                .model(engine.model)
                 .prompt(Prompt::StringArray(vec![
                     "One, two,".into(),
                     "Red, green,".into(),
@@ -60,11 +58,10 @@ async fn list_of_prompts_gives_one_choice_each_in_order() {
     );
 }
 
-#[tokio::test]
-async fn streamed_completion_matches_and_ends_with_done() {
+async fn streamed_completion_matches_and_ends_with_done(engine: Engine) {
     let (_turn, server) = quiet().await;
     let body = serde_json::json!({
-        "model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0,
+        "model": engine.model, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0,
         "stream": true, "stream_options": {"include_usage": true}
     });
     let res = reqwest::Client::new()
@@ -107,7 +104,7 @@ async fn streamed_completion_matches_and_ends_with_done() {
         .completions()
         .create_stream(
             CreateCompletionRequestArgs::default()
-                .model(MODEL)
+                .model(engine.model)
                 .prompt("Once upon a time")
                 .max_tokens(8u32)
                 .temperature(0.0)
@@ -125,11 +122,10 @@ async fn streamed_completion_matches_and_ends_with_done() {
     assert_eq!(via_client, streamed);
 }
 
-#[tokio::test]
-async fn echo_puts_the_prompt_in_front() {
+async fn echo_puts_the_prompt_in_front(engine: Engine) {
     let (status, body) = post_json(
         &shared().url("/v1/completions"),
-        &serde_json::json!({"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0, "echo": true}),
+        &serde_json::json!({"model": engine.model, "prompt": "Hello", "max_tokens": 3, "temperature": 0, "echo": true}),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -139,14 +135,13 @@ async fn echo_puts_the_prompt_in_front() {
         .starts_with("Hello"));
 }
 
-#[tokio::test]
-async fn a_choice_ending_inside_a_multibyte_character_still_finishes() {
+async fn a_choice_ending_inside_a_multibyte_character_still_finishes(engine: Engine) {
     // Greedy continuation of emoji: the first token is an incomplete UTF-8 sequence.
     for max_tokens in 1..=3 {
         for stream in [false, true] {
             let (status, body) = post_json(
                 &shared().url("/v1/completions"),
-                &serde_json::json!({"model": MODEL, "prompt": "Emoji party: 😀🎉😀🎉😀🎉", "max_tokens": max_tokens, "temperature": 0, "stream": stream}),
+                &serde_json::json!({"model": engine.model, "prompt": "Emoji party: 😀🎉😀🎉😀🎉", "max_tokens": max_tokens, "temperature": 0, "stream": stream}),
             )
             .await;
             assert_eq!(status, 200, "{body}");
@@ -164,3 +159,11 @@ async fn a_choice_ending_inside_a_multibyte_character_still_finishes() {
         }
     }
 }
+
+crate::per_engine!(
+    text_prompt_completes_without_template,
+    list_of_prompts_gives_one_choice_each_in_order,
+    streamed_completion_matches_and_ends_with_done,
+    echo_puts_the_prompt_in_front,
+    a_choice_ending_inside_a_multibyte_character_still_finishes,
+);

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{assert_envelope, post_json, shared, MODEL};
+use crate::helpers::{assert_envelope, post_json, shared, Engine, MODEL};
 
 fn chat_url() -> String {
     shared().url("/v1/chat/completions")
@@ -117,11 +117,10 @@ async fn malformed_json_and_wrong_types_are_400_naming_the_param() {
     }
 }
 
-#[tokio::test]
-async fn prompt_plus_max_tokens_over_context_is_context_length_exceeded() {
+async fn prompt_plus_max_tokens_over_context_is_context_length_exceeded(engine: Engine) {
     let (status, body) = post_json(
         &chat_url(),
-        &json!({"model": MODEL, "messages": msgs(), "max_tokens": 100000}),
+        &json!({"model": engine.model, "messages": msgs(), "max_tokens": 100000}),
     )
     .await;
     assert_eq!(status, 400, "{body}");
@@ -129,7 +128,7 @@ async fn prompt_plus_max_tokens_over_context_is_context_length_exceeded() {
     let long = "word ".repeat(9000);
     let (status, body) = post_json(
         &shared().url("/v1/completions"),
-        &json!({"model": MODEL, "prompt": long, "max_tokens": 1}),
+        &json!({"model": engine.model, "prompt": long, "max_tokens": 1}),
     )
     .await;
     assert_eq!(status, 400, "{body}");
@@ -175,3 +174,5 @@ async fn image_parts_and_tool_roles_are_clear_400s() {
     assert_eq!(status, 400);
     assert_envelope(&body, None, Some("prompt"));
 }
+
+crate::per_engine!(prompt_plus_max_tokens_over_context_is_context_length_exceeded,);

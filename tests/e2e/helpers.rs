@@ -8,13 +8,77 @@ use std::time::Instant;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::Client;
-use llamagate::config::{DeviceSetting, ModelSettings, ModelSource, Settings};
+use llamagate::config::{DeviceSetting, EngineKind, ModelSettings, ModelSource, Settings};
 use llamagate::engine::router::EngineRouter;
 
-/// Canonical name of the test model.
+/// Canonical name of the test model (on mistral.rs).
 pub const MODEL: &str = "smollm2-135m-instruct";
 /// Its alias.
 pub const ALIAS: &str = "smollm2";
+
+/// A local engine the API tests run against, and the test model's names on it in the
+/// shared servers.
+#[derive(Debug, Clone, Copy)]
+pub struct Engine {
+    /// The engine.
+    pub kind: EngineKind,
+    /// The model's canonical name.
+    pub model: &'static str,
+    /// Its alias.
+    pub alias: &'static str,
+}
+
+/// The test model on mistral.rs.
+pub const MISTRALRS: Engine = Engine {
+    kind: EngineKind::MistralRs,
+    model: MODEL,
+    alias: ALIAS,
+};
+
+/// The same file on llama.cpp.
+pub const LLAMA_CPP: Engine = Engine {
+    kind: EngineKind::LlamaCpp,
+    model: "smollm2-135m-instruct-llama.cpp",
+    alias: "smollm2-llama.cpp",
+};
+
+/// Declares each listed `async fn test(engine: Engine)` as one test per local engine, in
+/// modules `mistralrs` and `llama_cpp`, so the engines cannot drift apart.
+#[macro_export]
+macro_rules! per_engine {
+    ($($test:ident),* $(,)?) => {
+        mod mistralrs {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::helpers::MISTRALRS).await
+                }
+            )*
+        }
+        mod llama_cpp {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::helpers::LLAMA_CPP).await
+                }
+            )*
+        }
+    };
+}
+
+/// The test model on every local engine, pinned, as the shared servers serve it.
+fn every_engine() -> Vec<ModelSettings> {
+    [MISTRALRS, LLAMA_CPP]
+        .into_iter()
+        .map(|engine| {
+            let mut model = smollm2(engine.model);
+            model.engine = Some(engine.kind);
+            model.aliases = vec![engine.alias.into()];
+            model.pinned = true;
+            model
+        })
+        .collect()
+}
 
 /// The SmolLM2 GGUF fetched by scripts/fetch-models.sh.
 pub fn model_path() -> PathBuf {
@@ -115,15 +179,11 @@ pub fn spawn_server(settings: Settings) -> TestServer {
     }
 }
 
-/// The server most tests share: SmolLM2 as `smollm2-135m-instruct` (alias `smollm2`).
+/// The server most tests share: SmolLM2 on every local engine ([`MISTRALRS`] as
+/// `smollm2-135m-instruct`, alias `smollm2`, and [`LLAMA_CPP`]).
 pub fn shared() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let mut model = smollm2(MODEL);
-        model.aliases = vec![ALIAS.into()];
-        model.pinned = true;
-        spawn_server(settings_with(vec![model]))
-    })
+    SERVER.get_or_init(|| spawn_server(settings_with(every_engine())))
 }
 
 /// GETs a URL and parses its JSON body.
@@ -185,12 +245,7 @@ pub async fn quiet() -> (tokio::sync::MutexGuard<'static, ()>, &'static TestServ
     static SERVER: OnceLock<TestServer> = OnceLock::new();
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let guard = TURN.lock().await;
-    let server = SERVER.get_or_init(|| {
-        let mut model = smollm2(MODEL);
-        model.aliases = vec![ALIAS.into()];
-        model.pinned = true;
-        spawn_server(settings_with(vec![model]))
-    });
+    let server = SERVER.get_or_init(|| spawn_server(settings_with(every_engine())));
     (guard, server)
 }
 

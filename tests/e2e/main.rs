@@ -16,3 +16,4 @@ mod prometheus;
 mod quantize;
 mod reliability;
 mod structured;
+mod upstream;

@@ -1,16 +1,18 @@
 //! Model listing, lookup by name and alias, health, metrics exposition.
 
-use crate::helpers::{get_json, shared, ALIAS, MODEL};
+use crate::helpers::{get_json, shared, ALIAS, LLAMA_CPP, MODEL};
 
 #[tokio::test]
 async fn models_are_listed_with_status_and_aliases() {
     let list = shared().openai().models().list().await.unwrap();
-    assert_eq!(list.data.len(), 1);
-    assert_eq!(list.data[0].id, MODEL);
+    let ids: Vec<&str> = list.data.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, [MODEL, LLAMA_CPP.model], "configuration order");
     let raw: serde_json::Value = get_json(&shared().url("/v1/models")).await;
     let m = &raw["data"][0];
     assert_eq!(m["object"], "model");
     assert_eq!(m["aliases"][0], ALIAS);
+    assert_eq!(m["engine"], "mistralrs");
+    assert_eq!(raw["data"][1]["engine"], "llama.cpp");
     assert!(
         ["unloaded", "loading", "ready"].contains(&m["status"].as_str().unwrap()),
         "{m}"
@@ -34,7 +36,7 @@ async fn a_model_is_found_by_alias_and_unknown_ids_are_404() {
 async fn health_answers() {
     let v: serde_json::Value = get_json(&shared().url("/health")).await;
     assert_eq!(v["status"], "ok");
-    assert_eq!(v["models"], 1);
+    assert_eq!(v["models"], 2);
 }
 
 #[tokio::test]

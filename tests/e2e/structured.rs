@@ -3,7 +3,9 @@
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::helpers::{get_json, post_json, settings_with, shared, smollm2, spawn_server, MODEL};
+use crate::helpers::{
+    get_json, post_json, settings_with, shared, smollm2, spawn_server, Engine, MODEL,
+};
 
 fn person_schema() -> Value {
     json!({
@@ -57,13 +59,12 @@ fn conforms(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-#[tokio::test]
-async fn json_schema_output_validates_every_time_and_stops_when_complete() {
+async fn json_schema_output_validates_every_time_and_stops_when_complete(engine: Engine) {
     for run in 0..10 {
         let (status, body) = post_json(
             &shared().url("/v1/chat/completions"),
             &json!({
-                "model": MODEL, "temperature": 0.8, "max_tokens": 300,
+                "model": engine.model, "temperature": 0.8, "max_tokens": 300,
                 "messages": [{"role": "user", "content": "Invent a person: name, age, role, tags and address."}],
                 "response_format": {"type": "json_schema", "json_schema": {"name": "person", "strict": true, "schema": person_schema()}}
             }),
@@ -82,11 +83,10 @@ async fn json_schema_output_validates_every_time_and_stops_when_complete() {
     }
 }
 
-#[tokio::test]
-async fn json_object_mode_gives_an_object() {
+async fn json_object_mode_gives_an_object(engine: Engine) {
     let (status, body) = post_json(
         &shared().url("/v1/chat/completions"),
-        &json!({"model": MODEL, "max_tokens": 400, "temperature": 0,
+        &json!({"model": engine.model, "max_tokens": 400, "temperature": 0,
             "messages": [{"role": "user", "content": "Give me a small JSON object with a cat's name and age."}],
             "response_format": {"type": "json_object"}}),
     )
@@ -107,9 +107,8 @@ fn weather_tools() -> Value {
     ])
 }
 
-#[tokio::test]
-async fn a_named_tool_choice_gives_a_parseable_call_streamed_and_not() {
-    let body = json!({"model": MODEL, "max_tokens": 80, "temperature": 0,
+async fn a_named_tool_choice_gives_a_parseable_call_streamed_and_not(engine: Engine) {
+    let body = json!({"model": engine.model, "max_tokens": 80, "temperature": 0,
         "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
         "tools": weather_tools(), "tool_choice": {"type": "function", "function": {"name": "get_weather"}}});
     let (status, res) = post_json(&shared().url("/v1/chat/completions"), &body).await;
@@ -155,16 +154,15 @@ async fn a_named_tool_choice_gives_a_parseable_call_streamed_and_not() {
     assert_eq!(finish, Some(async_openai::types::FinishReason::ToolCalls));
 }
 
-#[tokio::test]
-async fn a_full_tool_round_trip() {
-    let first = json!({"model": MODEL, "max_tokens": 80, "temperature": 0,
+async fn a_full_tool_round_trip(engine: Engine) {
+    let first = json!({"model": engine.model, "max_tokens": 80, "temperature": 0,
         "messages": [{"role": "user", "content": "What time is it in Tokyo?"}],
         "tools": weather_tools(), "tool_choice": "required"});
     let (status, res) = post_json(&shared().url("/v1/chat/completions"), &first).await;
     assert_eq!(status, 200, "{res}");
     let call = res["choices"][0]["message"]["tool_calls"][0].clone();
     assert!(["get_weather", "get_time"].contains(&call["function"]["name"].as_str().unwrap()));
-    let second = json!({"model": MODEL, "max_tokens": 30, "temperature": 0,
+    let second = json!({"model": engine.model, "max_tokens": 30, "temperature": 0,
     "tools": weather_tools(),
     "messages": [
         {"role": "user", "content": "What time is it in Tokyo?"},
@@ -242,12 +240,11 @@ async fn models_state_their_capabilities() {
     assert_eq!(c["vision"], false);
 }
 
-#[tokio::test]
-async fn a_schema_the_grammar_engine_rejects_is_a_400_streamed_or_not() {
+async fn a_schema_the_grammar_engine_rejects_is_a_400_streamed_or_not(engine: Engine) {
     for stream in [false, true] {
         let (status, body) = post_json(
             &shared().url("/v1/chat/completions"),
-            &json!({"model": MODEL, "max_tokens": 20, "stream": stream,
+            &json!({"model": engine.model, "max_tokens": 20, "stream": stream,
                 "messages": [{"role": "user", "content": "x"}],
                 "response_format": {"type": "json_schema", "json_schema": {"name": "bad",
                     "schema": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}}}),
@@ -265,3 +262,11 @@ async fn a_schema_the_grammar_engine_rejects_is_a_400_streamed_or_not() {
         );
     }
 }
+
+crate::per_engine!(
+    json_schema_output_validates_every_time_and_stops_when_complete,
+    json_object_mode_gives_an_object,
+    a_named_tool_choice_gives_a_parseable_call_streamed_and_not,
+    a_full_tool_round_trip,
+    a_schema_the_grammar_engine_rejects_is_a_400_streamed_or_not,
+);
