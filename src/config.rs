@@ -805,6 +805,54 @@ source = "models/x.gguf"
     }
 
     #[test]
+    fn engines_are_chosen_per_model_and_upstream_follows_the_source() {
+        let s = Settings::from_toml(
+            r#"
+[[models]]
+name = "fast"
+source = "m.gguf"
+engine = "llama.cpp"
+threads = 4
+[[models]]
+name = "default"
+source = "m.gguf"
+[[models]]
+name = "lan"
+source = "http://gpu-box:8080/v1/"
+upstream_model = "llama-70b"
+upstream_api_key = "env:GPU_BOX_KEY"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.models[0].engine_kind(), EngineKind::LlamaCpp);
+        assert_eq!(s.models[0].threads, Some(4));
+        assert_eq!(s.models[1].engine_kind(), EngineKind::MistralRs);
+        assert_eq!(s.models[2].engine_kind(), EngineKind::Upstream);
+        assert_eq!(
+            s.models[2].source,
+            ModelSource::Upstream {
+                base_url: "http://gpu-box:8080/v1".into()
+            }
+        );
+        assert_eq!(
+            format!("{:?}", s.models[2].upstream_api_key),
+            "Some(\"***\")"
+        );
+
+        let bad = |body: &str| {
+            Settings::from_toml(&format!("[[models]]\nname = \"m\"\n{body}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("source = \"m.gguf\"\nengine = \"vllm\"").contains("not an engine"));
+        assert!(bad("source = \"http://x/v1\"\nengine = \"llama.cpp\"").contains("upstream engine"));
+        assert!(bad("source = \"m.gguf\"\nengine = \"upstream\"").contains("http(s)://"));
+        assert!(bad("source = \"hf://o/r/f.gguf\"\nengine = \"llama.cpp\"").contains("local files"));
+        assert!(bad("source = \"m.gguf\"\nthreads = 0").contains("threads"));
+        assert!(bad("source = \"http:///v1\"").contains("not an upstream URL"));
+    }
+
+    #[test]
     fn hf_sources_parse() {
         assert_eq!(
             ModelSource::parse("hf://owner/repo/dir/f.gguf@v1").unwrap(),

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub generated_tokens: IntCounterVec,
     /// Prompt tokens of admitted requests.
     pub prompt_tokens: IntCounterVec,
+    /// Prompt tokens served from a reused KV-cache prefix.
+    pub cached_prompt_tokens: IntCounterVec,
     /// Generations whose client went away before the end.
     pub cancelled_requests: IntCounterVec,
     /// Requests refused by the scheduler, by reason.
@@ -106,6 +108,11 @@ impl Metrics {
             prompt_tokens: counter(
                 "llamagate_prompt_tokens_total",
                 "Prompt tokens of admitted generations.",
+                &["model"],
+            ),
+            cached_prompt_tokens: counter(
+                "llamagate_prompt_cached_tokens_total",
+                "Prompt tokens served from a reused KV-cache prefix instead of recomputed.",
                 &["model"],
             ),
             cancelled_requests: counter(
@@ -251,6 +258,7 @@ impl Metrics {
         for c in [
             &self.generated_tokens,
             &self.prompt_tokens,
+            &self.cached_prompt_tokens,
             &self.cancelled_requests,
             &self.model_loads,
             &self.model_load_failures,

@@ -608,6 +608,7 @@ impl LoadedModel for MistralRsModel {
             yield Ok(TokenEvent::Done(TokenUsage {
                 prompt_tokens,
                 completion_tokens: probe.generated().min(max_tokens.saturating_mul(n)),
+                cached_prompt_tokens: 0,
             }));
         };
         Ok(Box::pin(stream))

@@ -175,6 +175,8 @@ pub struct TokenUsage {
     pub prompt_tokens: usize,
     /// Tokens generated, all choices together.
     pub completion_tokens: usize,
+    /// Prompt tokens whose KV cache was reused from an earlier request (not recomputed).
+    pub cached_prompt_tokens: usize,
 }
 
 /// What a running generation reports.

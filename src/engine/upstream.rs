@@ -411,6 +411,10 @@ impl LoadedModel for UpstreamModel {
                         usage = Some(TokenUsage {
                             prompt_tokens: count("prompt_tokens"),
                             completion_tokens: count("completion_tokens"),
+                            cached_prompt_tokens: u
+                                .pointer("/prompt_tokens_details/cached_tokens")
+                                .and_then(Value::as_u64)
+                                .unwrap_or(0) as usize,
                         });
                     }
                     let choices = value.get("choices").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -450,6 +454,7 @@ impl LoadedModel for UpstreamModel {
             yield Ok(TokenEvent::Done(usage.unwrap_or(TokenUsage {
                 prompt_tokens: 0,
                 completion_tokens: chunks_seen,
+                cached_prompt_tokens: 0,
             })));
         };
         Ok(Box::pin(stream))

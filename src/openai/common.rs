@@ -12,6 +12,17 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Sum of both.
     pub total_tokens: usize,
+    /// Breakdown of the prompt tokens.
+    #[serde(default)]
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens served from the prompt cache (a reused prefix) instead of recomputed.
+    #[serde(default)]
+    pub cached_tokens: usize,
 }
 
 impl From<crate::engine::TokenUsage> for Usage {
@@ -20,6 +31,9 @@ impl From<crate::engine::TokenUsage> for Usage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: u.cached_prompt_tokens.min(u.prompt_tokens),
+            },
         }
     }
 }

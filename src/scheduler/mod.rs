@@ -318,6 +318,12 @@ impl Stream for Generation {
                 }
                 TokenEvent::Done(usage) => {
                     self.done = true;
+                    if usage.cached_prompt_tokens > 0 {
+                        self.metrics
+                            .cached_prompt_tokens
+                            .with_label_values(&[self.model.as_str()])
+                            .inc_by(usage.cached_prompt_tokens as u64);
+                    }
                     if self.prompt_tokens == 0 && usage.prompt_tokens > 0 {
                         // An upstream model: only its answer tells the prompt's size.
                         let model = [self.model.as_str()];

@@ -61,7 +61,7 @@ impl LoadedModel for ScriptedModel {
                 yield Ok(TokenEvent::Text { choice: 0, text: "x".into(), logprobs: Vec::new() });
             }
             yield Ok(TokenEvent::Finished { choice: 0, reason: FinishReason::Length });
-            yield Ok(TokenEvent::Done(TokenUsage { prompt_tokens, completion_tokens: max }));
+            yield Ok(TokenEvent::Done(TokenUsage { prompt_tokens, completion_tokens: max, cached_prompt_tokens: 0 }));
         }))
     }
 }

@@ -8,6 +8,7 @@ use async_openai::types::{
     FinishReason, Stop,
 };
 use futures::StreamExt;
+use serde_json::json;
 
 use crate::helpers::{quiet, shared, Engine, TestServer};
 
@@ -314,3 +315,48 @@ crate::per_engine!(
     n_choices_and_logprobs,
     array_of_text_parts_is_accepted,
 );
+
+/// llama.cpp keeps each sequence's KV cache: the next turn of a conversation reads only
+/// what is new, and says so in `usage.prompt_tokens_details.cached_tokens`.
+#[tokio::test]
+async fn llama_cpp_reuses_the_cached_prefix_of_a_conversation() {
+    let (_turn, server) = quiet().await;
+    let engine = crate::helpers::LLAMA_CPP;
+    let url = server.url("/v1/chat/completions");
+    let system =
+        json!({"role": "system", "content": "You are a terse assistant who likes geography."});
+    let first_question = json!({"role": "user", "content": "Which is the largest ocean on Earth?"});
+    let (status, first) = crate::helpers::post_json(
+        &url,
+        &json!({"model": engine.model, "max_tokens": 12, "temperature": 0,
+                "messages": [system, first_question]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let answer = first["choices"][0]["message"]["content"].clone();
+    let first_prompt = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    let (status, second) = crate::helpers::post_json(
+        &url,
+        &json!({"model": engine.model, "max_tokens": 12, "temperature": 0,
+                "messages": [system, first_question,
+                             {"role": "assistant", "content": answer},
+                             {"role": "user", "content": "And the smallest?"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    let usage = &second["usage"];
+    let cached = usage["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached >= first_prompt - 1 && cached < usage["prompt_tokens"].as_u64().unwrap(),
+        "the first turn's prompt is reused: {usage} (first prompt {first_prompt})"
+    );
+    let counted = server
+        .metric(&format!(
+            "llamagate_prompt_cached_tokens_total{{model=\"{}\"}}",
+            engine.model
+        ))
+        .await;
+    assert!(counted >= cached as f64, "{counted}");
+}

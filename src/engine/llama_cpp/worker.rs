@@ -46,6 +46,8 @@ struct RequestState {
     on_token: Option<TokenCallback>,
     prompt_tokens: usize,
     completion_tokens: usize,
+    /// Prompt tokens the first choice found in the KV cache.
+    cached_prompt_tokens: Option<usize>,
     choices_left: usize,
 }
 
@@ -215,6 +217,7 @@ fn enqueue(job: Job, waiting: &mut VecDeque<Choice>) {
         on_token: job.on_token,
         prompt_tokens: job.tokens.len(),
         completion_tokens: 0,
+        cached_prompt_tokens: None,
         choices_left: n,
     }));
     let prompt: Rc<[LlamaToken]> = job.tokens.into();
@@ -288,6 +291,11 @@ fn admit(
                 "prompt prefix reused"
             );
         }
+        choice
+            .request
+            .borrow_mut()
+            .cached_prompt_tokens
+            .get_or_insert(keep);
         slots[slot].busy = true;
         let mut cached = std::mem::take(&mut slots[slot].cached);
         cached.truncate(keep);
@@ -517,6 +525,7 @@ fn finish(choice: &mut Choice, reason: FinishReason) -> Outcome {
         let usage = TokenUsage {
             prompt_tokens: request.prompt_tokens,
             completion_tokens: request.completion_tokens,
+            cached_prompt_tokens: request.cached_prompt_tokens.unwrap_or(0),
         };
         request.send(TokenEvent::Done(usage));
     }
