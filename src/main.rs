@@ -60,6 +60,10 @@ enum Command {
         /// Directory for results.csv, results.json and chart.svg.
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
+        /// Measure the gateway's overhead instead: the --spawn config's model (or --model)
+        /// in-process vs through HTTP, --requests runs each way.
+        #[arg(long, requires = "spawn")]
+        overhead: bool,
     },
     /// Re-quantize a GGUF file (keeps the tokenizer and chat template).
     Quantize {
@@ -112,7 +116,22 @@ fn main() -> std::process::ExitCode {
             requests,
             api_key,
             out,
+            overhead,
         } => {
+            if overhead {
+                let config = spawn.unwrap_or_default();
+                let words = prompt_words.first().copied().unwrap_or(0);
+                let model = models.first().cloned();
+                return match actix_web::rt::System::new().block_on(run_overhead(
+                    config, model, requests, max_tokens, words, out,
+                )) {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        std::process::ExitCode::FAILURE
+                    }
+                };
+            }
             let plan = llamagate::bench::BenchPlan {
                 base_url: url,
                 api_key,
@@ -203,6 +222,36 @@ async fn run_bench(
         "wrote {0}/results.csv, {0}/results.json, {0}/chart.svg",
         out.display()
     );
+    Ok(())
+}
+
+async fn run_overhead(
+    config: PathBuf,
+    model: Option<String>,
+    runs: usize,
+    max_tokens: usize,
+    prompt_words: usize,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    let settings = Settings::load(&config, &CliOverrides::default())?;
+    let bar = indicatif::ProgressBar::new(runs as u64);
+    let report = llamagate::bench::overhead::run(
+        settings,
+        model.as_deref(),
+        runs.max(1),
+        max_tokens,
+        prompt_words,
+        |done, _| bar.set_position(done as u64),
+    )
+    .await?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("overhead.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    print!("{}", llamagate::bench::overhead::markdown(&report));
+    eprintln!("wrote {}/overhead.json", out.display());
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! requests and reports vLLM's measures: TTFT, TPOT, ITL and end-to-end latency
 //! (p50/p95/p99), request throughput, output and prompt tokens per second.
 
+pub mod overhead;
 pub mod report;
 
 use std::time::{Duration, Instant};
@@ -357,7 +358,14 @@ pub async fn run(
                     );
                     let max_tokens = plan.max_tokens;
                     tokio::spawn(async move {
-                        while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
+                        loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            if k >= n {
+                                break;
+                            }
+                            // A distinct opening per request: no server may answer it
+                            // from a cached prefix, so prompt speed is measured honestly.
+                            let prompt = format!("Request {k}. {prompt}");
                             let r = client.one(&model, &prompt, max_tokens).await;
                             if tx.send(r).is_err() {
                                 break;

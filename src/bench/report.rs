@@ -81,7 +81,7 @@ pub fn markdown(report: &BenchReport) -> String {
         "quant",
         "MB",
         "bpw",
-        "prompt tok",
+        "prompt (tokens)",
         "conc",
         "TTFT p50/p95/p99 ms",
         "TPOT p50/p95/p99 ms",
@@ -94,7 +94,22 @@ pub fn markdown(report: &BenchReport) -> String {
     let _ = writeln!(out, "| {} |", headers.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(headers.len()));
     for s in &report.scenarios {
-        let r = row(s);
+        let mut r = row(s);
+        // Servers that send no usage (llama-cpp-python) leave the prompt's size unknown.
+        let words = if s.prompt_words == 0 {
+            "short".to_string()
+        } else {
+            format!("{} words", s.prompt_words)
+        };
+        let unknown = s.prompt_tokens == 0.0;
+        r[4] = if unknown {
+            format!("{words} (n/a)")
+        } else {
+            format!("{words} ({})", r[4])
+        };
+        if unknown {
+            r[21] = "n/a".into();
+        }
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {}/{}/{} | {}/{}/{} | {}/{}/{} | {}/{}/{} | {} | {} | {} |",

@@ -5,13 +5,13 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helpers::shared;
+use crate::helpers::{model_path, shared, MODEL};
 
 #[test]
 fn a_tiny_benchmark_writes_consistent_reports() {
     let out = std::env::temp_dir().join(format!("llamagate-bench-{}", uuid::Uuid::new_v4()));
     let res = Command::new(env!("CARGO_BIN_EXE_llamagate"))
-        .args(["bench", "--url", &shared().url("/v1")])
+        .args(["bench", "--url", &shared().url("/v1"), "--model", MODEL])
         .args([
             "--prompt-words",
             "0",
@@ -86,4 +86,53 @@ fn an_unreachable_server_is_a_clear_error() {
         stderr.contains("cannot reach http://127.0.0.1:9/v1"),
         "{stderr}"
     );
+}
+
+#[test]
+fn overhead_mode_compares_in_process_and_http_on_one_model() {
+    let dir = std::env::temp_dir().join(format!("llamagate-overhead-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nname = \"fast\"\nengine = \"llama.cpp\"\nsource = \"{}\"\ncontext_length = 1024\n",
+            model_path().display()
+        ),
+    )
+    .unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_llamagate"))
+        .args(["bench", "--overhead", "--spawn"])
+        .arg(&config)
+        .args(["--requests", "2", "--max-tokens", "8", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("overhead.json")).unwrap()).unwrap();
+    assert_eq!(report["model"], "fast");
+    assert_eq!(report["engine"], "llama.cpp");
+    for path in ["in_process", "http"] {
+        assert!(
+            report[path]["ttft_ms"]["p50"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        assert!(
+            report[path]["decode_tokens_per_s"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        assert_eq!(report[path]["tokens"], 8.0, "{report}");
+    }
+    assert!(
+        stdout.contains("| in-process |") && stdout.contains("| HTTP (SSE) |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("HTTP adds"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -282,7 +282,7 @@ fn load_on_this_thread(
         .with_n_batch(BATCH_TOKENS)
         .with_n_ubatch(BATCH_TOKENS)
         .with_n_seq_max(sequences as u32)
-        .with_kv_unified(false)
+        .with_kv_unified(true)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
 

@@ -1,0 +1,250 @@
+//! `llamagate bench --overhead`: what the gateway costs. The same model, loaded once,
+//! runs the same kind of generation in-process (straight through the engine seam) and
+//! through llamagate's HTTP server (routing, queueing, metrics, SSE), alternating
+//! between the two so that both see the same machine state. Reports TTFT, decode
+//! tokens/s and end-to-end latency of each, and the difference.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::{percentiles, prompt_of, BenchError, Client, MachineInfo, Percentiles, Sample};
+use crate::config::{ModelSettings, Settings};
+use crate::engine::router::EngineRouter;
+use crate::engine::{
+    ChatTurn, Engine, EngineError, GenerationRequest, LoadedModel, Prompt, Role, SamplingSettings,
+    TokenEvent,
+};
+use crate::scheduler::memory::Footprint;
+
+/// One side of the comparison.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PathMeasure {
+    /// Time to first token (ms).
+    pub ttft_ms: Percentiles,
+    /// Generated tokens per second after the first token (mean over runs).
+    pub decode_tokens_per_s: f64,
+    /// End-to-end latency (ms).
+    pub e2e_ms: Percentiles,
+    /// Mean tokens generated per run.
+    pub tokens: f64,
+}
+
+/// The comparison.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OverheadReport {
+    /// Where it ran.
+    pub machine: MachineInfo,
+    /// The model measured.
+    pub model: String,
+    /// Its engine.
+    pub engine: String,
+    /// Runs per side.
+    pub runs: usize,
+    /// Tokens asked for per run.
+    pub max_tokens: usize,
+    /// Straight through the engine.
+    pub in_process: PathMeasure,
+    /// Through the HTTP API.
+    pub http: PathMeasure,
+    /// HTTP TTFT p50 minus in-process TTFT p50 (ms).
+    pub ttft_p50_added_ms: f64,
+    /// Decode tokens/s lost through HTTP, in percent of in-process.
+    pub decode_loss_percent: f64,
+}
+
+/// Hands the server a model that is already loaded, so both paths share it.
+struct Preloaded {
+    model: Arc<dyn LoadedModel>,
+    engine: EngineRouter,
+}
+
+#[async_trait]
+impl Engine for Preloaded {
+    async fn load(&self, _settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        Ok(self.model.clone())
+    }
+
+    fn device_key(&self, settings: &ModelSettings) -> String {
+        self.engine.device_key(settings)
+    }
+
+    fn estimate_footprint(&self, settings: &ModelSettings) -> Result<Footprint, String> {
+        self.engine.estimate_footprint(settings)
+    }
+}
+
+async fn in_process(
+    model: &dyn LoadedModel,
+    prompt: &str,
+    max_tokens: usize,
+) -> Result<Sample, BenchError> {
+    let fail = |e: EngineError| BenchError(format!("in-process generation failed: {e}"));
+    let started = Instant::now();
+    let prompt = Prompt::Chat(vec![ChatTurn {
+        role: Role::User,
+        content: prompt.to_string(),
+    }]);
+    let prompt_tokens = model.count_prompt_tokens(&prompt).await.map_err(fail)?;
+    let request = GenerationRequest {
+        prompt,
+        sampling: SamplingSettings {
+            temperature: 0.0,
+            max_tokens,
+            ..SamplingSettings::default()
+        },
+        prompt_tokens,
+        on_token: None,
+        json_schema: None,
+    };
+    let mut stream = model.generate(request).await.map_err(fail)?;
+    let mut sample = Sample {
+        prompt_tokens,
+        ..Sample::default()
+    };
+    let mut last: Option<Instant> = None;
+    while let Some(event) = stream.next().await {
+        match event.map_err(fail)? {
+            TokenEvent::Text { text, .. } if !text.is_empty() => {
+                let now = Instant::now();
+                match last {
+                    None => sample.ttft = (now - started).as_secs_f64(),
+                    Some(prev) => sample.itls.push((now - prev).as_secs_f64()),
+                }
+                last = Some(now);
+            }
+            TokenEvent::Done(usage) => sample.output_tokens = usage.completion_tokens,
+            _ => {}
+        }
+    }
+    sample.e2e = started.elapsed().as_secs_f64();
+    Ok(sample)
+}
+
+fn measure(samples: &[Sample]) -> PathMeasure {
+    let rates: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.output_tokens > 1 && s.e2e > s.ttft)
+        .map(|s| (s.output_tokens - 1) as f64 / (s.e2e - s.ttft))
+        .collect();
+    PathMeasure {
+        ttft_ms: percentiles(samples.iter().map(|s| s.ttft).collect()),
+        decode_tokens_per_s: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+        e2e_ms: percentiles(samples.iter().map(|s| s.e2e).collect()),
+        tokens: samples.iter().map(|s| s.output_tokens as f64).sum::<f64>()
+            / samples.len().max(1) as f64,
+    }
+}
+
+/// Runs `runs` generations each way on `model` (default: the first configured one).
+pub async fn run(
+    mut settings: Settings,
+    model: Option<&str>,
+    runs: usize,
+    max_tokens: usize,
+    prompt_words: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<OverheadReport, BenchError> {
+    let chosen: ModelSettings = match model {
+        Some(name) => settings
+            .models
+            .iter()
+            .find(|m| m.name == name || m.aliases.iter().any(|a| a == name))
+            .cloned()
+            .ok_or_else(|| BenchError(format!("no model `{name}` in the config")))?,
+        None => settings
+            .models
+            .first()
+            .cloned()
+            .ok_or_else(|| BenchError("the config has no models".into()))?,
+    };
+    let engine = EngineRouter::default();
+    let loaded = engine
+        .load(&chosen)
+        .await
+        .map_err(|e| BenchError(format!("cannot load `{}`: {e}", chosen.name)))?;
+    settings.models = vec![chosen.clone()];
+    settings.server.bind = "127.0.0.1:0".into();
+    let built = crate::build_server(
+        settings,
+        Arc::new(Preloaded {
+            model: loaded.clone(),
+            engine,
+        }),
+    )
+    .map_err(|e| BenchError(format!("cannot start the server: {e}")))?;
+    let handle = built.server.handle();
+    actix_web::rt::spawn(built.server);
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: format!("http://{}/v1", built.addr),
+        key: None,
+    };
+
+    // Warm both paths (first-call allocations, the server's lazy load).
+    in_process(loaded.as_ref(), "Hi", 2).await?;
+    client.one(&chosen.name, "Hi", 2).await?;
+
+    let base = prompt_of(prompt_words);
+    let mut local = Vec::with_capacity(runs);
+    let mut remote = Vec::with_capacity(runs);
+    for i in 0..runs {
+        // Every prompt is new, so no run reuses another's cached prefix; the order
+        // alternates so neither path always runs second.
+        let a = format!("Run {}. {base}", 2 * i);
+        let b = format!("Run {}. {base}", 2 * i + 1);
+        if i % 2 == 0 {
+            local.push(in_process(loaded.as_ref(), &a, max_tokens).await?);
+            remote.push(client.one(&chosen.name, &b, max_tokens).await?);
+        } else {
+            remote.push(client.one(&chosen.name, &a, max_tokens).await?);
+            local.push(in_process(loaded.as_ref(), &b, max_tokens).await?);
+        }
+        progress(i + 1, runs);
+    }
+    handle.stop(true).await;
+
+    let in_process = measure(&local);
+    let http = measure(&remote);
+    Ok(OverheadReport {
+        machine: MachineInfo::detect(),
+        model: chosen.name.clone(),
+        engine: chosen.engine_kind().to_string(),
+        runs,
+        max_tokens,
+        ttft_p50_added_ms: http.ttft_ms.p50 - in_process.ttft_ms.p50,
+        decode_loss_percent: (1.0 - http.decode_tokens_per_s / in_process.decode_tokens_per_s)
+            * 100.0,
+        in_process,
+        http,
+    })
+}
+
+/// The comparison as a markdown table.
+pub fn markdown(r: &OverheadReport) -> String {
+    let row = |name: &str, m: &PathMeasure| {
+        format!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |\n",
+            m.ttft_ms.p50, m.ttft_ms.p95, m.decode_tokens_per_s, m.e2e_ms.p50, m.tokens
+        )
+    };
+    format!(
+        "Gateway overhead — `{}` ({}), {} runs each way, {} tokens, {} ({} cores)\n\n\
+         | path | TTFT p50 (ms) | TTFT p95 (ms) | decode tok/s | e2e p50 (ms) | tokens |\n\
+         |---|---:|---:|---:|---:|---:|\n{}{}\n\
+         HTTP adds {:+.2} ms to TTFT p50 and loses {:.2}% of decode tokens/s.\n",
+        r.model,
+        r.engine,
+        r.runs,
+        r.max_tokens,
+        r.machine.cpu,
+        r.machine.cores,
+        row("in-process", &r.in_process),
+        row("HTTP (SSE)", &r.http),
+        r.ttft_p50_added_ms,
+        r.decode_loss_percent
+    )
+}
