@@ -532,10 +532,10 @@ pub struct ModelSettings {
     #[serde(default)]
     pub chat_template: Option<String>,
     /// Reuse the KV cache of earlier prompts that share a prefix (faster multi-turn chat).
-    /// Off by default: a reused prefix changes floating-point summation order, so a
-    /// repeated temperature-0 request could differ from the first.
+    /// Default: on for llama.cpp, off for mistral.rs (whose reused prefixes can change a
+    /// repeated temperature-0 answer).
     #[serde(default)]
-    pub prefix_cache: bool,
+    pub prefix_cache: Option<bool>,
 }
 
 fn default_max_concurrent() -> usize {
@@ -573,7 +573,7 @@ impl ModelSettings {
             pinned: false,
             load_timeout_secs: default_load_timeout(),
             chat_template: None,
-            prefix_cache: false,
+            prefix_cache: None,
         }
     }
 

@@ -363,9 +363,10 @@ pub async fn run(
                             if k >= n {
                                 break;
                             }
-                            // A distinct opening per request: no server may answer it
-                            // from a cached prefix, so prompt speed is measured honestly.
-                            let prompt = format!("Request {k}. {prompt}");
+                            // A distinct opening per request (random, so not even an
+                            // earlier run's cache matches): no server answers from a
+                            // cached prefix, so prompt speed is measured honestly.
+                            let prompt = format!("Request {}. {prompt}", rand::random::<u32>());
                             let r = client.one(&model, &prompt, max_tokens).await;
                             if tx.send(r).is_err() {
                                 break;

@@ -189,13 +189,14 @@ pub async fn run(
     client.one(&chosen.name, "Hi", 2).await?;
 
     let base = prompt_of(prompt_words);
+    let nonce = rand::random::<u32>();
     let mut local = Vec::with_capacity(runs);
     let mut remote = Vec::with_capacity(runs);
     for i in 0..runs {
         // Every prompt is new, so no run reuses another's cached prefix; the order
         // alternates so neither path always runs second.
-        let a = format!("Run {}. {base}", 2 * i);
-        let b = format!("Run {}. {base}", 2 * i + 1);
+        let a = format!("Run {nonce}-{}. {base}", 2 * i);
+        let b = format!("Run {nonce}-{}. {base}", 2 * i + 1);
         if i % 2 == 0 {
             local.push(in_process(loaded.as_ref(), &a, max_tokens).await?);
             remote.push(client.one(&chosen.name, &b, max_tokens).await?);

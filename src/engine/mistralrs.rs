@@ -152,7 +152,7 @@ impl super::Engine for MistralRsEngine {
         let is_local = matches!(settings.source, ModelSource::File(_));
         let mut builder = GgufModelBuilder::new(&model_id, vec![file])
             .with_max_num_seqs(settings.max_concurrent.max(1))
-            .with_prefix_cache_n(settings.prefix_cache.then_some(16))
+            .with_prefix_cache_n(settings.prefix_cache.unwrap_or(false).then_some(16))
             .with_token_source(if is_local {
                 TokenSource::None
             } else {

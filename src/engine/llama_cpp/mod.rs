@@ -157,6 +157,7 @@ impl super::Engine for LlamaCppEngine {
         let threads = settings.threads.unwrap_or_else(physical_cores).max(1);
         let sequences = settings.max_concurrent.max(1);
         let configured_context = settings.context_length;
+        let reuse_prefix = settings.prefix_cache.unwrap_or(true);
         let chat_template = settings.chat_template.clone();
         let name = settings.name.clone();
 
@@ -213,8 +214,11 @@ impl super::Engine for LlamaCppEngine {
                 worker::run(
                     &shared,
                     context,
-                    sequences,
-                    context_per_sequence,
+                    worker::Limits {
+                        sequences,
+                        context_per_sequence,
+                        reuse_prefix,
+                    },
                     jobs_rx,
                 );
             })

@@ -96,14 +96,23 @@ enum Outcome {
     Finished,
 }
 
+/// The shape of a model's context.
+pub struct Limits {
+    /// Sequence slots (requests generating at once).
+    pub sequences: usize,
+    /// Tokens each sequence may hold.
+    pub context_per_sequence: usize,
+    /// Whether a new prompt reuses the longest cached prefix.
+    pub reuse_prefix: bool,
+}
+
 /// Runs until the model is unloaded (the job sender is dropped).
-pub fn run(
-    shared: &Shared,
-    mut context: LlamaContext<'_>,
-    sequences: usize,
-    context_per_sequence: usize,
-    jobs: Receiver<Job>,
-) {
+pub fn run(shared: &Shared, mut context: LlamaContext<'_>, limits: Limits, jobs: Receiver<Job>) {
+    let Limits {
+        sequences,
+        context_per_sequence,
+        reuse_prefix,
+    } = limits;
     let mut slots: Vec<Slot> = (0..sequences).map(|_| Slot::default()).collect();
     let mut waiting: VecDeque<Choice> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
@@ -140,7 +149,13 @@ pub fn run(
             !gone
         });
 
-        admit(&mut waiting, &mut running, &mut slots, &mut context);
+        admit(
+            &mut waiting,
+            &mut running,
+            &mut slots,
+            &mut context,
+            reuse_prefix,
+        );
         if running.is_empty() {
             continue;
         }
@@ -257,6 +272,7 @@ fn admit(
     running: &mut Vec<Running>,
     slots: &mut [Slot],
     context: &mut LlamaContext<'_>,
+    reuse_prefix: bool,
 ) {
     while !waiting.is_empty() {
         let Some(choice) = waiting.front() else { break };
@@ -264,7 +280,14 @@ fn admit(
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.busy)
-            .map(|(i, s)| (i, common_prefix(&s.cached, &choice.prompt)))
+            .map(|(i, s)| {
+                let shared = if reuse_prefix {
+                    common_prefix(&s.cached, &choice.prompt)
+                } else {
+                    0
+                };
+                (i, shared)
+            })
             .max_by_key(|&(i, shared)| (shared, std::cmp::Reverse(i)));
         let Some((slot, shared)) = best else { break };
         let Some(choice) = waiting.pop_front() else {
