@@ -80,7 +80,9 @@ enum Command {
 fn init_tracing(to_stderr: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("LLAMAGATE_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,mistralrs_core=warn,mistralrs=warn")
+            tracing_subscriber::EnvFilter::new(
+                "info,mistralrs_core=warn,mistralrs=warn,llama_cpp_2=warn",
+            )
         });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

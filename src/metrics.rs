@@ -229,7 +229,7 @@ impl Metrics {
             build_info: {
                 let g = gauge(
                     "llamagate_build_info",
-                    "Build identity: version, engine, compiled features; always 1.",
+                    "Build identity: version, engines, compiled features; always 1.",
                     &["version", "engine", "features"],
                 );
                 let mut features: Vec<&str> = crate::engine::compiled_cpu_features();
@@ -241,7 +241,7 @@ impl Metrics {
                 }
                 g.with_label_values(&[
                     env!("CARGO_PKG_VERSION"),
-                    "mistralrs-0.8",
+                    "mistralrs-0.8+llama.cpp(llama-cpp-2-0.1)+upstream",
                     features.join(",").as_str(),
                 ])
                 .set(1);

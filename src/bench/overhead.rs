@@ -25,7 +25,7 @@ use crate::scheduler::memory::Footprint;
 pub struct PathMeasure {
     /// Time to first token (ms).
     pub ttft_ms: Percentiles,
-    /// Generated tokens per second after the first token (mean over runs).
+    /// Generated tokens per second after the first token (median over runs).
     pub decode_tokens_per_s: f64,
     /// End-to-end latency (ms).
     pub e2e_ms: Percentiles,
@@ -125,14 +125,16 @@ async fn in_process(
 }
 
 fn measure(samples: &[Sample]) -> PathMeasure {
-    let rates: Vec<f64> = samples
+    // The median run's rate: one run disturbed by the machine does not move it.
+    let mut rates: Vec<f64> = samples
         .iter()
         .filter(|s| s.output_tokens > 1 && s.e2e > s.ttft)
         .map(|s| (s.output_tokens - 1) as f64 / (s.e2e - s.ttft))
         .collect();
+    rates.sort_by(f64::total_cmp);
     PathMeasure {
         ttft_ms: percentiles(samples.iter().map(|s| s.ttft).collect()),
-        decode_tokens_per_s: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+        decode_tokens_per_s: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
         e2e_ms: percentiles(samples.iter().map(|s| s.e2e).collect()),
         tokens: samples.iter().map(|s| s.output_tokens as f64).sum::<f64>()
             / samples.len().max(1) as f64,

@@ -100,19 +100,24 @@ async fn round_trip(qtype: &str, file_type: u32, tolerance: f32) {
         );
     }
 
-    // It loads and answers sensibly at temperature 0.
+    // It loads and answers sensibly at temperature 0, in mistral.rs and in llama.cpp.
     let mut m = smollm2("quantized");
     m.source = llamagate::config::ModelSource::File(out.clone());
-    let server = spawn_server(settings_with(vec![m]));
-    let (status, body) = post_json(
-        &server.url("/v1/chat/completions"),
-        &json!({"model": "quantized", "max_tokens": 12, "temperature": 0,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}]}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(text.split_whitespace().count() >= 3, "{text}");
+    let mut on_llama_cpp = m.clone();
+    on_llama_cpp.name = "quantized-llama.cpp".into();
+    on_llama_cpp.engine = Some(llamagate::config::EngineKind::LlamaCpp);
+    let server = spawn_server(settings_with(vec![m, on_llama_cpp]));
+    for model in ["quantized", "quantized-llama.cpp"] {
+        let (status, body) = post_json(
+            &server.url("/v1/chat/completions"),
+            &json!({"model": model, "max_tokens": 12, "temperature": 0,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(text.split_whitespace().count() >= 3, "{model}: {text}");
+    }
     let listed: serde_json::Value = get_json(&server.url("/v1/models/quantized")).await;
     assert_eq!(listed["quantization"], qtype.to_uppercase());
     let _ = std::fs::remove_dir_all(dir);

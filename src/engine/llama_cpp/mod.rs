@@ -28,6 +28,7 @@ use super::{
     EngineError, GenerationRequest, LoadedModel, ModelFacts, Prompt, TokenEvent, TokenStream,
 };
 use crate::config::{DeviceSetting, ModelSettings, ModelSource};
+use crate::scheduler::memory::Footprint;
 
 /// Tokens one forward pass takes at most (prompt chunks and decode steps together).
 const BATCH_TOKENS: u32 = 512;
@@ -140,6 +141,25 @@ impl super::Engine for LlamaCppEngine {
         "cpu".into()
     }
 
+    fn estimate_footprint(&self, settings: &ModelSettings) -> Result<Footprint, String> {
+        if let Some(bytes) = settings.memory {
+            return Ok(Footprint::fixed(bytes.0));
+        }
+        let path = model_path(settings).map_err(|e| e.to_string())?;
+        let summary =
+            crate::gguf::read_summary(path).map_err(|e| super::describe_file_error(path, &e.0))?;
+        let trained = summary.context_length().unwrap_or(4096);
+        let context = settings
+            .context_length
+            .map_or(trained, |c| (c as u64).min(trained));
+        Ok(Footprint::estimate_llama_cpp(
+            &summary,
+            context,
+            settings.max_concurrent.max(1) as u64,
+            u64::from(BATCH_TOKENS),
+        ))
+    }
+
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
         let path = model_path(settings)?.to_path_buf();
         crate::gguf::read_summary(&path)
@@ -211,16 +231,23 @@ impl super::Engine for LlamaCppEngine {
                 {
                     return; // The load timed out and nobody waits for this model.
                 }
-                worker::run(
-                    &shared,
-                    context,
+                // A panic ends this model's worker: its requests end with an error (their
+                // channels close) and later ones get "engine stopped"; nothing hangs.
+                let worker = std::panic::AssertUnwindSafe(|| {
+                    worker::run(
+                        &shared,
+                        context,
                     worker::Limits {
                         sequences,
                         context_per_sequence,
-                        reuse_prefix,
-                    },
-                    jobs_rx,
-                );
+                            reuse_prefix,
+                        },
+                        jobs_rx,
+                    )
+                });
+                if std::panic::catch_unwind(worker).is_err() {
+                    tracing::error!(model = %name, "the llama.cpp worker crashed; unload and reload the model");
+                }
             })
             .map_err(|e| EngineError::Load(format!("cannot start a llama.cpp thread: {e}")))?;
 
@@ -286,7 +313,7 @@ fn load_on_this_thread(
         .with_n_batch(BATCH_TOKENS)
         .with_n_ubatch(BATCH_TOKENS)
         .with_n_seq_max(sequences as u32)
-        .with_kv_unified(true)
+        .with_kv_unified(false)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
 
