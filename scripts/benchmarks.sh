@@ -87,5 +87,6 @@ done
 
 python3 scripts/bench_tables.py "$OUT" | tee "$OUT/summary.md"
 cp "$OUT/llamagate-llama.cpp/chart.svg" docs/benchmarks/chart-llama.cpp.svg
+cp "$OUT/summary.md" docs/benchmarks/summary.md
 cp "$OUT/llamagate-mistralrs/chart.svg" docs/benchmarks/chart-mistralrs.svg
 echo "== done: $OUT/summary.md"
