@@ -55,6 +55,13 @@ await check("chat streams, Stop cancels the generation on the server", async () 
   const server = await startServer("");
   try {
     const page = await browser.newPage({ viewport: { width: 390, height: 844 } }); // a phone
+    // The page sends no max_tokens (the model decides when to stop), and at temperature 1
+    // a reply can ramble for minutes: the first, short exchange gets a bound.
+    await page.route("**/v1/chat/completions", async (route) => {
+      const body = JSON.parse(route.request().postData());
+      if (body.messages.length === 1) body.max_tokens = 48;
+      await route.continue({ postData: JSON.stringify(body) });
+    });
     await page.goto(server.base + "/");
     await page.waitForFunction(() => document.querySelectorAll("#model option").length > 0, null, { timeout: 20000 });
     await page.selectOption("#model", "smollm2");
