@@ -81,7 +81,7 @@ fn init_tracing(to_stderr: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("LLAMAGATE_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(
-                "info,mistralrs_core=warn,mistralrs=warn,llama_cpp_2=warn",
+                "info,mistralrs_core=warn,mistralrs=warn,llama-cpp-2=warn",
             )
         });
     tracing_subscriber::fmt()
