@@ -289,30 +289,35 @@ pub trait Engine: Send + Sync {
 
     /// What the model will take in memory once loaded, before loading it.
     fn estimate_footprint(&self, settings: &ModelSettings) -> Result<Footprint, String> {
-        if let Some(bytes) = settings.memory {
-            return Ok(Footprint::fixed(bytes.0));
+        let on_gpu = self.device_key(settings) != "cpu";
+        footprint_from_header(settings, |summary, context, sequences| {
+            Footprint::estimate(summary, context, sequences, on_gpu)
+        })
+    }
+}
+
+/// A model's footprint before loading: `settings.memory` when set; for a local GGUF,
+/// `estimate(header, context, sequences)` with the context capped by the file's own;
+/// nothing for a hub file not yet downloaded (set `memory` to account for it) or a
+/// model on another machine.
+pub fn footprint_from_header(
+    settings: &ModelSettings,
+    estimate: impl FnOnce(&crate::gguf::GgufSummary, u64, u64) -> Footprint,
+) -> Result<Footprint, String> {
+    if let Some(bytes) = settings.memory {
+        return Ok(Footprint::fixed(bytes.0));
+    }
+    match &settings.source {
+        ModelSource::File(path) => {
+            let summary =
+                crate::gguf::read_summary(path).map_err(|e| describe_file_error(path, &e.0))?;
+            let trained = summary.context_length().unwrap_or(4096);
+            let context = settings
+                .context_length
+                .map_or(trained, |c| (c as u64).min(trained));
+            Ok(estimate(&summary, context, settings.max_concurrent as u64))
         }
-        match &settings.source {
-            ModelSource::File(path) => {
-                let summary =
-                    crate::gguf::read_summary(path).map_err(|e| describe_file_error(path, &e.0))?;
-                let trained = summary.context_length().unwrap_or(4096);
-                let context = settings
-                    .context_length
-                    .map_or(trained, |c| (c as u64).min(trained));
-                let on_gpu = self.device_key(settings) != "cpu";
-                Ok(Footprint::estimate(
-                    &summary,
-                    context,
-                    settings.max_concurrent as u64,
-                    on_gpu,
-                ))
-            }
-            // Unknown until downloaded: set `memory` for hub models to account for them.
-            ModelSource::HuggingFace { .. } => Ok(Footprint::fixed(0)),
-            // Another machine's memory.
-            ModelSource::Upstream { .. } => Ok(Footprint::fixed(0)),
-        }
+        ModelSource::HuggingFace { .. } | ModelSource::Upstream { .. } => Ok(Footprint::fixed(0)),
     }
 }
 

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -142,22 +141,9 @@ impl super::Engine for LlamaCppEngine {
     }
 
     fn estimate_footprint(&self, settings: &ModelSettings) -> Result<Footprint, String> {
-        if let Some(bytes) = settings.memory {
-            return Ok(Footprint::fixed(bytes.0));
-        }
-        let path = model_path(settings).map_err(|e| e.to_string())?;
-        let summary =
-            crate::gguf::read_summary(path).map_err(|e| super::describe_file_error(path, &e.0))?;
-        let trained = summary.context_length().unwrap_or(4096);
-        let context = settings
-            .context_length
-            .map_or(trained, |c| (c as u64).min(trained));
-        Ok(Footprint::estimate_llama_cpp(
-            &summary,
-            context,
-            settings.max_concurrent.max(1) as u64,
-            u64::from(BATCH_TOKENS),
-        ))
+        super::footprint_from_header(settings, |summary, context, sequences| {
+            Footprint::estimate_llama_cpp(summary, context, sequences, u64::from(BATCH_TOKENS))
+        })
     }
 
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
@@ -382,7 +368,7 @@ impl LoadedModel for LlamaCppModel {
                 Some(built.map_err(EngineError::InvalidSchema)?)
             }
         };
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel();
         self.jobs
             .send(worker::Job {
                 tokens,
@@ -394,28 +380,16 @@ impl LoadedModel for LlamaCppModel {
             .map_err(|_| EngineError::Unavailable)?;
         // Dropping this stream closes the channel; the worker sees it before its next
         // step and frees the sequence.
-        let events = tokio_stream_from(out_rx);
-        Ok(Box::pin(
-            events
-                .chain(futures::stream::once(async {
-                    Err(EngineError::Unavailable)
-                }))
-                .scan(false, |done, item| {
-                    // The trailing error only shows when the worker vanished before `Done`.
-                    if *done {
-                        return futures::future::ready(None);
-                    }
-                    if matches!(item, Ok(TokenEvent::Done(_)) | Err(_)) {
-                        *done = true;
-                    }
-                    futures::future::ready(Some(item))
-                }),
-        ))
+        Ok(Box::pin(async_stream::stream! {
+            while let Some(item) = out_rx.recv().await {
+                let last = matches!(item, Ok(TokenEvent::Done(_)) | Err(_));
+                yield item;
+                if last {
+                    return;
+                }
+            }
+            // The worker went away before `Done` (it crashed, or the model was unloaded).
+            yield Err(EngineError::Unavailable);
+        }))
     }
-}
-
-fn tokio_stream_from(
-    mut rx: mpsc::UnboundedReceiver<Result<TokenEvent, EngineError>>,
-) -> impl futures::Stream<Item = Result<TokenEvent, EngineError>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
