@@ -7,30 +7,35 @@ use serde_json::Value;
 
 use crate::helpers::{model_path, shared, MODEL};
 
-#[test]
-fn a_tiny_benchmark_writes_consistent_reports() {
-    let out = std::env::temp_dir().join(format!("llamagate-bench-{}", uuid::Uuid::new_v4()));
-    let res = Command::new(env!("CARGO_BIN_EXE_llamagate"))
-        .args(["bench", "--url", &shared().url("/v1"), "--model", MODEL])
-        .args([
-            "--prompt-words",
-            "0",
-            "--concurrency",
-            "1,2",
-            "--max-tokens",
-            "4",
-            "--requests",
-            "2",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
+/// Runs a command that must succeed (its stderr is the failure message); returns stdout.
+fn run_ok(command: &mut Command) -> String {
+    let res = command.output().unwrap();
     assert!(
         res.status.success(),
         "{}",
         String::from_utf8_lossy(&res.stderr)
+    );
+    String::from_utf8_lossy(&res.stdout).into_owned()
+}
+
+#[test]
+fn a_tiny_benchmark_writes_consistent_reports() {
+    let out = std::env::temp_dir().join(format!("llamagate-bench-{}", uuid::Uuid::new_v4()));
+    let stdout = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_llamagate"))
+            .args(["bench", "--url", &shared().url("/v1"), "--model", MODEL])
+            .args([
+                "--prompt-words",
+                "0",
+                "--concurrency",
+                "1,2",
+                "--max-tokens",
+                "4",
+                "--requests",
+                "2",
+            ])
+            .arg("--out")
+            .arg(&out),
     );
 
     let json: Value =
@@ -101,18 +106,12 @@ fn overhead_mode_compares_in_process_and_http_on_one_model() {
         ),
     )
     .unwrap();
-    let res = Command::new(env!("CARGO_BIN_EXE_llamagate"))
-        .args(["bench", "--overhead", "--spawn"])
-        .arg(&config)
-        .args(["--requests", "2", "--max-tokens", "8", "--out"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    let stdout = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_llamagate"))
+            .args(["bench", "--overhead", "--spawn"])
+            .arg(&config)
+            .args(["--requests", "2", "--max-tokens", "8", "--out"])
+            .arg(&dir),
     );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("overhead.json")).unwrap()).unwrap();

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::json;
 
-use crate::helpers::{settings_with, smollm2, spawn_server, Engine, TestServer};
+use crate::helpers::{settings_with, smollm2, spawn_server, stream_then_leave, Engine, TestServer};
 
 const MODEL: &str = "cancel-test";
 
@@ -55,18 +54,11 @@ const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
 
 async fn dropping_a_stream_cancels_the_generation(engine: Engine) {
     let server = server(engine);
-    let res = reqwest::Client::new()
-        .post(server.url("/v1/completions"))
-        .json(&json!({"model": MODEL, "prompt": COUNTING, "max_tokens": 3000, "temperature": 0, "stream": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let mut body = res.bytes_stream();
-    for _ in 0..3 {
-        body.next().await.unwrap().unwrap();
-    }
-    drop(body);
+    stream_then_leave(
+        &server.url("/v1/completions"),
+        &json!({"model": MODEL, "prompt": COUNTING, "max_tokens": 3000, "temperature": 0, "stream": true}),
+    )
+    .await;
     assert_generation_stopped(&server, 3000.0).await;
 }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::Client;
+use futures::StreamExt;
 use llamagate::config::{DeviceSetting, EngineKind, ModelSettings, ModelSource, Settings};
 use llamagate::engine::router::EngineRouter;
 
@@ -142,15 +143,21 @@ impl TestServer {
         )
     }
 
-    /// The value of one sample in `/metrics` (0 when absent).
-    pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
+    /// The `/metrics` exposition.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// The value of one sample in `/metrics` (0 when absent).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find_map(|l| {
                 l.strip_prefix(name_and_labels)
                     .and_then(|rest| rest.strip_prefix(' '))
@@ -303,5 +310,20 @@ pub async fn serve_binary(body: &str) -> Served {
         child,
         server,
         config,
+    }
+}
+
+/// Starts a streamed request, reads its first chunks, then goes away (drops the body).
+pub async fn stream_then_leave(url: &str, body: &serde_json::Value) {
+    let res = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut chunks = res.bytes_stream();
+    for _ in 0..3 {
+        chunks.next().await.unwrap().unwrap();
     }
 }

@@ -208,12 +208,7 @@ async fn a_real_prometheus_scrapes_and_the_dashboard_queries_run() {
     assert!(checked >= 20, "{checked} expressions");
 
     // promtool lints the exposition.
-    let exposition = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = server.metrics_text().await;
     let mut promtool = Command::new(tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -25,13 +25,10 @@ fn model_entry(name: &str, extra: &str) -> String {
 }
 
 async fn gauge_sum(server: &TestServer, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
+    server
+        .metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -6,13 +6,12 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use llamagate::config::{EngineKind, ModelSettings, ModelSource, Secret};
 use serde_json::json;
 
 use crate::helpers::{
     assert_envelope, free_port, get_json, post_json, settings_with, smollm2, spawn_server,
-    sse_data, TestServer,
+    sse_data, stream_then_leave, TestServer,
 };
 
 const BACK_MODEL: &str = "back-llama";
@@ -212,21 +211,12 @@ async fn leaving_cancels_the_upstreams_generation() {
             .await
     };
     let before = cancelled().await;
-    let res = reqwest::Client::new()
-        .post(front().url("/v1/completions"))
-        .json(
-            &json!({"model": "remote", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 3000,
-                      "temperature": 0, "stream": true}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let mut body = res.bytes_stream();
-    for _ in 0..3 {
-        body.next().await.unwrap().unwrap();
-    }
-    drop(body);
+    stream_then_leave(
+        &front().url("/v1/completions"),
+        &json!({"model": "remote", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 3000,
+                "temperature": 0, "stream": true}),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while cancelled().await <= before {
         assert!(
