@@ -9,13 +9,4 @@ command -v g++ >/dev/null 2>&1 || packages+=(g++)
 if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so" >/dev/null; then
     packages+=(libclang-dev)
 fi
-if ((${#packages[@]})); then
-    SUDO=""
-    if [[ $(id -u) -ne 0 ]]; then
-        SUDO="sudo"
-    fi
-    echo "installing build packages: ${packages[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        "${packages[@]}" >/dev/null
-fi
+"$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" ${packages[@]+"${packages[@]}"}

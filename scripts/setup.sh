@@ -14,16 +14,7 @@ command -v prometheus >/dev/null 2>&1 || packages+=(prometheus)
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
-if ((${#packages[@]})); then
-    SUDO=""
-    if [[ $(id -u) -ne 0 ]]; then
-        SUDO="sudo"
-    fi
-    echo "installing Debian packages: ${packages[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        $(printf '%s\n' "${packages[@]}" | sort -u) >/dev/null
-fi
+scripts/apt-install.sh ${packages[@]+"${packages[@]}"}
 
 if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
     echo "installing playwright-core (npm)"
