@@ -1,4 +1,8 @@
-//! API keys: which routes need one, and checking a presented key in constant time.
+//! API keys: which route groups need one, and checking a presented key in constant time.
+//!
+//! Policy is never derived from a path string: every route is mounted inside a
+//! [`RouteGroup`] (an actix scope or resource wrapped by `api::middleware::require`), so any
+//! spelling the router accepts for a route meets that route's policy.
 
 use crate::config::{AuthSettings, Secret};
 
@@ -11,6 +15,24 @@ pub enum Access {
     Key,
     /// An admin key; or, when none are configured, a loopback client.
     Admin,
+}
+
+/// A group of routes that share one access rule; each is declared where its routes are
+/// mounted (`api::configure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteGroup {
+    /// `/v1/*`: the OpenAI API. Needs a key whenever any key is configured.
+    Api,
+    /// `/admin/*`: needs an admin key; without admin keys, only loopback clients.
+    Admin,
+    /// `/metrics`: needs a key when `protect_metrics` is set.
+    Metrics,
+    /// `/health`: needs a key when `protect_health` is set.
+    Health,
+    /// `/docs/*` and `/openapi.json`: need a key when `protect_docs` is set.
+    Docs,
+    /// `/`, the chat page: needs a key when `protect_ui` is set.
+    Ui,
 }
 
 /// The keys and route rules in force.
@@ -56,27 +78,21 @@ impl KeyRing {
         !self.admin.is_empty()
     }
 
-    /// What the route at `path` needs.
-    pub fn access(&self, path: &str) -> Access {
-        let needs_key = |protect: bool| {
-            if protect && (self.has_api_keys() || self.has_admin_keys()) {
-                Access::Key
-            } else {
-                Access::Open
-            }
+    /// What a route of `group` needs.
+    pub fn access(&self, group: RouteGroup) -> Access {
+        let any_key = self.has_api_keys() || self.has_admin_keys();
+        let protected = match group {
+            RouteGroup::Admin => return Access::Admin,
+            RouteGroup::Api => true,
+            RouteGroup::Metrics => self.settings.protect_metrics,
+            RouteGroup::Health => self.settings.protect_health,
+            RouteGroup::Docs => self.settings.protect_docs,
+            RouteGroup::Ui => self.settings.protect_ui,
         };
-        if path.starts_with("/admin/") {
-            Access::Admin
-        } else if path.starts_with("/v1/") || path == "/v1" {
-            needs_key(true)
-        } else if path == "/metrics" {
-            needs_key(self.settings.protect_metrics)
-        } else if path == "/health" {
-            needs_key(self.settings.protect_health)
-        } else if path.starts_with("/docs") || path == "/openapi.json" {
-            needs_key(self.settings.protect_docs)
+        if protected && any_key {
+            Access::Key
         } else {
-            needs_key(self.settings.protect_ui)
+            Access::Open
         }
     }
 
@@ -116,10 +132,11 @@ mod tests {
     #[test]
     fn routes_and_keys() {
         let r = ring(&["user-key-1"], &["admin-key-1"]);
-        assert_eq!(r.access("/v1/chat/completions"), Access::Key);
-        assert_eq!(r.access("/metrics"), Access::Key);
-        assert_eq!(r.access("/health"), Access::Open);
-        assert_eq!(r.access("/admin/memory"), Access::Admin);
+        assert_eq!(r.access(RouteGroup::Api), Access::Key);
+        assert_eq!(r.access(RouteGroup::Metrics), Access::Key);
+        assert_eq!(r.access(RouteGroup::Health), Access::Open);
+        assert_eq!(r.access(RouteGroup::Docs), Access::Open);
+        assert_eq!(r.access(RouteGroup::Admin), Access::Admin);
         assert!(r.allows(Access::Key, Some("user-key-1")));
         assert!(r.allows(Access::Key, Some("admin-key-1")));
         assert!(!r.allows(Access::Key, Some("user-key-2")));
@@ -131,8 +148,9 @@ mod tests {
     #[test]
     fn without_keys_everything_but_admin_is_open() {
         let r = ring(&[], &[]);
-        assert_eq!(r.access("/v1/models"), Access::Open);
-        assert_eq!(r.access("/metrics"), Access::Open);
+        assert_eq!(r.access(RouteGroup::Api), Access::Open);
+        assert_eq!(r.access(RouteGroup::Metrics), Access::Open);
+        assert_eq!(r.access(RouteGroup::Admin), Access::Admin);
     }
 
     #[test]

@@ -56,8 +56,16 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// HTTP worker threads (0 = one per core).
     pub workers: usize,
-    /// How long a client may take to send its request head and body, in seconds.
+    /// How long a client may take to send its request head, in seconds.
     pub client_request_timeout_secs: u64,
+    /// How long a client may take to send a whole request body once its head arrived, in
+    /// seconds; past it the request gets 408 and the connection is closed.
+    pub body_timeout_secs: u64,
+    /// Longest pause between two pieces of a request body, in seconds (408 past it).
+    pub body_idle_timeout_secs: u64,
+    /// A streamed answer whose client has read nothing for this many seconds (while
+    /// tokens wait to be sent) is cut: its generation is cancelled, the connection closed.
+    pub write_timeout_secs: u64,
     /// Seconds between SSE keep-alive comments while a stream waits for tokens.
     pub keep_alive_interval_secs: u64,
     /// Browser origins allowed to call the API (CORS), e.g. `http://192.168.1.20:3000`;
@@ -77,6 +85,9 @@ impl Default for ServerSettings {
             max_body_bytes: 4 * 1024 * 1024,
             workers: 0,
             client_request_timeout_secs: 30,
+            body_timeout_secs: 60,
+            body_idle_timeout_secs: 15,
+            write_timeout_secs: 30,
             keep_alive_interval_secs: 15,
             cors_allowed_origins: Vec::new(),
             shutdown_grace_secs: 30,
@@ -103,6 +114,10 @@ pub struct LimitSettings {
     pub max_stop_bytes: usize,
     /// Most `top_logprobs` per token (OpenAI allows 20).
     pub max_top_logprobs: usize,
+    /// Most alternatives per token for `/v1/completions`' `logprobs` (OpenAI allows 5).
+    pub max_completion_logprobs: usize,
+    /// Most functions in `tools` (OpenAI allows 128; each one grows the grammar).
+    pub max_tools: usize,
 }
 
 impl Default for LimitSettings {
@@ -115,6 +130,8 @@ impl Default for LimitSettings {
             max_stop_sequences: 4,
             max_stop_bytes: 256,
             max_top_logprobs: 20,
+            max_completion_logprobs: 5,
+            max_tools: 64,
         }
     }
 }
@@ -330,7 +347,8 @@ impl<'de> Deserialize<'de> for DeviceSetting {
 pub enum ModelSource {
     /// A GGUF file on this machine.
     File(PathBuf),
-    /// `hf://owner/repo/file.gguf[@revision]`: fetched from the Hugging Face hub by mistral.rs.
+    /// `hf://owner/repo/file.gguf[@revision]`: fetched from the Hugging Face hub into its
+    /// cache before the first load (any local engine).
     HuggingFace {
         /// `owner/repo`.
         repo: String,
@@ -704,14 +722,6 @@ impl Settings {
                 }
                 _ => {}
             }
-            if model.engine_kind() == EngineKind::LlamaCpp
-                && matches!(model.source, ModelSource::HuggingFace { .. })
-            {
-                return invalid(format!(
-                    "model `{}`: the llama.cpp engine reads local files only; download the GGUF and give its path",
-                    model.name
-                ));
-            }
             if model.threads == Some(0) {
                 return invalid(format!(
                     "model `{}`: threads must be at least 1",
@@ -847,7 +857,11 @@ upstream_api_key = "env:GPU_BOX_KEY"
         assert!(bad("source = \"m.gguf\"\nengine = \"vllm\"").contains("not an engine"));
         assert!(bad("source = \"http://x/v1\"\nengine = \"llama.cpp\"").contains("upstream engine"));
         assert!(bad("source = \"m.gguf\"\nengine = \"upstream\"").contains("http(s)://"));
-        assert!(bad("source = \"hf://o/r/f.gguf\"\nengine = \"llama.cpp\"").contains("local files"));
+        // Hub files are downloaded before loading: every local engine takes them.
+        assert!(Settings::from_toml(
+            "[[models]]\nname = \"m\"\nsource = \"hf://o/r/f.gguf\"\nengine = \"llama.cpp\"\n"
+        )
+        .is_ok());
         assert!(bad("source = \"m.gguf\"\nthreads = 0").contains("threads"));
         assert!(bad("source = \"http:///v1\"").contains("not an upstream URL"));
     }

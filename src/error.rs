@@ -67,6 +67,8 @@ pub enum ApiError {
         model: String,
         /// The cause, without internal details.
         reason: String,
+        /// When the next load attempt will be made.
+        retry_after: Duration,
     },
     /// The model cannot fit in its device's memory budget, even with every other unpinned
     /// model unloaded.
@@ -95,6 +97,11 @@ pub enum ApiError {
         /// The methods the route takes (the `Allow` header).
         allow: &'static str,
     },
+    /// The client did not send its whole request body in time (slow or stalled upload).
+    #[error(
+        "The request body was not received in time ({0}). Send the whole body without pausing."
+    )]
+    RequestTimeout(String),
     /// No such route.
     #[error("Unknown request URL: {0}. Please check the URL for typos.")]
     RouteNotFound(String),
@@ -257,6 +264,12 @@ impl ApiError {
                 Some("method_not_allowed"),
                 None,
             ),
+            RequestTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                Some("request_timeout"),
+                None,
+            ),
             RouteNotFound(_) => (
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
@@ -320,7 +333,8 @@ impl ApiError {
             Self::QueueFull { retry_after, .. } | Self::QueueTimeout { retry_after, .. } => {
                 Some(*retry_after)
             }
-            Self::ModelLoadFailed { .. } | Self::ShuttingDown => Some(Duration::from_secs(5)),
+            Self::ModelLoadFailed { retry_after, .. } => Some(*retry_after),
+            Self::ShuttingDown => Some(Duration::from_secs(5)),
             Self::UpstreamRejected { retry_after, .. } => *retry_after,
             Self::BadGateway(_) | Self::GatewayTimeout(_) => Some(Duration::from_secs(2)),
             _ => None,
@@ -365,6 +379,10 @@ impl ResponseError for ApiError {
         }
         if let Some(wait) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, wait.as_secs().max(1).to_string()));
+        }
+        if matches!(self, Self::RequestTimeout(_)) {
+            // The rest of the body may still trickle in: the connection cannot be reused.
+            response.force_close();
         }
         response.json(self.envelope())
     }

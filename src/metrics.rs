@@ -25,6 +25,9 @@ pub struct Metrics {
     pub cancelled_requests: IntCounterVec,
     /// Requests refused by the scheduler, by reason.
     pub rejected_requests: IntCounterVec,
+    /// Connections cut because the client was too slow: `body` (request body not sent in
+    /// time) or `write` (a streamed answer not read in time).
+    pub client_timeouts: IntCounterVec,
     /// HTTP requests by endpoint (route pattern) and status class.
     pub http_requests: IntCounterVec,
     /// Generations running now.
@@ -125,6 +128,16 @@ impl Metrics {
                 "Requests refused by the scheduler, by reason.",
                 &["model", "reason"],
             ),
+            client_timeouts: {
+                let c = counter(
+                    "llamagate_client_timeouts_total",
+                    "Connections cut because the client sent its body or read its answer too slowly.",
+                    &["kind"],
+                );
+                c.with_label_values(&["body"]);
+                c.with_label_values(&["write"]);
+                c
+            },
             http_requests: counter(
                 "llamagate_http_requests_total",
                 "HTTP requests by route pattern and status class.",

@@ -449,7 +449,7 @@ pub fn validate_chat(
         limits,
     )?;
     let ignored_params = unsupported_params(&req, strict)?;
-    let output = output_mode(&req)?;
+    let output = output_mode(&req, limits)?;
     let mut sampling = sampling;
     sampling.json_schema = match &output {
         OutputMode::Text => None,
@@ -548,8 +548,11 @@ fn render_tool_calls(
     Ok(out)
 }
 
-fn output_mode(req: &ChatCompletionRequest) -> Result<OutputMode, ApiError> {
-    let tools = parse_tools(&req.tools)?;
+fn output_mode(
+    req: &ChatCompletionRequest,
+    limits: &LimitSettings,
+) -> Result<OutputMode, ApiError> {
+    let tools = parse_tools(&req.tools, limits.max_tools)?;
     let choice = match &req.tool_choice {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match s.as_str() {
@@ -637,16 +640,16 @@ fn is_function_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn parse_tools(tools: &Option<Value>) -> Result<Vec<ToolSpec>, ApiError> {
+fn parse_tools(tools: &Option<Value>, max_tools: usize) -> Result<Vec<ToolSpec>, ApiError> {
     let list = match tools {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(a)) => a,
         Some(_) => return Err(ApiError::invalid("tools", "`tools` must be a list.")),
     };
-    if list.len() > 64 {
+    if list.len() > max_tools {
         return Err(ApiError::invalid(
             "tools",
-            "`tools` may hold at most 64 functions.",
+            format!("`tools` may hold at most {max_tools} functions (limits.max_tools)."),
         ));
     }
     list.iter()
@@ -802,11 +805,14 @@ pub fn validate_completion(
     }
     let top_logprobs = match req.logprobs {
         None => None,
-        Some(k) if (0..=5).contains(&k) => Some(k as usize),
+        Some(k) if (0..=limits.max_completion_logprobs as i64).contains(&k) => Some(k as usize),
         Some(k) => {
             return Err(ApiError::invalid(
                 "logprobs",
-                format!("`logprobs` must be in [0, 5], got {k}."),
+                format!(
+                    "`logprobs` must be in [0, {}], got {k}.",
+                    limits.max_completion_logprobs
+                ),
             ))
         }
     };
@@ -997,6 +1003,37 @@ mod tests {
             param_of(parse(r#"{"model":"m","prompt":"x","logprobs":9}"#).unwrap_err()),
             "logprobs"
         );
+    }
+
+    #[test]
+    fn tool_and_logprob_bounds_come_from_limits() {
+        let limits = LimitSettings {
+            max_tools: 2,
+            max_completion_logprobs: 1,
+            ..LimitSettings::default()
+        };
+        let tool = |name: &str| serde_json::json!({"type": "function", "function": {"name": name, "parameters": {"type": "object"}}});
+        let chat = |tools: Vec<serde_json::Value>| {
+            let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools});
+            validate_chat(
+                parse_json(&serde_json::to_vec(&body).unwrap()).unwrap(),
+                &limits,
+                true,
+            )
+        };
+        assert!(chat(vec![tool("a"), tool("b")]).is_ok());
+        let err = chat(vec![tool("a"), tool("b"), tool("c")]).unwrap_err();
+        assert!(err.to_string().contains("at most 2"), "{err}");
+        assert_eq!(param_of(err), "tools");
+        let completion = |k: i64| {
+            let body = serde_json::json!({"model": "m", "prompt": "x", "logprobs": k});
+            validate_completion(
+                parse_json(&serde_json::to_vec(&body).unwrap()).unwrap(),
+                &limits,
+            )
+        };
+        assert!(completion(1).is_ok());
+        assert_eq!(param_of(completion(2).unwrap_err()), "logprobs");
     }
 }
 

@@ -10,20 +10,20 @@ use super::models::model_object;
 use super::AppState;
 use crate::error::ApiError;
 
-/// Mounts the admin routes.
+/// Mounts the admin routes (inside the `/admin` scope).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/admin/models/{id:.*}/load")
+        web::resource("/models/{id:.*}/load")
             .route(web::post().to(load_model))
             .default_service(web::to(super::only_post)),
     )
     .service(
-        web::resource("/admin/models/{id:.*}/unload")
+        web::resource("/models/{id:.*}/unload")
             .route(web::post().to(unload_model))
             .default_service(web::to(super::only_post)),
     )
     .service(
-        web::resource("/admin/memory")
+        web::resource("/memory")
             .route(web::get().to(memory))
             .default_service(web::to(super::only_get)),
     );

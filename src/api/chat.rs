@@ -2,8 +2,6 @@
 //! renders it as one JSON body or as SSE chunks (role chunk, content chunks, a final chunk
 //! with `finish_reason` per choice, an optional usage chunk, then `data: [DONE]`).
 
-use std::time::Duration;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 
@@ -20,10 +18,10 @@ use crate::openai::common::{new_id, system_fingerprint, unix_now, Usage};
 use crate::scheduler::{engine_error, Generation};
 use crate::validation::{parse_json, validate_chat, OutputMode};
 
-/// Mounts `/v1/chat/completions`.
+/// Mounts `/chat/completions` (inside the `/v1` scope).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/v1/chat/completions")
+        web::resource("/chat/completions")
             .route(web::post().to(create_chat_completion))
             .default_service(web::to(super::only_post)),
     );
@@ -43,7 +41,7 @@ pub async fn create_chat_completion(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let body = read_body(&state, &req, payload).await?;
     let request: ChatCompletionRequest = parse_json(&body)?;
     let valid = validate_chat(
         request,
@@ -67,12 +65,10 @@ pub async fn create_chat_completion(
             tools,
         };
         let mut response = if valid.stream {
-            let keep_alive =
-                Duration::from_secs(state.settings.server.keep_alive_interval_secs.max(1));
             sse_response(
+                &state,
                 &req,
                 stream_chunks(generation, meta, n, logprobs, valid.include_usage),
-                keep_alive,
             )
         } else {
             HttpResponse::Ok().json(collect(generation, meta, n, logprobs).await?)

@@ -1,35 +1,33 @@
 //! `POST /v1/completions`: legacy text completions. Each prompt of a list is its own
-//! generation (run side by side); choice `i` of prompt `p` has index `p * n + i`.
+//! generation, run side by side as the model's sequence slots free up (the scheduler's
+//! `start_many`); choice `i` of prompt `p` has index `p * n + i`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures::stream::{select_all, BoxStream};
 use futures::StreamExt;
 
 use super::disconnect::unless_client_gone;
 use super::sse::{data_event, sse_response, DONE_EVENT};
 use super::{read_body, AppState};
-use crate::engine::{EngineError, Prompt, TokenEvent, TokenLogprob, TokenUsage};
+use crate::engine::{Prompt, TokenEvent, TokenLogprob, TokenUsage};
 use crate::error::ApiError;
 use crate::openai::common::{new_id, system_fingerprint, unix_now, Usage};
 use crate::openai::completions::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
 };
-use crate::scheduler::engine_error;
 use crate::validation::{parse_json, validate_completion};
 
-/// Mounts `/v1/completions`.
+/// Mounts `/completions` (inside the `/v1` scope).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/v1/completions")
+        web::resource("/completions")
             .route(web::post().to(create_completion))
             .default_service(web::to(super::only_post)),
     );
 }
 
-type Tagged = (usize, Result<TokenEvent, EngineError>);
+type Tagged = (usize, Result<TokenEvent, ApiError>);
 
 /// Continues a text prompt (no chat template).
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest, tag = "completions",
@@ -45,30 +43,21 @@ pub async fn create_completion(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let body = read_body(&state, &req, payload).await?;
     let request: CompletionRequest = parse_json(&body)?;
     let valid = validate_completion(request, &state.settings.limits)?;
     let work = async {
         let n = valid.sampling.settings.n;
-        let starts = valid.prompts.iter().map(|p| {
-            state.scheduler.start(
-                &valid.model,
-                Prompt::Text(p.clone()),
-                valid.sampling.clone(),
-                "prompt",
-            )
-        });
-        let generations = futures::future::try_join_all(starts).await?;
-        let model = generations[0].model.clone();
-        for g in &generations {
-            super::middleware::attach_generation(&req, g.report());
+        let prompts = valid.prompts.iter().cloned().map(Prompt::Text).collect();
+        let batch = state
+            .scheduler
+            .start_many(&valid.model, prompts, valid.sampling.clone(), "prompt")
+            .await?;
+        let model = batch.model.clone();
+        for report in &batch.reports {
+            super::middleware::attach_generation(&req, report.clone());
         }
-        let streams: Vec<BoxStream<'static, Tagged>> = generations
-            .into_iter()
-            .enumerate()
-            .map(|(p, g)| g.map(move |e| (p, e)).boxed())
-            .collect();
-        let merged = select_all(streams);
+        let merged = batch.events;
         let job = Job {
             id: new_id("cmpl"),
             created: unix_now(),
@@ -79,12 +68,10 @@ pub async fn create_completion(
             logprobs: valid.sampling.settings.logprobs,
         };
         if valid.stream {
-            let keep_alive =
-                Duration::from_secs(state.settings.server.keep_alive_interval_secs.max(1));
             Ok(sse_response(
+                &state,
                 &req,
                 stream_chunks(merged, job, valid.include_usage),
-                keep_alive,
             ))
         } else {
             Ok(HttpResponse::Ok().json(collect(merged, job).await?))
@@ -163,7 +150,7 @@ async fn collect(
     let mut usage = TokenUsage::default();
     let mut done = 0;
     while let Some((p, event)) = merged.next().await {
-        match event.map_err(|e| engine_error(e, "prompt"))? {
+        match event? {
             TokenEvent::Text {
                 choice,
                 text,
@@ -253,7 +240,7 @@ fn stream_chunks(
                 }
                 Err(e) => {
                     tracing::warn!(model = %job.model, error = %e, "generation failed mid-stream");
-                    yield engine_error(e, "prompt").sse_event();
+                    yield e.sse_event();
                     return;
                 }
             }

@@ -67,6 +67,22 @@ impl PeerSocket {
     fn is_closed(self) -> bool {
         false
     }
+
+    /// Shuts the connection down both ways (the descriptor stays open for its owner, whose
+    /// next read or write fails, so it closes the connection). The caller must know that
+    /// the connection is still alive (see `sse::sse_response`).
+    #[cfg(unix)]
+    pub fn shut_down(self) {
+        // SAFETY: called only while the connection that owns the descriptor is alive;
+        // shutdown(2) does not close or invalidate the descriptor.
+        unsafe {
+            libc::shutdown(self.0, libc::SHUT_RDWR);
+        }
+    }
+
+    /// Shuts the connection down (not available on this platform).
+    #[cfg(not(unix))]
+    pub fn shut_down(self) {}
 }
 
 /// Resolves once the client of `req` has gone away (never, when that cannot be known).

@@ -13,13 +13,12 @@ const PAGE: &str = r##"<!doctype html>
 <script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, persistAuthorization: true});</script>
 </body></html>"##;
 
-/// Mounts `/docs`, its assets and `/openapi.json`.
+/// Mounts the viewer and its assets (inside the `/docs` scope).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(super::openapi::openapi_json))
-        .route("/docs", web::get().to(page))
-        .route("/docs/", web::get().to(page))
-        .route("/docs/swagger-ui-bundle.js", web::get().to(bundle))
-        .route("/docs/swagger-ui.css", web::get().to(css));
+    cfg.route("", web::get().to(page))
+        .route("/", web::get().to(page))
+        .route("/swagger-ui-bundle.js", web::get().to(bundle))
+        .route("/swagger-ui.css", web::get().to(css));
 }
 
 async fn page() -> HttpResponse {

@@ -17,10 +17,10 @@ pub struct Health {
     pub models_ready: usize,
 }
 
-/// Mounts `/health`.
+/// Mounts `/health` (as the `/health` scope's root).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/health")
+        web::resource("")
             .route(web::get().to(health))
             .default_service(web::to(super::only_get)),
     );

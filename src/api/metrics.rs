@@ -4,10 +4,10 @@ use actix_web::{web, HttpResponse};
 
 use super::AppState;
 
-/// Mounts `/metrics`.
+/// Mounts `/metrics` (as the `/metrics` scope's root).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/metrics")
+        web::resource("")
             .route(web::get().to(metrics))
             .default_service(web::to(super::only_get)),
     );

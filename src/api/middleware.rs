@@ -1,5 +1,6 @@
-//! Middleware around every route: request ids, one log line per request, HTTP metrics by
-//! route pattern, and API-key checks.
+//! Middleware: request ids, one log line per request and HTTP metrics by route pattern
+//! (around every route), and the API-key check that each route group is mounted with
+//! ([`require`]: the policy travels with the scope, not with a path string).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use actix_web::web::Bytes;
 use actix_web::{web, Error, HttpMessage, HttpRequest, ResponseError};
 
 use super::AppState;
-use crate::auth::{bearer, Access};
+use crate::auth::{bearer, Access, RouteGroup};
 use crate::error::ApiError;
 use crate::scheduler::GenerationReport;
 
@@ -156,16 +157,54 @@ impl MessageBody for LoggedBody {
     }
 }
 
-/// Refuses requests without the key their route needs (401 in OpenAI's envelope).
-pub async fn authorize(
+/// The access rule of a group of routes, as a type: `from_fn(require::<AdminRoutes, _>)`.
+pub trait Policy {
+    /// The group whose rule applies.
+    const GROUP: RouteGroup;
+}
+
+macro_rules! policies {
+    ($($(#[$doc:meta])* $name:ident => $group:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub struct $name;
+            impl Policy for $name {
+                const GROUP: RouteGroup = RouteGroup::$group;
+            }
+        )*
+    };
+}
+
+policies! {
+    /// `/v1/*`.
+    ApiRoutes => Api,
+    /// `/admin/*`.
+    AdminRoutes => Admin,
+    /// `/metrics`.
+    MetricsRoutes => Metrics,
+    /// `/health`.
+    HealthRoutes => Health,
+    /// `/docs/*`, `/openapi.json`.
+    DocsRoutes => Docs,
+    /// `/`.
+    UiRoutes => Ui,
+}
+
+/// Refuses requests without the key their route group needs (401, or 403 for admin
+/// routes from another machine when no admin key is configured), in OpenAI's envelope.
+/// Wraps a scope or resource, so it runs only for requests the router sent there,
+/// however their path was spelled.
+pub async fn require<P: Policy, B: MessageBody + 'static>(
     req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-        return Ok(next.call(req).await?.map_into_left_body());
+        // No state means no keys could be checked: refuse rather than serve.
+        let response = ApiError::Engine("the server is not configured".into()).error_response();
+        return Ok(req.into_response(response).map_into_right_body());
     };
     let keys = &state.keys;
-    let access = keys.access(req.path());
+    let access = keys.access(P::GROUP);
     let presented = req
         .headers()
         .get(AUTHORIZATION)

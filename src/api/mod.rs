@@ -1,5 +1,7 @@
-//! The HTTP API: one module per resource, each with `configure`, mounted here. Handlers
-//! parse and validate, then hand over to the scheduler; they never touch an engine.
+//! The HTTP API: one module per resource, each with `configure`, mounted here inside the
+//! scope of its access group ([`middleware::require`]): a route is protected by where it
+//! is mounted, whatever spelling of its path the router accepts. Handlers parse and
+//! validate, then hand over to the scheduler; they never touch an engine.
 
 pub mod admin;
 pub mod chat;
@@ -16,6 +18,7 @@ pub mod ui;
 
 use std::sync::Arc;
 
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 
@@ -39,24 +42,85 @@ pub struct AppState {
     pub keys: Arc<crate::auth::KeyRing>,
 }
 
-/// Mounts every resource.
+/// Mounts every resource, each inside the scope whose access rule it follows. Unmatched
+/// paths inside a scope still meet the scope's rule, then answer 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    chat::configure(cfg);
-    admin::configure(cfg);
-    completions::configure(cfg);
-    models::configure(cfg);
-    health::configure(cfg);
-    metrics::configure(cfg);
-    docs::configure(cfg);
-    ui::configure(cfg);
+    use middleware::{
+        require, AdminRoutes, ApiRoutes, DocsRoutes, HealthRoutes, MetricsRoutes, UiRoutes,
+    };
+    cfg.service(
+        web::scope("/v1")
+            .configure(chat::configure)
+            .configure(completions::configure)
+            .configure(models::configure)
+            .wrap(from_fn(require::<ApiRoutes, _>)),
+    )
+    .service(
+        web::scope("/admin")
+            .configure(admin::configure)
+            .wrap(from_fn(require::<AdminRoutes, _>)),
+    )
+    .service(
+        web::scope("/metrics")
+            .configure(metrics::configure)
+            .wrap(from_fn(require::<MetricsRoutes, _>)),
+    )
+    .service(
+        web::scope("/health")
+            .configure(health::configure)
+            .wrap(from_fn(require::<HealthRoutes, _>)),
+    )
+    .service(
+        web::scope("/docs")
+            .configure(docs::configure)
+            .wrap(from_fn(require::<DocsRoutes, _>)),
+    )
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi::openapi_json))
+            .default_service(web::to(only_get))
+            .wrap(from_fn(require::<DocsRoutes, _>)),
+    )
+    .service(
+        web::resource("/")
+            .route(web::get().to(ui::page))
+            .default_service(web::to(only_get))
+            .wrap(from_fn(require::<UiRoutes, _>)),
+    );
 }
 
-/// Reads a request body, refusing with 413 as soon as it passes `limit` bytes.
+/// Reads a request body, refusing with 413 as soon as it passes `server.max_body_bytes`,
+/// and with 408 (closing the connection) when it does not arrive within
+/// `server.body_timeout_secs` or pauses longer than `server.body_idle_timeout_secs`.
 pub async fn read_body(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<web::Bytes, ApiError> {
+    let server = &state.settings.server;
+    let total = std::time::Duration::from_secs(server.body_timeout_secs.max(1));
+    let idle = std::time::Duration::from_secs(server.body_idle_timeout_secs.max(1));
+    read_body_within(req, payload, server.max_body_bytes, total, idle)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::RequestTimeout(_)) {
+                state
+                    .metrics
+                    .client_timeouts
+                    .with_label_values(&["body"])
+                    .inc();
+            }
+        })
+}
+
+async fn read_body_within(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    total: std::time::Duration,
+    idle: std::time::Duration,
 ) -> Result<web::Bytes, ApiError> {
+    let deadline = tokio::time::Instant::now() + total;
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -66,7 +130,26 @@ pub async fn read_body(
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = deadline.min(tokio::time::Instant::now() + idle);
+        let chunk = match tokio::time::timeout_at(next, payload.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) if next == deadline => {
+                return Err(ApiError::RequestTimeout(format!(
+                    "{} bytes in {} s",
+                    body.len(),
+                    total.as_secs()
+                )))
+            }
+            Err(_) => {
+                return Err(ApiError::RequestTimeout(format!(
+                    "nothing for {} s after {} bytes",
+                    idle.as_secs(),
+                    body.len()
+                )))
+            }
+        };
         let chunk = chunk.map_err(|e| ApiError::InvalidRequest {
             message: format!("The request body could not be read: {e}"),
             param: None,

@@ -7,15 +7,15 @@ use crate::error::ApiError;
 use crate::openai::models::{Capabilities, ModelList, ModelObject};
 use crate::scheduler::registry::ModelSlot;
 
-/// Mounts the model routes.
+/// Mounts `/models` and `/models/{id}` (inside the `/v1` scope).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/v1/models")
+        web::resource("/models")
             .route(web::get().to(list_models))
             .default_service(web::to(super::only_get)),
     )
     .service(
-        web::resource("/v1/models/{id:.*}")
+        web::resource("/models/{id:.*}")
             .route(web::get().to(get_model))
             .default_service(web::to(super::only_get)),
     );

@@ -1,5 +1,6 @@
 //! Server-sent events: wraps a stream of ready-made `data: ...\n\n` events into an HTTP
-//! response, with keep-alive comments while the stream is quiet.
+//! response, with keep-alive comments while the stream is quiet, a bounded send buffer
+//! and a write timeout for clients that stop reading.
 
 use std::time::Duration;
 
@@ -7,6 +8,9 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
+
+use super::disconnect::PeerSocket;
+use super::AppState;
 
 /// One `data:` event carrying `value` as JSON.
 pub fn data_event<T: Serialize>(value: &T) -> String {
@@ -19,15 +23,64 @@ pub fn data_event<T: Serialize>(value: &T) -> String {
 /// The terminating event.
 pub const DONE_EVENT: &str = "data: [DONE]\n\n";
 
-/// An SSE response that sends `events`, plus a keep-alive comment every `keep_alive`
-/// of silence. When the client goes away the stream (and with it `events`) is dropped.
-pub fn sse_response<S>(req: &HttpRequest, events: S, keep_alive: Duration) -> HttpResponse
+/// Events a streamed answer may have waiting for a client that does not read.
+const SEND_BUFFER_EVENTS: usize = 32;
+
+/// Aborts the producer of a streamed answer when the answer's body is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An SSE response that sends `events`, plus a keep-alive comment every
+/// `server.keep_alive_interval_secs` of silence.
+///
+/// `events` is driven by a task of its own into a bounded buffer. When the client goes
+/// away, everything (and with it `events`, which cancels its generation) is dropped. When
+/// the client stays connected but stops reading, the socket and the buffer fill; once the
+/// buffer has been full for `server.write_timeout_secs`, `events` is dropped (cancelling
+/// the generation), the connection is shut down and `llamagate_client_timeouts_total`
+/// counts it.
+pub fn sse_response<S>(state: &AppState, req: &HttpRequest, events: S) -> HttpResponse
 where
     S: Stream<Item = String> + 'static,
 {
+    let server = &state.settings.server;
+    let keep_alive = Duration::from_secs(server.keep_alive_interval_secs.max(1));
+    let write_timeout = Duration::from_secs(server.write_timeout_secs.max(1));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(SEND_BUFFER_EVENTS);
+    let metrics = state.metrics.clone();
+    let socket = req.conn_data::<PeerSocket>().copied();
+    // Spawned on this worker's thread: it never runs concurrently with the connection,
+    // and is aborted (never polled again) as soon as the body below is dropped, so the
+    // socket it may shut down is still this connection's.
+    let producer = actix_web::rt::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match tokio::time::timeout(write_timeout, tx.send(event)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        seconds = write_timeout.as_secs(),
+                        "client stopped reading a streamed answer: cancelling it"
+                    );
+                    metrics.client_timeouts.with_label_values(&["write"]).inc();
+                    if let Some(socket) = socket {
+                        socket.shut_down();
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    let guard = AbortOnDrop(producer);
     let req = req.clone();
     let body = async_stream::stream! {
-        let mut events = std::pin::pin!(events);
+        let _producer = guard;
         let mut ticker = tokio::time::interval(keep_alive);
         ticker.tick().await;
         let gone = super::disconnect::client_gone(&req);
@@ -35,7 +88,7 @@ where
         loop {
             tokio::select! {
                 _ = &mut gone => break,
-                event = events.next() => match event {
+                event = rx.recv() => match event {
                     Some(e) => {
                         ticker.reset();
                         yield Ok::<_, actix_web::Error>(actix_web::web::Bytes::from(e));

@@ -126,7 +126,11 @@ impl super::Engine for MistralRsEngine {
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
         let (model_id, file, revision) = match &settings.source {
             ModelSource::File(path) => {
-                preflight_file(path)?;
+                // Reading the header walks the vocabulary: off the async threads.
+                let checked = path.clone();
+                tokio::task::spawn_blocking(move || preflight_file(&checked))
+                    .await
+                    .map_err(|_| EngineError::Unavailable)??;
                 let dir = path
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
@@ -186,24 +190,20 @@ impl super::Engine for MistralRsEngine {
                 let _ = tx.send(result);
             })
             .map_err(|e| EngineError::Load(format!("cannot start a loader thread: {e}")))?;
-        let model = match tokio::time::timeout(settings.load_timeout(), rx).await {
-            Err(_) => {
-                return Err(EngineError::Load(format!(
-                    "loading took longer than {} s (load_timeout_secs); is `{}` reachable?",
-                    settings.load_timeout_secs, settings.source
-                )))
-            }
-            Ok(Err(_)) | Ok(Ok(Err(_))) => {
+        // No timeout here: the pool enforces `load_timeout_secs` and keeps the model's
+        // memory reserved until this loader thread has really ended.
+        let model = match rx.await {
+            Err(_) | Ok(Err(_)) => {
                 return Err(EngineError::Load(
                     "the engine crashed while loading the file (corrupt or unsupported GGUF?)"
                         .into(),
                 ))
             }
-            Ok(Ok(Ok(Err(e)))) => {
+            Ok(Ok(Err(e))) => {
                 tracing::warn!(model = %settings.name, error = %format!("{e:#}"), "mistral.rs could not load the model");
                 return Err(EngineError::Load(describe_load_error(&e)));
             }
-            Ok(Ok(Ok(Ok(model)))) => model,
+            Ok(Ok(Ok(model))) => model,
         };
 
         let model_max = model

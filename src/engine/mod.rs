@@ -298,8 +298,8 @@ pub trait Engine: Send + Sync {
 
 /// A model's footprint before loading: `settings.memory` when set; for a local GGUF,
 /// `estimate(header, context, sequences)` with the context capped by the file's own;
-/// nothing for a hub file not yet downloaded (set `memory` to account for it) or a
-/// model on another machine.
+/// [`Footprint::UNKNOWN`] for a hub file not downloaded yet; nothing for a model on
+/// another machine.
 pub fn footprint_from_header(
     settings: &ModelSettings,
     estimate: impl FnOnce(&crate::gguf::GgufSummary, u64, u64) -> Footprint,
@@ -317,7 +317,9 @@ pub fn footprint_from_header(
                 .map_or(trained, |c| (c as u64).min(trained));
             Ok(estimate(&summary, context, settings.max_concurrent as u64))
         }
-        ModelSource::HuggingFace { .. } | ModelSource::Upstream { .. } => Ok(Footprint::fixed(0)),
+        // Not downloaded yet (the scheduler passes a downloaded hub file as a local one).
+        ModelSource::HuggingFace { .. } => Ok(Footprint::UNKNOWN),
+        ModelSource::Upstream { .. } => Ok(Footprint::fixed(0)),
     }
 }
 

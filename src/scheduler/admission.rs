@@ -51,9 +51,32 @@ impl Admission {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    /// Requests holding a slot.
+    /// Sequence slots in use (a generation of `n` choices holds up to `n`).
     pub fn running(&self) -> usize {
         self.max_concurrent - self.slots.available_permits()
+    }
+
+    /// Waits (up to the queue timeout) for `weight` slots at once, for a later generation
+    /// of a request that was already admitted through [`Admission::enter`]. All or none,
+    /// in FIFO order with every other request: slots that free up while it is at the head
+    /// of the queue are kept for it (no one behind it could take them first anyway), and
+    /// it runs only with all of them.
+    pub async fn acquire(&self, weight: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        let entered = Instant::now();
+        acquire_within(
+            &self.slots,
+            self.weight(weight),
+            self.timeout,
+            &self.model,
+            entered,
+        )
+        .await
+    }
+
+    /// Slots one generation of `n` choices takes: one per choice, at most all of them
+    /// (the engine then runs the rest of the choices as its sequences free up).
+    pub fn weight(&self, n: usize) -> usize {
+        n.clamp(1, self.max_concurrent)
     }
 
     /// Takes a place in the queue, or refuses with 429 when the queue is full.
@@ -88,21 +111,41 @@ impl Admission {
     }
 }
 
+/// Waits for `weight` permits at once (tokio's semaphore hands them out FIFO and holds
+/// none of them for a waiter until all are free), until `entered + timeout`.
+async fn acquire_within(
+    slots: &Arc<Semaphore>,
+    weight: usize,
+    timeout: Duration,
+    model: &str,
+    entered: Instant,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    let remaining = timeout.saturating_sub(entered.elapsed());
+    let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+    match tokio::time::timeout(remaining, slots.clone().acquire_many_owned(weight)).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) => Err(ApiError::ShuttingDown),
+        Err(_) => Err(ApiError::QueueTimeout {
+            model: model.to_string(),
+            waited: entered.elapsed(),
+            retry_after: Duration::from_secs(5),
+        }),
+    }
+}
+
 impl QueueTicket {
     /// Waits for a slot; the slot is held until the returned permit is dropped.
-    pub async fn wait_for_slot(mut self) -> Result<OwnedSemaphorePermit, ApiError> {
-        let remaining = self.timeout.saturating_sub(self.entered.elapsed());
-        let acquired = tokio::time::timeout(remaining, self.slots.clone().acquire_owned()).await;
+    pub async fn wait_for_slot(self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.wait_for_slots(1).await
+    }
+
+    /// Waits for `weight` slots at once (all or none; see [`Admission::weight`]); they are
+    /// held until the returned permit is dropped.
+    pub async fn wait_for_slots(mut self, weight: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        let acquired =
+            acquire_within(&self.slots, weight, self.timeout, &self.model, self.entered).await;
         self.leave();
-        match acquired {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(ApiError::ShuttingDown),
-            Err(_) => Err(ApiError::QueueTimeout {
-                model: self.model.clone(),
-                waited: self.entered.elapsed(),
-                retry_after: Duration::from_secs(5),
-            }),
-        }
+        acquired
     }
 
     /// When this request's wait (for memory, a load and a slot) runs out.
@@ -148,6 +191,31 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn weighted_waits_hold_nothing_and_are_fifo() {
+        let a = Arc::new(Admission::new("m", 4, 8, Duration::from_secs(5)));
+        assert_eq!(a.weight(8), 4);
+        assert_eq!(a.weight(0), 1);
+        let three = a.enter().unwrap().wait_for_slots(3).await.unwrap();
+        // A request for 2 waits for both (the free slot is kept for it, the head of the
+        // queue: it runs only with both).
+        let a2 = a.clone();
+        let pair = tokio::spawn(async move { a2.acquire(2).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!pair.is_finished());
+        // FIFO: a single slot asked for later does not overtake the waiting pair.
+        let a3 = a.clone();
+        let single = tokio::spawn(async move { a3.acquire(1).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!single.is_finished());
+        drop(three);
+        let pair = pair.await.unwrap().unwrap();
+        let single = single.await.unwrap().unwrap();
+        assert_eq!(a.running(), 3);
+        drop((pair, single));
+        assert_eq!(a.running(), 0);
     }
 
     #[tokio::test]

@@ -92,9 +92,24 @@ pub struct Footprint {
 }
 
 impl Footprint {
+    /// The footprint of a model whose file is not here yet: the scheduler reserves the
+    /// whole budget for it until it is loaded.
+    pub const UNKNOWN: Self = Self {
+        weights: u64::MAX,
+        kv_cache: 0,
+        overhead: 0,
+    };
+
+    /// Whether this is [`Footprint::UNKNOWN`].
+    pub fn is_unknown(&self) -> bool {
+        *self == Self::UNKNOWN
+    }
+
     /// All together.
     pub fn total(&self) -> u64 {
-        self.weights + self.kv_cache + self.overhead
+        self.weights
+            .saturating_add(self.kv_cache)
+            .saturating_add(self.overhead)
     }
 
     /// A footprint given directly (config override, or an engine that holds no weights).

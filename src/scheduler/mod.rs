@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Settings;
@@ -113,23 +113,19 @@ impl Scheduler {
         }
     }
 
-    /// Admits and starts one generation. `param` names the prompt field for errors.
-    pub async fn start(
+    /// Routes to the model, takes a queue place, leases the loaded model and checks every
+    /// prompt against its context window: all before any sequence slot is taken.
+    async fn admit(
         &self,
         model_id: &str,
-        prompt: Prompt,
-        sampling: ValidSampling,
+        prompts: Vec<Prompt>,
+        sampling: &ValidSampling,
         param: &'static str,
-    ) -> Result<Generation, ApiError> {
-        let admitted = Instant::now();
+    ) -> Result<Admitted, ApiError> {
+        let started = Instant::now();
         let slot = self.registry.resolve(model_id)?;
         let name = slot.settings.name.clone();
-        let reject = |reason: &str| {
-            self.metrics
-                .rejected_requests
-                .with_label_values(&[name.as_str(), reason])
-                .inc();
-        };
+        let reject = |reason: &str| self.reject(&name, reason);
         let ticket = slot
             .admission
             .enter()
@@ -144,92 +140,279 @@ impl Scheduler {
                 _ => {}
             })?;
         let model = lease.model().clone();
-        let prompt_tokens = model
-            .count_prompt_tokens(&prompt)
-            .await
-            .map_err(|e| engine_error(e, param))?;
-        let counted = admitted.elapsed();
         let context = model.facts().context_length;
-        let room = context.saturating_sub(prompt_tokens);
-        let max_tokens = sampling.max_tokens.unwrap_or(room);
-        if prompt_tokens >= context || max_tokens > room {
-            reject("context_length");
-            let requested = prompt_tokens.saturating_add(max_tokens.max(1));
-            return Err(ApiError::ContextLengthExceeded {
-                message: format!(
-                    "This model's maximum context length is {context} tokens. However, you requested \
-                     {requested} tokens ({prompt_tokens} in the {param}, {} in the completion). \
-                     Please reduce the length of the {param} or completion.",
-                    max_tokens.max(1)
-                ),
-                param,
+        let mut prepared = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let prompt_tokens = model
+                .count_prompt_tokens(&prompt)
+                .await
+                .map_err(|e| engine_error(e, param))?;
+            let room = context.saturating_sub(prompt_tokens);
+            let max_tokens = sampling.max_tokens.unwrap_or(room);
+            if prompt_tokens >= context || max_tokens > room {
+                reject("context_length");
+                let requested = prompt_tokens.saturating_add(max_tokens.max(1));
+                return Err(ApiError::ContextLengthExceeded {
+                    message: format!(
+                        "This model's maximum context length is {context} tokens. However, you requested \
+                         {requested} tokens ({prompt_tokens} in the {param}, {} in the completion). \
+                         Please reduce the length of the {param} or completion.",
+                        max_tokens.max(1)
+                    ),
+                    param,
+                });
+            }
+            prepared.push(Prepared {
+                prompt,
+                prompt_tokens,
+                max_tokens,
             });
         }
-        let permit = ticket
-            .wait_for_slot()
+        tracing::debug!(
+            model = %name,
+            count_ms = started.elapsed().as_secs_f64() * 1e3,
+            "admitted"
+        );
+        Ok(Admitted {
+            weight: slot.admission.weight(sampling.settings.n),
+            slot,
+            ticket,
+            lease: Arc::new(lease),
+            prepared,
+            started,
+        })
+    }
+
+    fn reject(&self, model: &str, reason: &str) {
+        self.metrics
+            .rejected_requests
+            .with_label_values(&[model, reason])
+            .inc();
+    }
+
+    /// Admits and starts one generation (of `n` choices: it takes `n` sequence slots, at
+    /// most all of the model's, at once). `param` names the prompt field for errors.
+    pub async fn start(
+        &self,
+        model_id: &str,
+        prompt: Prompt,
+        sampling: ValidSampling,
+        param: &'static str,
+    ) -> Result<Generation, ApiError> {
+        let mut admitted = self.admit(model_id, vec![prompt], &sampling, param).await?;
+        let name = admitted.slot.settings.name.clone();
+        let prepared = admitted.prepared.pop().ok_or(ApiError::ShuttingDown)?;
+        let permit = admitted
+            .ticket
+            .wait_for_slots(admitted.weight)
             .await
-            .inspect_err(|_| reject("queue_timeout"))?;
+            .inspect_err(|_| self.reject(&name, "queue_timeout"))?;
         self.metrics
             .queue_wait
             .with_label_values(&[name.as_str()])
-            .observe(admitted.elapsed().as_secs_f64());
+            .observe(admitted.started.elapsed().as_secs_f64());
+        launch(
+            &self.metrics,
+            &name,
+            admitted.lease,
+            prepared,
+            &sampling,
+            permit,
+            admitted.started,
+            Arc::new(GenerationReport::new(&name)),
+            param,
+        )
+        .await
+    }
 
-        let counter = self
-            .metrics
-            .generated_tokens
-            .with_label_values(&[name.as_str()]);
-        let mut settings = sampling.settings;
-        settings.max_tokens = max_tokens;
-        let request = GenerationRequest {
-            prompt,
-            sampling: settings,
-            prompt_tokens,
-            on_token: Some(Arc::new(move || counter.inc())),
-            json_schema: sampling.json_schema,
-        };
-        let stream = model
-            .generate(request)
+    /// Admits a request of several prompts (each with `n` choices) and runs them as
+    /// sequence slots free up: up to `max_concurrent / n` at once, each taking its slots
+    /// only when it can start and giving them back when it ends, so the request never
+    /// holds a slot while it waits for another (no deadlock, and other requests queue
+    /// between its generations). The first generation has started when this returns;
+    /// a later one that cannot get slots within the queue timeout ends the stream with
+    /// that error.
+    pub async fn start_many(
+        &self,
+        model_id: &str,
+        prompts: Vec<Prompt>,
+        sampling: ValidSampling,
+        param: &'static str,
+    ) -> Result<Batch, ApiError> {
+        let admitted = self.admit(model_id, prompts, &sampling, param).await?;
+        let Admitted {
+            slot,
+            ticket,
+            lease,
+            prepared,
+            started,
+            weight,
+        } = admitted;
+        let name = slot.settings.name.clone();
+        let count = prepared.len();
+        let lanes = (slot.settings.max_concurrent.max(1) / weight).clamp(1, count.max(1));
+        let reports: Vec<Arc<GenerationReport>> = (0..count)
+            .map(|_| Arc::new(GenerationReport::new(&name)))
+            .collect();
+        let mut prepared = prepared.into_iter();
+        let first = prepared.next().ok_or(ApiError::ShuttingDown)?;
+        let permit = ticket
+            .wait_for_slots(weight)
             .await
-            .map_err(|e| engine_error(e, param))?;
-        tracing::debug!(
-            model = %name,
-            prompt_tokens,
-            count_ms = counted.as_secs_f64() * 1e3,
-            start_ms = admitted.elapsed().as_secs_f64() * 1e3,
-            "generation started"
-        );
-        if prompt_tokens > 0 {
-            self.metrics
-                .prompt_tokens
-                .with_label_values(&[name.as_str()])
-                .inc_by(prompt_tokens as u64);
-            self.metrics
-                .prompt_tokens_per_request
-                .with_label_values(&[name.as_str()])
-                .observe(prompt_tokens as f64);
-        }
-        let report = Arc::new(GenerationReport {
-            model: name.clone(),
-            prompt_tokens: prompt_tokens.into(),
-            ..GenerationReport::default()
+            .inspect_err(|_| self.reject(&name, "queue_timeout"))?;
+        self.metrics
+            .queue_wait
+            .with_label_values(&[name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let first = launch(
+            &self.metrics,
+            &name,
+            lease.clone(),
+            first,
+            &sampling,
+            permit,
+            started,
+            reports[0].clone(),
+            param,
+        )
+        .await?;
+        let first = first
+            .map(move |e| (0, e.map_err(|e| engine_error(e, param))))
+            .boxed();
+        let metrics = self.metrics.clone();
+        let batch_reports = reports.clone();
+        let later = prepared.enumerate().map(move |(i, prepared)| {
+            let index = i + 1;
+            let (slot, lease, metrics, sampling) =
+                (slot.clone(), lease.clone(), metrics.clone(), sampling.clone());
+            let report = reports[index].clone();
+            async_stream::stream! {
+                let name = slot.settings.name.clone();
+                let waited = Instant::now();
+                let permit = match slot.admission.acquire(weight).await {
+                    Ok(permit) => permit,
+                    Err(e) => {
+                        metrics.rejected_requests.with_label_values(&[name.as_str(), "queue_timeout"]).inc();
+                        yield (index, Err(e));
+                        return;
+                    }
+                };
+                match launch(&metrics, &name, lease, prepared, &sampling, permit, waited, report, param).await {
+                    Err(e) => yield (index, Err(e)),
+                    Ok(mut generation) => {
+                        while let Some(event) = generation.next().await {
+                            yield (index, event.map_err(|e| engine_error(e, param)));
+                        }
+                    }
+                }
+            }
+            .boxed()
         });
-        Ok(Generation {
-            report,
-            inter_token_latency: self
-                .metrics
-                .inter_token_latency
-                .with_label_values(&[name.as_str()]),
+        Ok(Batch {
             model: name,
-            prompt_tokens,
-            inner: stream,
-            _permit: permit,
-            _lease: lease,
-            metrics: self.metrics.clone(),
-            started: admitted,
-            last_token_at: None,
-            done: false,
+            reports: batch_reports,
+            events: futures::stream::iter(std::iter::once(first))
+                .chain(futures::stream::iter(later))
+                .flatten_unordered(lanes)
+                .boxed(),
         })
     }
+}
+
+/// A request admitted to its model, before it takes sequence slots.
+struct Admitted {
+    slot: Arc<registry::ModelSlot>,
+    ticket: admission::QueueTicket,
+    lease: Arc<Lease>,
+    prepared: Vec<Prepared>,
+    started: Instant,
+    /// Sequence slots each of its generations takes.
+    weight: usize,
+}
+
+/// A prompt checked against the context window.
+struct Prepared {
+    prompt: Prompt,
+    prompt_tokens: usize,
+    max_tokens: usize,
+}
+
+/// Starts one generation on a leased model with the slots it holds.
+#[allow(clippy::too_many_arguments)]
+async fn launch(
+    metrics: &Arc<Metrics>,
+    name: &str,
+    lease: Arc<Lease>,
+    prepared: Prepared,
+    sampling: &ValidSampling,
+    permit: OwnedSemaphorePermit,
+    started: Instant,
+    report: Arc<GenerationReport>,
+    param: &'static str,
+) -> Result<Generation, ApiError> {
+    let Prepared {
+        prompt,
+        prompt_tokens,
+        max_tokens,
+    } = prepared;
+    let counter = metrics.generated_tokens.with_label_values(&[name]);
+    let mut settings = sampling.settings.clone();
+    settings.max_tokens = max_tokens;
+    let request = GenerationRequest {
+        prompt,
+        sampling: settings,
+        prompt_tokens,
+        on_token: Some(Arc::new(move || counter.inc())),
+        json_schema: sampling.json_schema.clone(),
+    };
+    let stream = lease
+        .model()
+        .generate(request)
+        .await
+        .map_err(|e| engine_error(e, param))?;
+    tracing::debug!(
+        model = %name,
+        prompt_tokens,
+        start_ms = started.elapsed().as_secs_f64() * 1e3,
+        "generation started"
+    );
+    if prompt_tokens > 0 {
+        metrics
+            .prompt_tokens
+            .with_label_values(&[name])
+            .inc_by(prompt_tokens as u64);
+        metrics
+            .prompt_tokens_per_request
+            .with_label_values(&[name])
+            .observe(prompt_tokens as f64);
+    }
+    report
+        .prompt_tokens
+        .store(prompt_tokens, std::sync::atomic::Ordering::Relaxed);
+    Ok(Generation {
+        report,
+        inter_token_latency: metrics.inter_token_latency.with_label_values(&[name]),
+        model: name.to_string(),
+        prompt_tokens,
+        inner: stream,
+        _permit: permit,
+        _lease: lease,
+        metrics: metrics.clone(),
+        started,
+        last_token_at: None,
+        done: false,
+    })
+}
+
+/// The generations of a multi-prompt request, merged: each event tagged with its
+/// prompt's index. Dropping it cancels every generation (and those not yet started).
+pub struct Batch {
+    /// The model's canonical name.
+    pub model: String,
+    /// One report per prompt, in prompt order.
+    pub reports: Vec<Arc<GenerationReport>>,
+    /// The events, in the order they happen.
+    pub events: futures::stream::BoxStream<'static, (usize, Result<TokenEvent, ApiError>)>,
 }
 
 /// What a generation did, filled in as it runs (for the per-request log line).
@@ -243,6 +426,13 @@ pub struct GenerationReport {
 }
 
 impl GenerationReport {
+    fn new(model: &str) -> Self {
+        Self {
+            model: model.to_string(),
+            ..Self::default()
+        }
+    }
+
     /// Prompt tokens (an upstream's count arrives with its last chunk).
     pub fn prompt_tokens(&self) -> usize {
         self.prompt_tokens
@@ -272,7 +462,7 @@ pub struct Generation {
     pub prompt_tokens: usize,
     inner: TokenStream,
     _permit: OwnedSemaphorePermit,
-    _lease: Lease,
+    _lease: Arc<Lease>,
     metrics: Arc<Metrics>,
     /// This model's inter-token histogram, resolved once (observed on every token).
     inter_token_latency: prometheus::Histogram,

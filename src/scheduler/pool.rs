@@ -18,6 +18,15 @@
 //!   together take turns in batches of at least `fairness_batch` requests, instead of a
 //!   load per request, and neither waits for more than one batch of the other.
 //! - Pinned models load at start and are never evicted; `keep_alive` unloads idle models.
+//! - A model's footprint is computed once (off the async threads, never under the lock)
+//!   and again only when its file changed. A hub model whose file is not downloaded yet
+//!   reserves the device's whole budget (beside pinned models) until it is loaded, then
+//!   its real footprint.
+//! - A load that takes longer than `load_timeout_secs` fails its requests, but its memory
+//!   stays reserved until the loader has really ended.
+//! - A failed load is retried only after a capped exponential backoff
+//!   ([`RETRY_FIRST`] doubling up to [`RETRY_MAX`]); meanwhile requests get the stored
+//!   error at once (503 with `Retry-After`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +35,30 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use super::memory::{ByteSize, Footprint, DEFAULT_CPU_FRACTION, DEFAULT_GPU_FRACTION};
+
+/// Wait before the first retry of a failed load.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between retries of a failing load.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Backoff after `failures` consecutive failed loads.
+fn backoff(failures: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
+}
+
+/// What identifies a version of a model's file: its length and modification time.
+type FileStamp = Option<(u64, SystemTime)>;
+
+fn file_stamp(settings: &crate::config::ModelSettings) -> FileStamp {
+    let path = match &settings.source {
+        crate::config::ModelSource::File(path) => path.clone(),
+        _ => return None,
+    };
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
 use super::registry::ModelSlot;
 use crate::config::SchedulerSettings;
 use crate::engine::{Engine, LoadedModel};
@@ -55,6 +88,14 @@ struct Entry {
     contended_admissions: Option<usize>,
     load_generation: u64,
     loaded_at: Option<SystemTime>,
+    /// Consecutive failed loads.
+    failures: u32,
+    /// Until when a failed model answers with its stored error instead of reloading.
+    retry_at: Option<Instant>,
+    /// A loader that timed out is still running: its reservation stays until it ends.
+    abandoned_loader: bool,
+    /// The footprint and the file version it was computed for.
+    footprint: Option<(FileStamp, Result<Footprint, String>)>,
 }
 
 struct State {
@@ -126,6 +167,8 @@ impl Drop for Lease {
 enum Step {
     Leased(Arc<dyn LoadedModel>),
     Wait,
+    /// The model must be loaded and its footprint checked against its file first.
+    NeedFootprint,
 }
 
 /// Counts a request as waiting for its model while it is in `acquire`.
@@ -201,6 +244,10 @@ impl Pool {
                 contended_admissions: None,
                 load_generation: 0,
                 loaded_at: None,
+                failures: 0,
+                retry_at: None,
+                abandoned_loader: false,
+                footprint: None,
             })
             .collect();
         Arc::new(Self {
@@ -221,6 +268,11 @@ impl Pool {
 
     /// Starts the background work: loading pinned models and unloading idle ones.
     pub fn start(self: &Arc<Self>) {
+        for slot in &self.slots {
+            let pool = self.clone();
+            let index = slot.index;
+            tokio::spawn(async move { pool.refresh_footprint(index).await });
+        }
         for slot in &self.slots {
             if slot.settings.pinned {
                 let pool = self.clone();
@@ -322,6 +374,7 @@ impl Pool {
         }
         let _waiting = WaitingGuard { pool: self, index };
         let mut awaited_load: Option<u64> = None;
+        let mut checked_file = false;
         let started = Instant::now();
         loop {
             let notified = self.changed.notified();
@@ -329,9 +382,13 @@ impl Pool {
             notified.as_mut().enable();
             let step = {
                 let mut st = self.lock();
-                self.step(&mut st, index, &mut awaited_load)?
+                self.step(&mut st, index, &mut awaited_load, checked_file)?
             };
             match step {
+                Step::NeedFootprint => {
+                    self.refresh_footprint(index).await;
+                    checked_file = true;
+                }
                 Step::Leased(model) => {
                     return Ok(Lease {
                         pool: self.clone(),
@@ -355,12 +412,34 @@ impl Pool {
         }
     }
 
+    /// Computes model `index`'s footprint on a blocking thread (reading the GGUF header
+    /// walks its whole vocabulary), unless its file is unchanged since the last time.
+    async fn refresh_footprint(self: &Arc<Self>, index: usize) {
+        let pool = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            // A hub model's footprint comes from its cached file, once downloaded.
+            let settings = &crate::hub::with_cached_file(&pool.slots[index].settings);
+            let stamp = file_stamp(settings);
+            let known = pool.lock().entries[index]
+                .footprint
+                .as_ref()
+                .is_some_and(|(s, f)| *s == stamp && stamp.is_some() && f.is_ok());
+            if known {
+                return;
+            }
+            let footprint = pool.engine.estimate_footprint(settings);
+            pool.lock().entries[index].footprint = Some((stamp, footprint));
+        })
+        .await;
+    }
+
     /// One decision for a request of model `index`, under the lock.
     fn step(
         self: &Arc<Self>,
         st: &mut State,
         index: usize,
         awaited_load: &mut Option<u64>,
+        checked_file: bool,
     ) -> Result<Step, ApiError> {
         let slot = &self.slots[index];
         let name = &slot.settings.name;
@@ -396,13 +475,32 @@ impl Pool {
                 return Err(ApiError::ModelLoadFailed {
                     model: name.clone(),
                     reason: error.clone(),
+                    retry_after: e
+                        .retry_at
+                        .map_or(RETRY_FIRST, |t| t.saturating_duration_since(Instant::now())),
+                });
+            }
+            Life::Failed { error, .. }
+                if e.abandoned_loader || e.retry_at.is_some_and(|t| t > Instant::now()) =>
+            {
+                let wait = e
+                    .retry_at
+                    .map_or(RETRY_FIRST, |t| t.saturating_duration_since(Instant::now()));
+                return Err(ApiError::ModelLoadFailed {
+                    model: name.clone(),
+                    reason: error.clone(),
+                    retry_after: wait.max(RETRY_FIRST),
                 });
             }
             Life::Unloaded | Life::Failed { .. } => {}
         }
 
-        // Not loaded: find room for it.
-        let footprint = match self.engine.estimate_footprint(&slot.settings) {
+        // Not loaded: find room for it, with a footprint checked against its file.
+        let footprint = match (&e.footprint, checked_file) {
+            (Some((_, footprint)), true) => footprint.clone(),
+            _ => return Ok(Step::NeedFootprint),
+        };
+        let footprint = match footprint {
             Ok(f) => f,
             Err(error) => {
                 e.load_generation += 1;
@@ -410,6 +508,9 @@ impl Pool {
                     error: error.clone(),
                     generation: e.load_generation,
                 };
+                e.failures += 1;
+                let wait = backoff(e.failures);
+                e.retry_at = Some(Instant::now() + wait);
                 self.metrics
                     .model_load_failures
                     .with_label_values(&[name])
@@ -417,10 +518,10 @@ impl Pool {
                 return Err(ApiError::ModelLoadFailed {
                     model: name.clone(),
                     reason: error,
+                    retry_after: wait,
                 });
             }
         };
-        let need = footprint.total();
         let device = slot.device_key.as_str();
         let budget = self.budgets.get(device).copied().unwrap_or(u64::MAX);
         let pinned_used: u64 = st
@@ -430,6 +531,12 @@ impl Pool {
             .filter(|(_, s)| s.device_key == device && s.settings.pinned && s.index != index)
             .map(|(e, _)| e.reserved)
             .sum();
+        // A hub file not downloaded yet: its size is unknown, so it may need everything.
+        let need = if footprint.is_unknown() {
+            budget.saturating_sub(pinned_used)
+        } else {
+            footprint.total()
+        };
         // Pinned models never leave: if they alone leave no room (memory or model
         // count), this model can never load.
         let pinned_loaded = st
@@ -528,19 +635,57 @@ impl Pool {
         e.life = Life::Loading { generation };
         e.reserved = need;
         *awaited_load = Some(generation);
-        self.spawn_load(index, generation, footprint);
+        self.spawn_load(index, generation, need, footprint.is_unknown());
         Ok(Step::Wait)
     }
 
-    fn spawn_load(self: &Arc<Self>, index: usize, generation: u64, footprint: Footprint) {
+    /// Loads model `index` in a task of its own. Past `load_timeout_secs` its requests
+    /// fail, but the reservation stays until the engine's loader has really ended.
+    fn spawn_load(self: &Arc<Self>, index: usize, generation: u64, need: u64, unknown: bool) {
         let pool = self.clone();
         let settings = self.slots[index].settings.clone();
-        tracing::info!(model = %settings.name, source = %settings.source, footprint = %ByteSize(footprint.total()), "loading model");
+        tracing::info!(model = %settings.name, source = %settings.source, footprint = %ByteSize(need), "loading model");
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = pool.engine.load(&settings).await;
+            let engine = pool.engine.clone();
+            let load = async {
+                // A hub model is downloaded first (inside the load timeout).
+                let local = crate::hub::fetch(&settings)
+                    .await
+                    .map_err(crate::engine::EngineError::Load)?;
+                engine.load(&local).await
+            };
+            tokio::pin!(load);
+            let result = match tokio::time::timeout(settings.load_timeout(), &mut load).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let error = format!(
+                        "loading took longer than {} s (load_timeout_secs)",
+                        settings.load_timeout_secs
+                    );
+                    tracing::warn!(model = %settings.name, "{error}; its memory stays reserved until the loader ends");
+                    pool.fail_load(index, generation, error, true);
+                    let late = load.await;
+                    drop(late);
+                    let mut st = pool.lock();
+                    let e = &mut st.entries[index];
+                    e.abandoned_loader = false;
+                    if matches!(e.life, Life::Failed { generation: g, .. } if g == generation) {
+                        e.reserved = 0;
+                    }
+                    drop(st);
+                    tracing::info!(model = %settings.name, "the timed-out loader ended; its memory is free");
+                    pool.changed.notify_waiters();
+                    return;
+                }
+            };
             let seconds = started.elapsed().as_secs_f64();
             let name = settings.name.as_str();
+            // A hub model's file is there now: reserve what it really takes.
+            if unknown && result.is_ok() {
+                pool.lock().entries[index].footprint = None;
+                pool.refresh_footprint(index).await;
+            }
             let mut st = pool.lock();
             let e = &mut st.entries[index];
             if !matches!(e.life, Life::Loading { generation: g } if g == generation) {
@@ -554,27 +699,53 @@ impl Pool {
                         .model_load_duration
                         .with_label_values(&[name])
                         .observe(seconds);
+                    if unknown {
+                        if let Some((_, Ok(f))) = &e.footprint {
+                            if !f.is_unknown() {
+                                e.reserved = f.total();
+                            }
+                        }
+                    }
                     e.life = Life::Ready(model);
                     e.loaded_at = Some(SystemTime::now());
                     e.last_used = Instant::now();
                     e.contended_admissions = None;
+                    e.failures = 0;
+                    e.retry_at = None;
+                    drop(st);
                 }
                 Err(err) => {
+                    drop(st);
                     tracing::warn!(model = %name, error = %err, "model load failed");
-                    pool.metrics
-                        .model_load_failures
-                        .with_label_values(&[name])
-                        .inc();
-                    e.life = Life::Failed {
-                        error: err.to_string(),
-                        generation,
-                    };
-                    e.reserved = 0;
+                    pool.fail_load(index, generation, err.to_string(), false);
                 }
             }
-            drop(st);
             pool.changed.notify_waiters();
         });
+    }
+
+    /// Marks load `generation` of model `index` failed and starts its retry backoff. A
+    /// loader still `running` keeps its reservation.
+    fn fail_load(&self, index: usize, generation: u64, error: String, running: bool) {
+        let name = self.slots[index].settings.name.as_str();
+        self.metrics
+            .model_load_failures
+            .with_label_values(&[name])
+            .inc();
+        let mut st = self.lock();
+        let e = &mut st.entries[index];
+        if !matches!(e.life, Life::Loading { generation: g } if g == generation) {
+            return;
+        }
+        e.life = Life::Failed { error, generation };
+        e.failures += 1;
+        e.retry_at = Some(Instant::now() + backoff(e.failures));
+        e.abandoned_loader = running;
+        if !running {
+            e.reserved = 0;
+        }
+        drop(st);
+        self.changed.notify_waiters();
     }
 
     /// Unloads model `i` (its memory is freed once running requests let go of it).
@@ -583,6 +754,10 @@ impl Pool {
         if matches!(e.life, Life::Ready(_) | Life::Draining(_)) {
             tracing::info!(model = %self.slots[i].settings.name, "model unloaded");
             super::memory::return_freed_memory_soon();
+        }
+        if e.abandoned_loader {
+            // A timed-out loader still runs: its memory is still taken.
+            return;
         }
         e.life = Life::Unloaded;
         e.reserved = 0;
@@ -634,6 +809,8 @@ impl Pool {
 
     /// Loads a model now (admin), waiting up to its load timeout.
     pub async fn load_now(self: &Arc<Self>, index: usize) -> Result<(), ApiError> {
+        // An operator asking for a load skips the retry backoff.
+        self.lock().entries[index].retry_at = None;
         let timeout = self.slots[index].settings.load_timeout() + Duration::from_secs(5);
         self.acquire(index, Instant::now() + timeout)
             .await

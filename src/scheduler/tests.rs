@@ -20,13 +20,17 @@ use crate::validation::ValidSampling;
 
 const MIB: u64 = 1024 * 1024;
 
-/// Loads take `load_delay`; names listed in `fail_once` fail their first load.
+/// Loads take `load_delay`; names listed in `fail_once` fail their first load; names in
+/// `unknown_until_loaded` have no known footprint before their first load (like a hub
+/// file not downloaded yet).
 #[derive(Default)]
 struct ScriptedEngine {
     loads: Mutex<Vec<String>>,
     load_delay: Duration,
     fail_once: Mutex<Vec<String>>,
     token_delay: Duration,
+    unknown_until_loaded: Mutex<Vec<String>>,
+    loaders_running: AtomicUsize,
 }
 
 struct ScriptedModel {
@@ -68,8 +72,29 @@ impl LoadedModel for ScriptedModel {
 
 #[async_trait]
 impl Engine for ScriptedEngine {
+    fn estimate_footprint(
+        &self,
+        settings: &ModelSettings,
+    ) -> Result<super::memory::Footprint, String> {
+        let loaded = self.loads.lock().unwrap().contains(&settings.name);
+        if !loaded
+            && self
+                .unknown_until_loaded
+                .lock()
+                .unwrap()
+                .contains(&settings.name)
+        {
+            return Ok(super::memory::Footprint::UNKNOWN);
+        }
+        Ok(super::memory::Footprint::fixed(
+            settings.memory.map_or(0, |m| m.0),
+        ))
+    }
+
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        self.loaders_running.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.load_delay).await;
+        self.loaders_running.fetch_sub(1, Ordering::SeqCst);
         self.loads.lock().unwrap().push(settings.name.clone());
         let mut fail = self.fail_once.lock().unwrap();
         if let Some(pos) = fail.iter().position(|n| *n == settings.name) {
@@ -347,7 +372,10 @@ async fn a_failed_load_is_reported_then_retried() {
         fail_once: Mutex::new(vec!["a".into()]),
         ..Default::default()
     });
-    let (sched, _) = scheduler(&settings(vec![model("a", 10), model("b", 10)], 100), engine);
+    let (sched, _) = scheduler(
+        &settings(vec![model("a", 10), model("b", 10)], 100),
+        engine.clone(),
+    );
     match run(&sched, "a", 1).await {
         Err(ApiError::ModelLoadFailed { reason, .. }) => assert!(reason.contains("scripted")),
         other => panic!("{other:?}"),
@@ -358,11 +386,197 @@ async fn a_failed_load_is_reported_then_retried() {
         1,
         "other models keep serving"
     );
+    // During the backoff the stored error comes back at once, without a new attempt.
+    let asked = Instant::now();
+    match run(&sched, "a", 1).await {
+        Err(e @ ApiError::ModelLoadFailed { .. }) => {
+            assert!(e
+                .retry_after()
+                .is_some_and(|d| d <= super::pool::RETRY_FIRST));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(asked.elapsed() < Duration::from_millis(100));
+    assert_eq!(
+        touch_order(&engine),
+        vec!["a", "b"],
+        "no second load of a yet"
+    );
+    tokio::time::sleep(super::pool::RETRY_FIRST).await;
     assert_eq!(
         run(&sched, "a", 1).await.unwrap(),
         1,
-        "retried on a later request"
+        "retried once the backoff passed"
     );
+}
+
+#[tokio::test]
+async fn a_timed_out_load_keeps_its_memory_until_the_loader_ends() {
+    let engine = Arc::new(ScriptedEngine {
+        load_delay: Duration::from_millis(2500),
+        ..Default::default()
+    });
+    let mut slow = model("slow", 60);
+    slow.load_timeout_secs = 1;
+    let (sched, _) = scheduler(
+        &settings(vec![slow, model("other", 60)], 100),
+        engine.clone(),
+    );
+    let started = Instant::now();
+    match run(&sched, "slow", 1).await {
+        Err(ApiError::ModelLoadFailed { reason, .. }) => assert!(reason.contains("load_timeout")),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_millis(2000));
+    assert_eq!(engine.loaders_running.load(Ordering::SeqCst), 1);
+    let used = |sched: &Scheduler| sched.pool().memory().iter().map(|d| d.used).sum::<u64>();
+    assert_eq!(
+        used(&sched),
+        60 * MIB,
+        "the running loader still holds its memory"
+    );
+    // Another model that does not fit beside it waits instead of over-committing.
+    let other = {
+        let sched = sched.clone();
+        tokio::spawn(async move { run(&sched, "other", 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!other.is_finished());
+    assert!(used(&sched) <= 100 * MIB);
+    assert_eq!(other.await.unwrap().unwrap(), 1);
+    assert_eq!(engine.loaders_running.load(Ordering::SeqCst), 0);
+    assert_eq!(used(&sched), 60 * MIB, "only `other` holds memory now");
+}
+
+#[tokio::test]
+async fn a_model_of_unknown_size_reserves_the_whole_budget_until_loaded() {
+    let engine = Arc::new(ScriptedEngine {
+        load_delay: Duration::from_millis(300),
+        unknown_until_loaded: Mutex::new(vec!["hub".into()]),
+        ..Default::default()
+    });
+    let (sched, _) = scheduler(&settings(vec![model("hub", 30)], 100), engine);
+    let loading = {
+        let sched = sched.clone();
+        tokio::spawn(async move { run(&sched, "hub", 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let used = |sched: &Scheduler| sched.pool().memory().iter().map(|d| d.used).sum::<u64>();
+    assert_eq!(
+        used(&sched),
+        100 * MIB,
+        "the whole budget while its size is unknown"
+    );
+    assert_eq!(loading.await.unwrap().unwrap(), 1);
+    assert_eq!(used(&sched), 30 * MIB, "its real footprint once loaded");
+}
+
+fn prompts(count: usize) -> Vec<Prompt> {
+    (0..count)
+        .map(|i| Prompt::Text(format!("prompt {i}")))
+        .collect()
+}
+
+async fn run_many(sched: &Scheduler, model: &str, count: usize, tokens: usize) -> usize {
+    let mut batch = sched
+        .start_many(model, prompts(count), sampling(tokens), "prompt")
+        .await
+        .unwrap();
+    assert_eq!(batch.reports.len(), count);
+    let mut done = 0;
+    while let Some((_, event)) = batch.events.next().await {
+        if let TokenEvent::Done(_) = event.unwrap() {
+            done += 1;
+        }
+    }
+    done
+}
+
+#[tokio::test]
+async fn many_prompts_on_few_slots_complete_and_never_hold_idle_slots() {
+    let engine = Arc::new(ScriptedEngine {
+        token_delay: Duration::from_millis(5),
+        ..Default::default()
+    });
+    let mut m = model("a", 10);
+    m.max_concurrent = 4;
+    m.queue_timeout_secs = Some(2);
+    let (sched, _) = scheduler(&settings(vec![m], 100), engine);
+    assert_eq!(run_many(&sched, "a", 16, 4).await, 16);
+    // Two at once: 32 generations through 4 slots, no deadlock.
+    let (a, b) = tokio::join!(run_many(&sched, "a", 16, 4), run_many(&sched, "a", 16, 4));
+    assert_eq!((a, b), (16, 16));
+    let slot = sched.registry().resolve("a").unwrap();
+    assert_eq!((slot.admission.running(), slot.admission.waiting()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_single_request_is_not_starved_by_a_batch() {
+    let engine = Arc::new(ScriptedEngine {
+        token_delay: Duration::from_millis(10),
+        ..Default::default()
+    });
+    let mut m = model("a", 10);
+    m.max_concurrent = 4;
+    let (sched, _) = scheduler(&settings(vec![m], 100), engine);
+    // 16 prompts × 10 tokens × 10 ms through 4 slots: ~400 ms in four waves.
+    let batch = {
+        let sched = sched.clone();
+        tokio::spawn(async move {
+            let done = run_many(&sched, "a", 16, 10).await;
+            (done, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let asked = Instant::now();
+    assert_eq!(run(&sched, "a", 10).await.unwrap(), 10);
+    let single_done = Instant::now();
+    // It waits for at most one generation of the batch (~100 ms), not the batch.
+    assert!(
+        single_done - asked < Duration::from_millis(350),
+        "waited {:?}",
+        single_done - asked
+    );
+    let (done, batch_done) = batch.await.unwrap();
+    assert_eq!(done, 16);
+    assert!(single_done < batch_done);
+}
+
+#[tokio::test]
+async fn n_choices_take_n_slots_at_once() {
+    let engine = Arc::new(ScriptedEngine {
+        token_delay: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let mut m = model("a", 10);
+    m.max_concurrent = 4;
+    let (sched, _) = scheduler(&settings(vec![m], 100), engine);
+    let slot = sched.registry().resolve("a").unwrap();
+    let mut sampling3 = sampling(5);
+    sampling3.settings.n = 3;
+    let g = sched
+        .start("a", Prompt::Text("x".into()), sampling3, "prompt")
+        .await
+        .unwrap();
+    assert_eq!(slot.admission.running(), 3);
+    let mut sampling9 = sampling(5);
+    sampling9.settings.n = 9;
+    let waiting = {
+        let sched = sched.clone();
+        tokio::spawn(async move {
+            sched
+                .start("a", Prompt::Text("x".into()), sampling9, "prompt")
+                .await
+                .map(|_| ())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !waiting.is_finished(),
+        "more choices than free slots: waits for all 4"
+    );
+    drop(g);
+    waiting.await.unwrap().unwrap();
 }
 
 #[tokio::test]

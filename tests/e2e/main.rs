@@ -15,5 +15,6 @@ mod pool;
 mod prometheus;
 mod quantize;
 mod reliability;
+mod security;
 mod structured;
 mod upstream;

@@ -148,8 +148,15 @@ impl super::Engine for LlamaCppEngine {
 
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
         let path = model_path(settings)?.to_path_buf();
-        crate::gguf::read_summary(&path)
-            .map_err(|e| EngineError::Load(super::describe_file_error(&path, &e.0)))?;
+        // Reading the header walks the vocabulary: off the async threads.
+        let checked = path.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::gguf::read_summary(&checked)
+                .map(drop)
+                .map_err(|e| EngineError::Load(super::describe_file_error(&checked, &e.0)))
+        })
+        .await
+        .map_err(|_| EngineError::Unavailable)??;
         if matches!(
             settings.device,
             DeviceSetting::Cuda(_) | DeviceSetting::Metal(_)
@@ -237,19 +244,15 @@ impl super::Engine for LlamaCppEngine {
             })
             .map_err(|e| EngineError::Load(format!("cannot start a llama.cpp thread: {e}")))?;
 
-        let (shared, ready) = match tokio::time::timeout(settings.load_timeout(), ready_rx).await {
+        // No timeout here: the pool enforces `load_timeout_secs` and keeps the model's
+        // memory reserved until this loader has really ended.
+        let (shared, ready) = match ready_rx.await {
             Err(_) => {
-                return Err(EngineError::Load(format!(
-                    "loading took longer than {} s (load_timeout_secs)",
-                    settings.load_timeout_secs
-                )))
-            }
-            Ok(Err(_)) => {
                 return Err(EngineError::Load(
                     "llama.cpp stopped while loading the file".into(),
                 ))
             }
-            Ok(Ok(result)) => result?,
+            Ok(result) => result?,
         };
         tracing::info!(
             model = %settings.name,
@@ -356,16 +359,19 @@ impl LoadedModel for LlamaCppModel {
         let matchers = match &request.json_schema {
             None => None,
             Some(schema) => {
-                let factory = self.shared.grammar_factory()?;
+                // The first schema walks the whole vocabulary: off the async threads.
+                let shared = self.shared.clone();
                 let schema = schema.clone();
                 let built = tokio::task::spawn_blocking(move || {
+                    let factory = shared.grammar_factory()?;
                     (0..n)
                         .map(|_| grammar::matcher(&factory, &schema))
                         .collect::<Result<Vec<_>, _>>()
+                        .map_err(EngineError::InvalidSchema)
                 })
                 .await
                 .map_err(|_| EngineError::Unavailable)?;
-                Some(built.map_err(EngineError::InvalidSchema)?)
+                Some(built?)
             }
         };
         let (out_tx, mut out_rx) = mpsc::unbounded_channel();
