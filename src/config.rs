@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::scheduler::memory::ByteSize;
+use crate::memory::{ByteSize, NumberOrText};
 
 /// Why the settings could not be used; every message says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -264,16 +264,6 @@ impl DurationSetting {
                 format!("`{raw}` is not a duration; write e.g. 300, \"90s\", \"5m\" or \"1h\"")
             })
     }
-}
-
-/// A setting written as a plain number or as text with a unit (durations, sizes).
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum NumberOrText {
-    /// A bare number, in the setting's base unit.
-    Number(u64),
-    /// Text to parse, e.g. `"5m"` or `"8GiB"`.
-    Text(String),
 }
 
 impl<'de> Deserialize<'de> for DurationSetting {

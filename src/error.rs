@@ -8,7 +8,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::scheduler::memory::ByteSize;
+use crate::engine::EngineError;
+use crate::memory::ByteSize;
+use crate::scheduler::SchedulerError;
 
 /// Every way a request can fail, client mistakes and server conditions alike.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -187,6 +189,100 @@ impl ApiError {
         }
     }
 
+    /// An engine failure, for a request whose prompt field is `param`.
+    pub fn from_engine(e: EngineError, param: &'static str) -> Self {
+        match e {
+            EngineError::Rejected(message) => Self::invalid(param, message),
+            EngineError::InvalidSchema(message) => Self::InvalidRequest {
+                message: format!(
+                    "The JSON schema (from `response_format` or `tools`) is not supported: {message}"
+                ),
+                param: Some("response_format".into()),
+                code: Some("invalid_schema"),
+            },
+            EngineError::Load(m) | EngineError::Generation(m) => Self::Engine(m),
+            EngineError::Unavailable => Self::Engine("the engine is not running".into()),
+            EngineError::UpstreamRejected {
+                status,
+                message,
+                param,
+                code,
+                retry_after,
+            } => Self::UpstreamRejected {
+                status,
+                message,
+                param,
+                code: code.as_deref().and_then(known_error_code),
+                retry_after: retry_after.map(Duration::from_secs),
+            },
+            EngineError::UpstreamUnavailable(m) => Self::BadGateway(m),
+            EngineError::UpstreamTimeout(m) => Self::GatewayTimeout(m),
+        }
+    }
+
+    /// A scheduler failure, for a request whose prompt field is `param` (`messages`,
+    /// `prompt`): the one place where the scheduler's errors become HTTP.
+    pub fn from_scheduler(e: SchedulerError, param: &'static str) -> Self {
+        match e {
+            SchedulerError::ModelNotFound(id) => Self::ModelNotFound(id),
+            SchedulerError::QueueFull {
+                model,
+                queue_size,
+                retry_after,
+            } => Self::QueueFull {
+                model,
+                queue_size,
+                retry_after,
+            },
+            SchedulerError::QueueTimeout {
+                model,
+                waited,
+                retry_after,
+            } => Self::QueueTimeout {
+                model,
+                waited,
+                retry_after,
+            },
+            SchedulerError::ModelLoadFailed {
+                model,
+                reason,
+                retry_after,
+            } => Self::ModelLoadFailed {
+                model,
+                reason,
+                retry_after,
+            },
+            SchedulerError::InsufficientMemory {
+                model,
+                device,
+                needed,
+                budget,
+                pinned,
+            } => Self::InsufficientMemory {
+                model,
+                device,
+                needed,
+                budget,
+                pinned,
+            },
+            SchedulerError::ContextLengthExceeded {
+                context,
+                prompt_tokens,
+                max_tokens,
+            } => Self::ContextLengthExceeded {
+                message: format!(
+                    "This model's maximum context length is {context} tokens. However, you requested \
+                     {} tokens ({prompt_tokens} in the {param}, {max_tokens} in the completion). \
+                     Please reduce the length of the {param} or completion.",
+                    prompt_tokens.saturating_add(max_tokens)
+                ),
+                param,
+            },
+            SchedulerError::ShuttingDown => Self::ShuttingDown,
+            SchedulerError::Engine(e) => Self::from_engine(e, param),
+        }
+    }
+
     /// The error's type, code and param, in one table.
     fn parts(
         &self,
@@ -361,6 +457,13 @@ impl ApiError {
                 .to_string()
         });
         format!("data: {json}\n\n")
+    }
+}
+
+/// For routes without a prompt (admin, models): their scheduler errors never concern one.
+impl From<SchedulerError> for ApiError {
+    fn from(e: SchedulerError) -> Self {
+        Self::from_scheduler(e, "messages")
     }
 }
 

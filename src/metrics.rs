@@ -75,6 +75,10 @@ fn token_buckets() -> Vec<f64> {
 
 impl Metrics {
     /// Creates and registers every metric.
+    #[allow(
+        clippy::expect_used,
+        reason = "constant names, help texts and buckets, each registered once: checked by every test"
+    )]
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {

@@ -12,16 +12,9 @@ use crate::error::ApiError;
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::CompletionRequest;
 
-/// Sampling settings whose `max_tokens` may still be open (filled from the context window).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidSampling {
-    /// Everything but `max_tokens`.
-    pub settings: SamplingSettings,
-    /// The client's limit, if any.
-    pub max_tokens: Option<usize>,
-    /// JSON schema the output must match (structured output, tool calls).
-    pub json_schema: Option<Value>,
-}
+/// Sampling settings whose `max_tokens` may still be open (filled from the context window
+/// by the scheduler, which defines the type).
+pub use crate::scheduler::Sampling as ValidSampling;
 
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -262,7 +255,8 @@ fn sampling(c: CommonSampling<'_>, limits: &LimitSettings) -> Result<ValidSampli
             seed: c.seed.map(|s| s as u64),
             presence_penalty: c.presence_penalty.unwrap_or(0.0) as f32,
             frequency_penalty: c.frequency_penalty.unwrap_or(0.0) as f32,
-            max_tokens: 0,
+            // Filled by the scheduler from `max_tokens` below and the context window.
+            max_tokens: None,
             stop: parse_stop(c.stop, limits)?,
             logprobs: c.logprobs,
             top_logprobs: c.top_logprobs,

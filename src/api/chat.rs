@@ -15,7 +15,7 @@ use crate::openai::chat::{
     ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatTokenLogprob, FunctionCall, ToolCall,
 };
 use crate::openai::common::{new_id, system_fingerprint, unix_now, Usage};
-use crate::scheduler::{engine_error, Generation};
+use crate::scheduler::Generation;
 use crate::validation::{parse_json, validate_chat, OutputMode};
 
 /// Mounts `/chat/completions` (inside the `/v1` scope).
@@ -55,8 +55,9 @@ pub async fn create_chat_completion(
     let work = async {
         let generation = state
             .scheduler
-            .start(&valid.model, valid.prompt, valid.sampling, "messages")
-            .await?;
+            .start(&valid.model, valid.prompt, valid.sampling)
+            .await
+            .map_err(|e| ApiError::from_scheduler(e, "messages"))?;
         super::middleware::attach_generation(&req, generation.report());
         let meta = ResponseMeta {
             id: new_id("chatcmpl"),
@@ -151,7 +152,7 @@ async fn collect(
     let mut reasons = vec!["stop".to_string(); n];
     let mut usage = None;
     while let Some(event) = generation.next().await {
-        match event.map_err(|e| engine_error(e, "messages"))? {
+        match event.map_err(|e| ApiError::from_engine(e, "messages"))? {
             TokenEvent::Text {
                 choice,
                 text,
@@ -291,7 +292,7 @@ fn stream_chunks(
                 }
                 Err(e) => {
                     tracing::warn!(model = %meta.model, error = %e, "generation failed mid-stream");
-                    yield engine_error(e, "messages").sse_event();
+                    yield ApiError::from_engine(e, "messages").sse_event();
                     return;
                 }
             }

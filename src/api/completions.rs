@@ -16,6 +16,7 @@ use crate::openai::common::{new_id, system_fingerprint, unix_now, Usage};
 use crate::openai::completions::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
 };
+use crate::scheduler::SchedulerError;
 use crate::validation::{parse_json, validate_completion};
 
 /// Mounts `/completions` (inside the `/v1` scope).
@@ -27,7 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-type Tagged = (usize, Result<TokenEvent, ApiError>);
+type Tagged = (usize, Result<TokenEvent, SchedulerError>);
 
 /// Continues a text prompt (no chat template).
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest, tag = "completions",
@@ -51,8 +52,9 @@ pub async fn create_completion(
         let prompts = valid.prompts.iter().cloned().map(Prompt::Text).collect();
         let batch = state
             .scheduler
-            .start_many(&valid.model, prompts, valid.sampling.clone(), "prompt")
-            .await?;
+            .start_many(&valid.model, prompts, valid.sampling.clone())
+            .await
+            .map_err(|e| ApiError::from_scheduler(e, "prompt"))?;
         let model = batch.model.clone();
         for report in &batch.reports {
             super::middleware::attach_generation(&req, report.clone());
@@ -150,7 +152,7 @@ async fn collect(
     let mut usage = TokenUsage::default();
     let mut done = 0;
     while let Some((p, event)) = merged.next().await {
-        match event? {
+        match event.map_err(|e| ApiError::from_scheduler(e, "prompt"))? {
             TokenEvent::Text {
                 choice,
                 text,
@@ -240,7 +242,7 @@ fn stream_chunks(
                 }
                 Err(e) => {
                     tracing::warn!(model = %job.model, error = %e, "generation failed mid-stream");
-                    yield e.sse_event();
+                    yield ApiError::from_scheduler(e, "prompt").sse_event();
                     return;
                 }
             }

@@ -23,11 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The `/v1/models` entry of a model.
 pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
-    let mut status = state.scheduler.pool().status(slot.index);
-    // An upstream enforces its own window; it is not known here.
-    status.context_length = status
-        .context_length
-        .filter(|&c| c != crate::engine::upstream::UNBOUNDED_CONTEXT);
+    let status = state.scheduler.pool().status(slot.index);
     ModelObject {
         id: slot.settings.name.clone(),
         object: "model".into(),

@@ -143,8 +143,7 @@ impl MachineInfo {
         Self {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ram_gib: crate::scheduler::memory::system_memory_bytes().unwrap_or(0) as f64
-                / (1u64 << 30) as f64,
+            ram_gib: crate::memory::system_memory_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
             gpus,
             server_build: None,
             client: format!("llamagate {}", env!("CARGO_PKG_VERSION")),

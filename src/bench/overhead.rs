@@ -18,7 +18,7 @@ use crate::engine::{
     ChatTurn, Engine, EngineError, GenerationRequest, LoadedModel, Prompt, Role, SamplingSettings,
     TokenEvent,
 };
-use crate::scheduler::memory::Footprint;
+use crate::memory::Footprint;
 
 /// One side of the comparison.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -93,7 +93,7 @@ async fn in_process(
         prompt,
         sampling: SamplingSettings {
             temperature: 0.0,
-            max_tokens,
+            max_tokens: Some(max_tokens),
             ..SamplingSettings::default()
         },
         prompt_tokens,

@@ -223,7 +223,7 @@ impl super::Engine for MistralRsEngine {
         Ok(Arc::new(MistralRsModel {
             model: Arc::new(model),
             facts: ModelFacts {
-                context_length,
+                context_length: Some(context_length),
                 device,
             },
         }))
@@ -412,7 +412,7 @@ impl LoadedModel for MistralRsModel {
             presence_penalty: (s.presence_penalty != 0.0).then_some(s.presence_penalty),
             repetition_penalty: None,
             stop_toks: None,
-            max_len: Some(s.max_tokens),
+            max_len: s.max_tokens,
             logits_bias: None,
             n_choices: s.n,
             dry_params: None,
@@ -496,7 +496,7 @@ impl LoadedModel for MistralRsModel {
                 other => pending = other,
             }
         }
-        let max_tokens = s.max_tokens;
+        let max_tokens = s.max_tokens.unwrap_or(usize::MAX);
         let top_k = s.top_logprobs;
         let stops = s.stop.clone();
         let prompt_tokens = request.prompt_tokens;

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use futures::Stream;
 
 use crate::config::{DeviceSetting, ModelSettings, ModelSource};
-use crate::scheduler::memory::Footprint;
+use crate::memory::Footprint;
 
 /// Who said a chat turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +84,9 @@ pub struct SamplingSettings {
     pub presence_penalty: f32,
     /// OpenAI frequency penalty in [-2, 2].
     pub frequency_penalty: f32,
-    /// Most tokens to generate per choice.
-    pub max_tokens: usize,
+    /// Most tokens to generate per choice; `None` only for a model whose context window
+    /// is not known here and a client that set no limit (the upstream's own applies).
+    pub max_tokens: Option<usize>,
     /// Text that ends a choice; not included in the output.
     pub stop: Vec<String>,
     /// Return the log-probability of each generated token.
@@ -104,7 +105,7 @@ impl Default for SamplingSettings {
             seed: None,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
-            max_tokens: 16,
+            max_tokens: Some(16),
             stop: Vec::new(),
             logprobs: false,
             top_logprobs: 0,
@@ -248,8 +249,9 @@ pub type TokenStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, EngineError>
 /// Facts about a loaded model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelFacts {
-    /// Context window in tokens (the smaller of the model's and the configured one).
-    pub context_length: usize,
+    /// Context window in tokens (the smaller of the model's and the configured one);
+    /// `None` when it is not known here (an upstream server enforces its own).
+    pub context_length: Option<usize>,
     /// The device it runs on, e.g. `cpu` or `cuda:0`.
     pub device: String,
 }

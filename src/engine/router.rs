@@ -11,10 +11,7 @@ use super::mistralrs::MistralRsEngine;
 use super::upstream::UpstreamEngine;
 use super::{Engine, EngineError, LoadedModel};
 use crate::config::{EngineKind, ModelSettings};
-use crate::scheduler::memory::Footprint;
-
-/// Device key of models served by another machine: they draw on no local budget.
-pub const REMOTE_DEVICE: &str = "remote";
+use crate::memory::Footprint;
 
 /// Routes every model to the engine its settings ask for.
 pub struct EngineRouter {

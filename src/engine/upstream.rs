@@ -18,9 +18,6 @@ use super::{
 };
 use crate::config::{ModelSettings, ModelSource};
 
-/// Context window reported for upstream models: the upstream enforces its own.
-pub const UNBOUNDED_CONTEXT: usize = u32::MAX as usize;
-
 /// Longest error body read from an upstream.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -56,7 +53,7 @@ fn resolve_key(raw: &str) -> Result<String, EngineError> {
 #[async_trait]
 impl super::Engine for UpstreamEngine {
     fn device_key(&self, _settings: &ModelSettings) -> String {
-        super::router::REMOTE_DEVICE.into()
+        crate::memory::REMOTE_DEVICE.into()
     }
 
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
@@ -85,8 +82,9 @@ impl super::Engine for UpstreamEngine {
             api_key,
             timeout,
             facts: ModelFacts {
-                context_length: UNBOUNDED_CONTEXT,
-                device: super::router::REMOTE_DEVICE.into(),
+                // The upstream enforces its own window; it is not known here.
+                context_length: None,
+                device: crate::memory::REMOTE_DEVICE.into(),
             },
         }))
     }
@@ -96,15 +94,17 @@ impl super::Engine for UpstreamEngine {
 fn request_body(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
     let s = &request.sampling;
     let chat = matches!(request.prompt, Prompt::Chat(_));
-    let mut body = json!({
-        "model": model,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "n": s.n,
-    });
-    let fields = body.as_object_mut().expect("object literal");
+    let mut fields = serde_json::Map::new();
+    for (key, value) in [
+        ("model", json!(model)),
+        ("stream", json!(true)),
+        ("stream_options", json!({"include_usage": true})),
+        ("temperature", json!(s.temperature)),
+        ("top_p", json!(s.top_p)),
+        ("n", json!(s.n)),
+    ] {
+        fields.insert(key.into(), value);
+    }
     match &request.prompt {
         Prompt::Chat(turns) => {
             let messages: Vec<Value> = turns
@@ -117,8 +117,8 @@ fn request_body(model: &str, request: &GenerationRequest) -> (&'static str, Valu
             fields.insert("prompt".into(), Value::String(text.clone()));
         }
     }
-    if s.max_tokens < UNBOUNDED_CONTEXT {
-        fields.insert("max_tokens".into(), json!(s.max_tokens));
+    if let Some(max_tokens) = s.max_tokens {
+        fields.insert("max_tokens".into(), json!(max_tokens));
     }
     if let Some(seed) = s.seed {
         fields.insert("seed".into(), json!(seed));
@@ -152,7 +152,7 @@ fn request_body(model: &str, request: &GenerationRequest) -> (&'static str, Valu
         } else {
             "completions"
         },
-        body,
+        Value::Object(fields),
     )
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use super::SchedulerError;
 
 /// Slots and queue of one model.
 #[derive(Debug)]
@@ -61,7 +61,7 @@ impl Admission {
     /// in FIFO order with every other request: slots that free up while it is at the head
     /// of the queue are kept for it (no one behind it could take them first anyway), and
     /// it runs only with all of them.
-    pub async fn acquire(&self, weight: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub async fn acquire(&self, weight: usize) -> Result<OwnedSemaphorePermit, SchedulerError> {
         let entered = Instant::now();
         acquire_within(
             &self.slots,
@@ -80,11 +80,11 @@ impl Admission {
     }
 
     /// Takes a place in the queue, or refuses with 429 when the queue is full.
-    pub fn enter(&self) -> Result<QueueTicket, ApiError> {
+    pub fn enter(&self) -> Result<QueueTicket, SchedulerError> {
         let mut current = self.waiting.load(Ordering::SeqCst);
         loop {
             if current >= self.queue_size + self.slots.available_permits() {
-                return Err(ApiError::QueueFull {
+                return Err(SchedulerError::QueueFull {
                     model: self.model.clone(),
                     queue_size: self.queue_size,
                     retry_after: Duration::from_secs(2),
@@ -119,13 +119,13 @@ async fn acquire_within(
     timeout: Duration,
     model: &str,
     entered: Instant,
-) -> Result<OwnedSemaphorePermit, ApiError> {
+) -> Result<OwnedSemaphorePermit, SchedulerError> {
     let remaining = timeout.saturating_sub(entered.elapsed());
     let weight = u32::try_from(weight).unwrap_or(u32::MAX);
     match tokio::time::timeout(remaining, slots.clone().acquire_many_owned(weight)).await {
         Ok(Ok(permit)) => Ok(permit),
-        Ok(Err(_)) => Err(ApiError::ShuttingDown),
-        Err(_) => Err(ApiError::QueueTimeout {
+        Ok(Err(_)) => Err(SchedulerError::ShuttingDown),
+        Err(_) => Err(SchedulerError::QueueTimeout {
             model: model.to_string(),
             waited: entered.elapsed(),
             retry_after: Duration::from_secs(5),
@@ -135,13 +135,16 @@ async fn acquire_within(
 
 impl QueueTicket {
     /// Waits for a slot; the slot is held until the returned permit is dropped.
-    pub async fn wait_for_slot(self) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub async fn wait_for_slot(self) -> Result<OwnedSemaphorePermit, SchedulerError> {
         self.wait_for_slots(1).await
     }
 
     /// Waits for `weight` slots at once (all or none; see [`Admission::weight`]); they are
     /// held until the returned permit is dropped.
-    pub async fn wait_for_slots(mut self, weight: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub async fn wait_for_slots(
+        mut self,
+        weight: usize,
+    ) -> Result<OwnedSemaphorePermit, SchedulerError> {
         let acquired =
             acquire_within(&self.slots, weight, self.timeout, &self.model, self.entered).await;
         self.leave();
@@ -176,7 +179,7 @@ mod tests {
         let first = a.enter().unwrap().wait_for_slot().await.unwrap();
         let _queued = a.enter().unwrap();
         match a.enter() {
-            Err(ApiError::QueueFull { .. }) => {}
+            Err(SchedulerError::QueueFull { .. }) => {}
             other => panic!("{other:?}"),
         }
         drop(first);
@@ -187,7 +190,7 @@ mod tests {
         let a = Admission::new("m", 1, 4, Duration::from_millis(50));
         let _held = a.enter().unwrap().wait_for_slot().await.unwrap();
         match a.enter().unwrap().wait_for_slot().await {
-            Err(ApiError::QueueTimeout { .. }) => {}
+            Err(SchedulerError::QueueTimeout { .. }) => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(a.waiting(), 0);

@@ -4,9 +4,11 @@
 //! model's slot until it is dropped; dropping it early cancels the generation.
 
 pub mod admission;
-pub mod memory;
+mod error;
 pub mod pool;
 pub mod registry;
+
+pub use error::SchedulerError;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,49 +19,29 @@ use futures::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Settings;
-use crate::engine::{Engine, EngineError, GenerationRequest, Prompt, TokenEvent, TokenStream};
-use crate::error::ApiError;
+use crate::engine::{
+    Engine, EngineError, GenerationRequest, Prompt, SamplingSettings, TokenEvent, TokenStream,
+};
 use crate::metrics::Metrics;
-use crate::validation::ValidSampling;
 use pool::{Lease, Pool};
 use registry::Registry;
+
+/// What to generate, as the API validated it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// Everything but the final `max_tokens` (the scheduler fills it in).
+    pub settings: SamplingSettings,
+    /// The client's limit, if any.
+    pub max_tokens: Option<usize>,
+    /// JSON schema the output must match (structured output, tool calls).
+    pub json_schema: Option<serde_json::Value>,
+}
 
 /// Routes, admits and starts generations.
 pub struct Scheduler {
     registry: Registry,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
-}
-
-/// Maps an engine failure to the API's error table.
-pub fn engine_error(e: EngineError, param: &'static str) -> ApiError {
-    match e {
-        EngineError::Rejected(message) => ApiError::invalid(param, message),
-        EngineError::InvalidSchema(message) => ApiError::InvalidRequest {
-            message: format!(
-                "The JSON schema (from `response_format` or `tools`) is not supported: {message}"
-            ),
-            param: Some("response_format".into()),
-            code: Some("invalid_schema"),
-        },
-        EngineError::Load(m) | EngineError::Generation(m) => ApiError::Engine(m),
-        EngineError::Unavailable => ApiError::Engine("the engine is not running".into()),
-        EngineError::UpstreamRejected {
-            status,
-            message,
-            param,
-            code,
-            retry_after,
-        } => ApiError::UpstreamRejected {
-            status,
-            message,
-            param,
-            code: code.as_deref().and_then(crate::error::known_error_code),
-            retry_after: retry_after.map(std::time::Duration::from_secs),
-        },
-        EngineError::UpstreamUnavailable(m) => ApiError::BadGateway(m),
-        EngineError::UpstreamTimeout(m) => ApiError::GatewayTimeout(m),
-    }
 }
 
 impl Scheduler {
@@ -119,26 +101,23 @@ impl Scheduler {
         &self,
         model_id: &str,
         prompts: Vec<Prompt>,
-        sampling: &ValidSampling,
-        param: &'static str,
-    ) -> Result<Admitted, ApiError> {
+        sampling: &Sampling,
+    ) -> Result<Admitted, SchedulerError> {
         let started = Instant::now();
         let slot = self.registry.resolve(model_id)?;
         let name = slot.settings.name.clone();
-        let reject = |reason: &str| self.reject(&name, reason);
-        let ticket = slot
-            .admission
-            .enter()
-            .inspect_err(|_| reject("queue_full"))?;
+        let counted = |e: SchedulerError| {
+            if let Some(reason) = e.rejection_reason() {
+                self.reject(&name, reason);
+            }
+            e
+        };
+        let ticket = slot.admission.enter().map_err(counted)?;
         let lease = self
             .pool
             .acquire(slot.index, ticket.deadline())
             .await
-            .inspect_err(|e| match e {
-                ApiError::QueueTimeout { .. } => reject("queue_timeout"),
-                ApiError::ModelLoadFailed { .. } => reject("load_failed"),
-                _ => {}
-            })?;
+            .map_err(counted)?;
         let model = lease.model().clone();
         let context = model.facts().context_length;
         let mut prepared = Vec::with_capacity(prompts.len());
@@ -146,22 +125,23 @@ impl Scheduler {
             let prompt_tokens = model
                 .count_prompt_tokens(&prompt)
                 .await
-                .map_err(|e| engine_error(e, param))?;
-            let room = context.saturating_sub(prompt_tokens);
-            let max_tokens = sampling.max_tokens.unwrap_or(room);
-            if prompt_tokens >= context || max_tokens > room {
-                reject("context_length");
-                let requested = prompt_tokens.saturating_add(max_tokens.max(1));
-                return Err(ApiError::ContextLengthExceeded {
-                    message: format!(
-                        "This model's maximum context length is {context} tokens. However, you requested \
-                         {requested} tokens ({prompt_tokens} in the {param}, {} in the completion). \
-                         Please reduce the length of the {param} or completion.",
-                        max_tokens.max(1)
-                    ),
-                    param,
-                });
-            }
+                .map_err(SchedulerError::Engine)?;
+            // A window that is not known here (an upstream's) is enforced over there.
+            let max_tokens = match context {
+                None => sampling.max_tokens,
+                Some(context) => {
+                    let room = context.saturating_sub(prompt_tokens);
+                    let max_tokens = sampling.max_tokens.unwrap_or(room);
+                    if prompt_tokens >= context || max_tokens > room {
+                        return Err(counted(SchedulerError::ContextLengthExceeded {
+                            context,
+                            prompt_tokens,
+                            max_tokens: max_tokens.max(1),
+                        }));
+                    }
+                    Some(max_tokens)
+                }
+            };
             prepared.push(Prepared {
                 prompt,
                 prompt_tokens,
@@ -191,17 +171,19 @@ impl Scheduler {
     }
 
     /// Admits and starts one generation (of `n` choices: it takes `n` sequence slots, at
-    /// most all of the model's, at once). `param` names the prompt field for errors.
+    /// most all of the model's, at once).
     pub async fn start(
         &self,
         model_id: &str,
         prompt: Prompt,
-        sampling: ValidSampling,
-        param: &'static str,
-    ) -> Result<Generation, ApiError> {
-        let mut admitted = self.admit(model_id, vec![prompt], &sampling, param).await?;
+        sampling: Sampling,
+    ) -> Result<Generation, SchedulerError> {
+        let mut admitted = self.admit(model_id, vec![prompt], &sampling).await?;
         let name = admitted.slot.settings.name.clone();
-        let prepared = admitted.prepared.pop().ok_or(ApiError::ShuttingDown)?;
+        let prepared = admitted
+            .prepared
+            .pop()
+            .ok_or(SchedulerError::ShuttingDown)?;
         let permit = admitted
             .ticket
             .wait_for_slots(admitted.weight)
@@ -220,7 +202,6 @@ impl Scheduler {
             permit,
             admitted.started,
             Arc::new(GenerationReport::new(&name)),
-            param,
         )
         .await
     }
@@ -236,10 +217,9 @@ impl Scheduler {
         &self,
         model_id: &str,
         prompts: Vec<Prompt>,
-        sampling: ValidSampling,
-        param: &'static str,
-    ) -> Result<Batch, ApiError> {
-        let admitted = self.admit(model_id, prompts, &sampling, param).await?;
+        sampling: Sampling,
+    ) -> Result<Batch, SchedulerError> {
+        let admitted = self.admit(model_id, prompts, &sampling).await?;
         let Admitted {
             slot,
             ticket,
@@ -255,7 +235,7 @@ impl Scheduler {
             .map(|_| Arc::new(GenerationReport::new(&name)))
             .collect();
         let mut prepared = prepared.into_iter();
-        let first = prepared.next().ok_or(ApiError::ShuttingDown)?;
+        let first = prepared.next().ok_or(SchedulerError::ShuttingDown)?;
         let permit = ticket
             .wait_for_slots(weight)
             .await
@@ -273,11 +253,10 @@ impl Scheduler {
             permit,
             started,
             reports[0].clone(),
-            param,
         )
         .await?;
         let first = first
-            .map(move |e| (0, e.map_err(|e| engine_error(e, param))))
+            .map(move |e| (0, e.map_err(SchedulerError::Engine)))
             .boxed();
         let metrics = self.metrics.clone();
         let batch_reports = reports.clone();
@@ -297,11 +276,11 @@ impl Scheduler {
                         return;
                     }
                 };
-                match launch(&metrics, &name, lease, prepared, &sampling, permit, waited, report, param).await {
+                match launch(&metrics, &name, lease, prepared, &sampling, permit, waited, report).await {
                     Err(e) => yield (index, Err(e)),
                     Ok(mut generation) => {
                         while let Some(event) = generation.next().await {
-                            yield (index, event.map_err(|e| engine_error(e, param)));
+                            yield (index, event.map_err(SchedulerError::Engine));
                         }
                     }
                 }
@@ -334,7 +313,7 @@ struct Admitted {
 struct Prepared {
     prompt: Prompt,
     prompt_tokens: usize,
-    max_tokens: usize,
+    max_tokens: Option<usize>,
 }
 
 /// Starts one generation on a leased model with the slots it holds.
@@ -344,12 +323,11 @@ async fn launch(
     name: &str,
     lease: Arc<Lease>,
     prepared: Prepared,
-    sampling: &ValidSampling,
+    sampling: &Sampling,
     permit: OwnedSemaphorePermit,
     started: Instant,
     report: Arc<GenerationReport>,
-    param: &'static str,
-) -> Result<Generation, ApiError> {
+) -> Result<Generation, SchedulerError> {
     let Prepared {
         prompt,
         prompt_tokens,
@@ -369,7 +347,7 @@ async fn launch(
         .model()
         .generate(request)
         .await
-        .map_err(|e| engine_error(e, param))?;
+        .map_err(SchedulerError::Engine)?;
     tracing::debug!(
         model = %name,
         prompt_tokens,
@@ -412,7 +390,7 @@ pub struct Batch {
     /// One report per prompt, in prompt order.
     pub reports: Vec<Arc<GenerationReport>>,
     /// The events, in the order they happen.
-    pub events: futures::stream::BoxStream<'static, (usize, Result<TokenEvent, ApiError>)>,
+    pub events: futures::stream::BoxStream<'static, (usize, Result<TokenEvent, SchedulerError>)>,
 }
 
 /// What a generation did, filled in as it runs (for the per-request log line).

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
-use super::memory::{ByteSize, Footprint, DEFAULT_CPU_FRACTION, DEFAULT_GPU_FRACTION};
+use crate::memory::{ByteSize, Footprint, DEFAULT_CPU_FRACTION, DEFAULT_GPU_FRACTION};
 
 /// Wait before the first retry of a failed load.
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -60,9 +60,9 @@ fn file_stamp(settings: &crate::config::ModelSettings) -> FileStamp {
     Some((meta.len(), meta.modified().ok()?))
 }
 use super::registry::ModelSlot;
+use super::SchedulerError;
 use crate::config::SchedulerSettings;
 use crate::engine::{Engine, LoadedModel};
-use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// Where a model is in its lifecycle.
@@ -200,7 +200,7 @@ impl Pool {
             if budgets.contains_key(&key) {
                 continue;
             }
-            if key == crate::engine::router::REMOTE_DEVICE {
+            if key == crate::memory::REMOTE_DEVICE {
                 budgets.insert(key, u64::MAX);
                 continue;
             }
@@ -214,7 +214,7 @@ impl Pool {
                 Some(ByteSize(b)) => b,
                 None => {
                     let total = if is_cpu {
-                        super::memory::system_memory_bytes().or_else(|| engine.device_memory(&key))
+                        crate::memory::system_memory_bytes().or_else(|| engine.device_memory(&key))
                     } else {
                         engine.device_memory(&key)
                     };
@@ -309,7 +309,7 @@ impl Pool {
         };
         ModelStatus {
             status,
-            context_length: model.map(|m| m.facts().context_length),
+            context_length: model.and_then(|m| m.facts().context_length),
             device: model.map(|m| m.facts().device.clone()),
             loaded_at: model.and(e.loaded_at),
             error,
@@ -368,7 +368,7 @@ impl Pool {
         self: &Arc<Self>,
         index: usize,
         deadline: Instant,
-    ) -> Result<Lease, ApiError> {
+    ) -> Result<Lease, SchedulerError> {
         {
             self.lock().entries[index].waiting += 1;
         }
@@ -401,7 +401,7 @@ impl Pool {
                         .await
                         .is_err()
                     {
-                        return Err(ApiError::QueueTimeout {
+                        return Err(SchedulerError::QueueTimeout {
                             model: self.slots[index].settings.name.clone(),
                             waited: started.elapsed(),
                             retry_after: Duration::from_secs(5),
@@ -440,7 +440,7 @@ impl Pool {
         index: usize,
         awaited_load: &mut Option<u64>,
         checked_file: bool,
-    ) -> Result<Step, ApiError> {
+    ) -> Result<Step, SchedulerError> {
         let slot = &self.slots[index];
         let name = &slot.settings.name;
         let fairness = self.fairness_batch;
@@ -472,7 +472,7 @@ impl Pool {
                 return Ok(Step::Wait);
             }
             Life::Failed { error, generation } if *awaited_load == Some(*generation) => {
-                return Err(ApiError::ModelLoadFailed {
+                return Err(SchedulerError::ModelLoadFailed {
                     model: name.clone(),
                     reason: error.clone(),
                     retry_after: e
@@ -486,7 +486,7 @@ impl Pool {
                 let wait = e
                     .retry_at
                     .map_or(RETRY_FIRST, |t| t.saturating_duration_since(Instant::now()));
-                return Err(ApiError::ModelLoadFailed {
+                return Err(SchedulerError::ModelLoadFailed {
                     model: name.clone(),
                     reason: error.clone(),
                     retry_after: wait.max(RETRY_FIRST),
@@ -515,7 +515,7 @@ impl Pool {
                     .model_load_failures
                     .with_label_values(&[name])
                     .inc();
-                return Err(ApiError::ModelLoadFailed {
+                return Err(SchedulerError::ModelLoadFailed {
                     model: name.clone(),
                     reason: error,
                     retry_after: wait,
@@ -554,7 +554,7 @@ impl Pool {
                 .rejected_requests
                 .with_label_values(&[name, "insufficient_memory"])
                 .inc();
-            return Err(ApiError::InsufficientMemory {
+            return Err(SchedulerError::InsufficientMemory {
                 model: name.clone(),
                 device: device.to_string(),
                 needed: need,
@@ -693,7 +693,7 @@ impl Pool {
             }
             match result {
                 Ok(model) => {
-                    tracing::info!(model = %name, device = %model.facts().device, context_length = model.facts().context_length, seconds, "model loaded");
+                    tracing::info!(model = %name, device = %model.facts().device, context_length = ?model.facts().context_length, seconds, "model loaded");
                     pool.metrics.model_loads.with_label_values(&[name]).inc();
                     pool.metrics
                         .model_load_duration
@@ -753,7 +753,7 @@ impl Pool {
         let e = &mut st.entries[i];
         if matches!(e.life, Life::Ready(_) | Life::Draining(_)) {
             tracing::info!(model = %self.slots[i].settings.name, "model unloaded");
-            super::memory::return_freed_memory_soon();
+            crate::memory::return_freed_memory_soon();
         }
         if e.abandoned_loader {
             // A timed-out loader still runs: its memory is still taken.
@@ -808,7 +808,7 @@ impl Pool {
     }
 
     /// Loads a model now (admin), waiting up to its load timeout.
-    pub async fn load_now(self: &Arc<Self>, index: usize) -> Result<(), ApiError> {
+    pub async fn load_now(self: &Arc<Self>, index: usize) -> Result<(), SchedulerError> {
         // An operator asking for a load skips the retry backoff.
         self.lock().entries[index].retry_at = None;
         let timeout = self.slots[index].settings.load_timeout() + Duration::from_secs(5);

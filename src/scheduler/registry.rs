@@ -7,9 +7,9 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::admission::Admission;
+use super::SchedulerError;
 use crate::config::{ModelSettings, ModelSource, SchedulerSettings};
 use crate::engine::Engine;
-use crate::error::ApiError;
 
 /// Facts about a model's file, read once at start-up when the file is there.
 #[derive(Debug, Clone, Default)]
@@ -93,11 +93,11 @@ impl Registry {
     }
 
     /// The model a client's `model` field names.
-    pub fn resolve(&self, id: &str) -> Result<Arc<ModelSlot>, ApiError> {
+    pub fn resolve(&self, id: &str) -> Result<Arc<ModelSlot>, SchedulerError> {
         self.routes
             .get(id)
             .map(|s| s.clone())
-            .ok_or_else(|| ApiError::ModelNotFound(id.chars().take(128).collect()))
+            .ok_or_else(|| SchedulerError::ModelNotFound(id.chars().take(128).collect()))
     }
 
     /// Every model, in configuration order.

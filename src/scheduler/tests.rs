@@ -7,16 +7,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use super::memory::ByteSize;
-use super::Scheduler;
+use super::{Scheduler, SchedulerError};
 use crate::config::{DurationSetting, ModelSettings, ModelSource, Settings};
 use crate::engine::{
     Engine, EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, Prompt,
     TokenEvent, TokenStream, TokenUsage,
 };
-use crate::error::ApiError;
+use crate::memory::ByteSize;
 use crate::metrics::Metrics;
-use crate::validation::ValidSampling;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -52,7 +50,7 @@ impl LoadedModel for ScriptedModel {
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
         let delay = self.token_delay;
         let generated = self.generated.clone();
-        let max = request.sampling.max_tokens;
+        let max = request.sampling.max_tokens.unwrap_or(usize::MAX);
         let prompt_tokens = request.prompt_tokens;
         let on_token = request.on_token.clone();
         Ok(Box::pin(async_stream::stream! {
@@ -75,7 +73,7 @@ impl Engine for ScriptedEngine {
     fn estimate_footprint(
         &self,
         settings: &ModelSettings,
-    ) -> Result<super::memory::Footprint, String> {
+    ) -> Result<crate::memory::Footprint, String> {
         let loaded = self.loads.lock().unwrap().contains(&settings.name);
         if !loaded
             && self
@@ -84,9 +82,9 @@ impl Engine for ScriptedEngine {
                 .unwrap()
                 .contains(&settings.name)
         {
-            return Ok(super::memory::Footprint::UNKNOWN);
+            return Ok(crate::memory::Footprint::UNKNOWN);
         }
-        Ok(super::memory::Footprint::fixed(
+        Ok(crate::memory::Footprint::fixed(
             settings.memory.map_or(0, |m| m.0),
         ))
     }
@@ -103,7 +101,7 @@ impl Engine for ScriptedEngine {
         }
         Ok(Arc::new(ScriptedModel {
             facts: ModelFacts {
-                context_length: 1024,
+                context_length: Some(1024),
                 device: "cpu".into(),
             },
             token_delay: self.token_delay,
@@ -136,22 +134,17 @@ fn scheduler(s: &Settings, engine: Arc<ScriptedEngine>) -> (Arc<Scheduler>, Arc<
     (sched, metrics)
 }
 
-fn sampling(max_tokens: usize) -> ValidSampling {
-    ValidSampling {
+fn sampling(max_tokens: usize) -> super::Sampling {
+    super::Sampling {
         settings: Default::default(),
         max_tokens: Some(max_tokens),
         json_schema: None,
     }
 }
 
-async fn run(sched: &Scheduler, model: &str, tokens: usize) -> Result<usize, ApiError> {
+async fn run(sched: &Scheduler, model: &str, tokens: usize) -> Result<usize, SchedulerError> {
     let mut g = sched
-        .start(
-            model,
-            Prompt::Text("hello".into()),
-            sampling(tokens),
-            "prompt",
-        )
+        .start(model, Prompt::Text("hello".into()), sampling(tokens))
         .await?;
     let mut n = 0;
     while let Some(e) = g.next().await {
@@ -238,15 +231,17 @@ async fn a_model_that_can_never_fit_is_refused_with_the_numbers() {
     let s = settings(vec![pinned, model("big", 2000), model("mid", 500)], 1000);
     let (sched, metrics) = scheduler(&s, engine.clone());
     match run(&sched, "big", 1).await {
-        Err(ApiError::InsufficientMemory { needed, budget, .. }) => {
+        Err(SchedulerError::InsufficientMemory { needed, budget, .. }) => {
             assert_eq!(needed, 2000 * MIB);
             assert_eq!(budget, 1000 * MIB);
         }
         other => panic!("{other:?}"),
     }
     run(&sched, "p", 1).await.unwrap();
-    let err = run(&sched, "mid", 1).await.unwrap_err();
-    assert!(err.to_string().contains("pinned models hold"), "{err}");
+    match run(&sched, "mid", 1).await {
+        Err(SchedulerError::InsufficientMemory { pinned, .. }) => assert_eq!(pinned, 600 * MIB),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         metrics
             .rejected_requests
@@ -275,11 +270,11 @@ async fn full_queue_is_429_and_a_long_wait_is_503() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(matches!(
         run(&sched, "a", 1).await,
-        Err(ApiError::QueueFull { .. })
+        Err(SchedulerError::QueueFull { .. })
     ));
     assert!(matches!(
         queued.await.unwrap(),
-        Err(ApiError::QueueTimeout { .. })
+        Err(SchedulerError::QueueTimeout { .. })
     ));
     assert_eq!(running.await.unwrap().unwrap(), 40);
 }
@@ -377,7 +372,7 @@ async fn a_failed_load_is_reported_then_retried() {
         engine.clone(),
     );
     match run(&sched, "a", 1).await {
-        Err(ApiError::ModelLoadFailed { reason, .. }) => assert!(reason.contains("scripted")),
+        Err(SchedulerError::ModelLoadFailed { reason, .. }) => assert!(reason.contains("scripted")),
         other => panic!("{other:?}"),
     }
     assert_eq!(status(&sched, "a"), "failed");
@@ -389,10 +384,8 @@ async fn a_failed_load_is_reported_then_retried() {
     // During the backoff the stored error comes back at once, without a new attempt.
     let asked = Instant::now();
     match run(&sched, "a", 1).await {
-        Err(e @ ApiError::ModelLoadFailed { .. }) => {
-            assert!(e
-                .retry_after()
-                .is_some_and(|d| d <= super::pool::RETRY_FIRST));
+        Err(SchedulerError::ModelLoadFailed { retry_after, .. }) => {
+            assert!(retry_after <= super::pool::RETRY_FIRST);
         }
         other => panic!("{other:?}"),
     }
@@ -424,7 +417,9 @@ async fn a_timed_out_load_keeps_its_memory_until_the_loader_ends() {
     );
     let started = Instant::now();
     match run(&sched, "slow", 1).await {
-        Err(ApiError::ModelLoadFailed { reason, .. }) => assert!(reason.contains("load_timeout")),
+        Err(SchedulerError::ModelLoadFailed { reason, .. }) => {
+            assert!(reason.contains("load_timeout"))
+        }
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_millis(2000));
@@ -479,7 +474,7 @@ fn prompts(count: usize) -> Vec<Prompt> {
 
 async fn run_many(sched: &Scheduler, model: &str, count: usize, tokens: usize) -> usize {
     let mut batch = sched
-        .start_many(model, prompts(count), sampling(tokens), "prompt")
+        .start_many(model, prompts(count), sampling(tokens))
         .await
         .unwrap();
     assert_eq!(batch.reports.len(), count);
@@ -555,7 +550,7 @@ async fn n_choices_take_n_slots_at_once() {
     let mut sampling3 = sampling(5);
     sampling3.settings.n = 3;
     let g = sched
-        .start("a", Prompt::Text("x".into()), sampling3, "prompt")
+        .start("a", Prompt::Text("x".into()), sampling3)
         .await
         .unwrap();
     assert_eq!(slot.admission.running(), 3);
@@ -565,7 +560,7 @@ async fn n_choices_take_n_slots_at_once() {
         let sched = sched.clone();
         tokio::spawn(async move {
             sched
-                .start("a", Prompt::Text("x".into()), sampling9, "prompt")
+                .start("a", Prompt::Text("x".into()), sampling9)
                 .await
                 .map(|_| ())
         })
@@ -643,7 +638,7 @@ async fn metrics_count_exactly_what_happened() {
 
     // A stream dropped before its end is a cancellation, and the slot is freed.
     let mut g = sched
-        .start("m", Prompt::Text("hi".into()), sampling(50), "prompt")
+        .start("m", Prompt::Text("hi".into()), sampling(50))
         .await
         .unwrap();
     g.next().await.unwrap().unwrap();

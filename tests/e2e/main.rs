@@ -2,6 +2,9 @@
 //! driven over HTTP by a real OpenAI client (async-openai) and by raw requests.
 //! One binary keeps link time down.
 
+// A test crate: failing loudly on the unexpected is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod bench;
 mod cancel;
 mod chat;

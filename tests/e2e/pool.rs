@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use llamagate::config::{ModelSettings, ModelSource};
-use llamagate::scheduler::memory::{process_rss_bytes, ByteSize};
+use llamagate::memory::{process_rss_bytes, ByteSize};
 use serde_json::json;
 
 use crate::helpers::{

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use futures::StreamExt;
-use llamagate::scheduler::memory::process_rss_bytes;
+use llamagate::memory::process_rss_bytes;
 use serde_json::{json, Value};
 
 use crate::helpers::{

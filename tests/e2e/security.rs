@@ -15,7 +15,7 @@ use llamagate::engine::{
     Engine, EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, Prompt,
     TokenEvent, TokenStream, TokenUsage,
 };
-use llamagate::scheduler::memory::Footprint;
+use llamagate::memory::Footprint;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -462,7 +462,7 @@ impl LoadedModel for FloodModel {
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
         self.running.fetch_add(1, Ordering::SeqCst);
         let guard = OnDrop(self.dropped.clone(), self.running.clone());
-        let max = request.sampling.max_tokens;
+        let max = request.sampling.max_tokens.unwrap_or(usize::MAX);
         Ok(Box::pin(async_stream::stream! {
             let _guard = guard;
             let text = "x".repeat(16 * 1024);
@@ -481,7 +481,7 @@ impl Engine for Flood {
     async fn load(&self, _settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
         Ok(Arc::new(FloodModel {
             facts: ModelFacts {
-                context_length: 1 << 30,
+                context_length: Some(1 << 30),
                 device: "cpu".into(),
             },
             dropped: self.dropped.clone(),

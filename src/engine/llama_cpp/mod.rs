@@ -27,7 +27,7 @@ use super::{
     EngineError, GenerationRequest, LoadedModel, ModelFacts, Prompt, TokenEvent, TokenStream,
 };
 use crate::config::{DeviceSetting, ModelSettings, ModelSource};
-use crate::scheduler::memory::Footprint;
+use crate::memory::Footprint;
 
 /// Tokens one forward pass takes at most (prompt chunks and decode steps together).
 const BATCH_TOKENS: u32 = 512;
@@ -265,7 +265,7 @@ impl super::Engine for LlamaCppEngine {
             shared,
             jobs: jobs_tx,
             facts: ModelFacts {
-                context_length: ready.context_per_sequence,
+                context_length: Some(ready.context_per_sequence),
                 device: "cpu".into(),
             },
         }))

@@ -445,7 +445,9 @@ fn step(
         choice.partial_utf8.clear();
         return finish(choice, FinishReason::Stop);
     }
-    if choice.generated >= sampling.max_tokens || r.cached.len() + 1 >= context_per_sequence {
+    if sampling.max_tokens.is_some_and(|m| choice.generated >= m)
+        || r.cached.len() + 1 >= context_per_sequence
+    {
         return finish(choice, FinishReason::Length);
     }
     r.pending.push_back(token);

@@ -1,5 +1,6 @@
-//! Memory accounting: what a model is expected to take once loaded, and how much each
-//! device may hold.
+//! Memory accounting: byte sizes, what a model is expected to take once loaded, and how
+//! much each device may hold. Depends on nothing else in the crate, so settings, engines
+//! and the scheduler can all use it.
 //!
 //! Footprint estimate (bytes) = weights + KV cache + overhead, where
 //! - weights  = the GGUF's tensor bytes (read from its header) + the token-embedding
@@ -22,6 +23,19 @@ use crate::gguf::GgufSummary;
 
 /// Fixed allowance for engine buffers, tokenizer and bookkeeping.
 pub const ENGINE_OVERHEAD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A setting written as a plain number or as text with a unit (durations, sizes).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum NumberOrText {
+    /// A bare number, in the setting's base unit.
+    Number(u64),
+    /// Text to parse, e.g. `"5m"` or `"8GiB"`.
+    Text(String),
+}
+
+/// Device key of models served by another machine: they draw on no local budget.
+pub const REMOTE_DEVICE: &str = "remote";
 
 /// A size in bytes, written in config as a number or with a unit (`"512MiB"`, `"8GB"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -71,11 +85,9 @@ impl fmt::Display for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match crate::config::NumberOrText::deserialize(d)? {
-            crate::config::NumberOrText::Number(n) => Ok(Self(n)),
-            crate::config::NumberOrText::Text(t) => {
-                Self::parse(&t).map_err(serde::de::Error::custom)
-            }
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => Ok(Self(n)),
+            NumberOrText::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
         }
     }
 }
