@@ -4,6 +4,7 @@
 //! module touches an inference library.
 
 pub mod chat_template;
+pub mod fake;
 pub mod json_end;
 pub mod llama_cpp;
 pub mod mistralrs;

@@ -1,114 +1,21 @@
 //! Scheduler tests with a scripted engine: fast and deterministic, no model involved.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::{Scheduler, SchedulerError};
 use crate::config::{DurationSetting, ModelSettings, ModelSource, Settings};
-use crate::engine::{
-    Engine, EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, Prompt,
-    TokenEvent, TokenStream, TokenUsage,
-};
+use crate::engine::{Prompt, TokenEvent};
 use crate::memory::ByteSize;
 use crate::metrics::Metrics;
 
 const MIB: u64 = 1024 * 1024;
 
-/// Loads take `load_delay`; names listed in `fail_once` fail their first load; names in
-/// `unknown_until_loaded` have no known footprint before their first load (like a hub
-/// file not downloaded yet).
-#[derive(Default)]
-struct ScriptedEngine {
-    loads: Mutex<Vec<String>>,
-    load_delay: Duration,
-    fail_once: Mutex<Vec<String>>,
-    token_delay: Duration,
-    unknown_until_loaded: Mutex<Vec<String>>,
-    loaders_running: AtomicUsize,
-}
-
-struct ScriptedModel {
-    facts: ModelFacts,
-    token_delay: Duration,
-    generated: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl LoadedModel for ScriptedModel {
-    fn facts(&self) -> &ModelFacts {
-        &self.facts
-    }
-
-    async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, EngineError> {
-        Ok(prompt.text_bytes().div_ceil(4).max(1))
-    }
-
-    async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
-        let delay = self.token_delay;
-        let generated = self.generated.clone();
-        let max = request.sampling.max_tokens.unwrap_or(usize::MAX);
-        let prompt_tokens = request.prompt_tokens;
-        let on_token = request.on_token.clone();
-        Ok(Box::pin(async_stream::stream! {
-            for _ in 0..max {
-                tokio::time::sleep(delay).await;
-                generated.fetch_add(1, Ordering::SeqCst);
-                if let Some(f) = &on_token {
-                    f();
-                }
-                yield Ok(TokenEvent::Text { choice: 0, text: "x".into(), logprobs: Vec::new() });
-            }
-            yield Ok(TokenEvent::Finished { choice: 0, reason: FinishReason::Length });
-            yield Ok(TokenEvent::Done(TokenUsage { prompt_tokens, completion_tokens: max, cached_prompt_tokens: 0 }));
-        }))
-    }
-}
-
-#[async_trait]
-impl Engine for ScriptedEngine {
-    fn estimate_footprint(
-        &self,
-        settings: &ModelSettings,
-    ) -> Result<crate::memory::Footprint, String> {
-        let loaded = self.loads.lock().unwrap().contains(&settings.name);
-        if !loaded
-            && self
-                .unknown_until_loaded
-                .lock()
-                .unwrap()
-                .contains(&settings.name)
-        {
-            return Ok(crate::memory::Footprint::UNKNOWN);
-        }
-        Ok(crate::memory::Footprint::fixed(
-            settings.memory.map_or(0, |m| m.0),
-        ))
-    }
-
-    async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
-        self.loaders_running.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(self.load_delay).await;
-        self.loaders_running.fetch_sub(1, Ordering::SeqCst);
-        self.loads.lock().unwrap().push(settings.name.clone());
-        let mut fail = self.fail_once.lock().unwrap();
-        if let Some(pos) = fail.iter().position(|n| *n == settings.name) {
-            fail.remove(pos);
-            return Err(EngineError::Load("scripted failure".into()));
-        }
-        Ok(Arc::new(ScriptedModel {
-            facts: ModelFacts {
-                context_length: Some(1024),
-                device: "cpu".into(),
-            },
-            token_delay: self.token_delay,
-            generated: Arc::new(AtomicUsize::new(0)),
-        }))
-    }
-}
+/// The public scripted engine, under the name these tests grew up with.
+use crate::engine::fake::FakeEngine as ScriptedEngine;
 
 fn model(name: &str, mib: u64) -> ModelSettings {
     let mut m = ModelSettings::new(name, ModelSource::File(format!("{name}.gguf").into()));

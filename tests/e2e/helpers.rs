@@ -186,6 +186,34 @@ pub fn spawn_server(settings: Settings) -> TestServer {
     }
 }
 
+/// Starts a server over `engine` (e.g. the scripted `FakeEngine`) on its own thread.
+pub fn spawn_with_engine(
+    settings: Settings,
+    engine: Arc<dyn llamagate::engine::Engine>,
+) -> TestServer {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let built = llamagate::build_server(settings, engine).expect("server builds");
+            tx.send(built.addr).unwrap();
+            built.server.await.expect("server runs");
+        })
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server started");
+    TestServer {
+        base: format!("http://{addr}"),
+    }
+}
+
+/// A model entry for the scripted engine (no file behind it).
+pub fn fake_model(name: &str) -> ModelSettings {
+    let mut m = ModelSettings::new(name, ModelSource::File(format!("{name}.gguf").into()));
+    m.device = DeviceSetting::Cpu;
+    m
+}
+
 /// The server most tests share: SmolLM2 on every local engine ([`MISTRALRS`] as
 /// `smollm2-135m-instruct`, alias `smollm2`, and [`LLAMA_CPP`]).
 pub fn shared() -> &'static TestServer {

@@ -12,6 +12,7 @@ mod cli;
 mod completions;
 mod errors;
 mod helpers;
+mod http;
 mod lan;
 mod models;
 mod pool;

@@ -5,21 +5,19 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use llamagate::config::{EngineKind, ModelSettings, ModelSource, Secret, Settings};
-use llamagate::engine::{
-    Engine, EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, Prompt,
-    TokenEvent, TokenStream, TokenUsage,
-};
-use llamagate::memory::Footprint;
+use llamagate::config::{EngineKind, Secret, Settings};
+use llamagate::engine::fake::FakeEngine;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use crate::helpers::{get_json, settings_with, smollm2, spawn_server, TestServer, LLAMA_CPP};
+use crate::helpers::{
+    fake_model, get_json, settings_with, smollm2, spawn_server, spawn_with_engine, TestServer,
+    LLAMA_CPP,
+};
 
 const USER_KEY: &str = "user-key-7f3a";
 const ADMIN_KEY: &str = "admin-key-91c2";
@@ -426,94 +424,23 @@ async fn an_unauthenticated_upload_is_refused_before_its_body() {
     .unwrap();
 }
 
-/// An engine that streams big tokens as fast as it can until its stream is dropped (or
-/// `max_tokens`): a client that does not read fills every buffer on the way.
-#[derive(Default)]
-struct Flood {
-    dropped: Arc<AtomicBool>,
-    running: Arc<AtomicUsize>,
-}
-
-struct FloodModel {
-    facts: ModelFacts,
-    dropped: Arc<AtomicBool>,
-    running: Arc<AtomicUsize>,
-}
-
-struct OnDrop(Arc<AtomicBool>, Arc<AtomicUsize>);
-
-impl Drop for OnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-        self.1.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl LoadedModel for FloodModel {
-    fn facts(&self) -> &ModelFacts {
-        &self.facts
-    }
-
-    async fn count_prompt_tokens(&self, _prompt: &Prompt) -> Result<usize, EngineError> {
-        Ok(1)
-    }
-
-    async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
-        self.running.fetch_add(1, Ordering::SeqCst);
-        let guard = OnDrop(self.dropped.clone(), self.running.clone());
-        let max = request.sampling.max_tokens.unwrap_or(usize::MAX);
-        Ok(Box::pin(async_stream::stream! {
-            let _guard = guard;
-            let text = "x".repeat(16 * 1024);
-            for _ in 0..max {
-                tokio::task::yield_now().await;
-                yield Ok(TokenEvent::Text { choice: 0, text: text.clone(), logprobs: Vec::new() });
-            }
-            yield Ok(TokenEvent::Finished { choice: 0, reason: FinishReason::Length });
-            yield Ok(TokenEvent::Done(TokenUsage { prompt_tokens: 1, completion_tokens: max, cached_prompt_tokens: 0 }));
-        }))
-    }
-}
-
-#[async_trait]
-impl Engine for Flood {
-    async fn load(&self, _settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
-        Ok(Arc::new(FloodModel {
-            facts: ModelFacts {
-                context_length: Some(1 << 30),
-                device: "cpu".into(),
-            },
-            dropped: self.dropped.clone(),
-            running: self.running.clone(),
-        }))
-    }
-
-    fn estimate_footprint(&self, _settings: &ModelSettings) -> Result<Footprint, String> {
-        Ok(Footprint::fixed(0))
-    }
-}
-
 #[tokio::test]
 async fn a_streamed_answer_nobody_reads_is_cancelled_after_the_write_timeout() {
-    let engine = Arc::new(Flood::default());
-    let mut model = ModelSettings::new("flood", ModelSource::File("flood.gguf".into()));
+    // Big tokens as fast as they can go: a client that does not read fills every buffer.
+    let engine = Arc::new(FakeEngine {
+        token_text: "x".repeat(16 * 1024),
+        context_length: 1 << 30,
+        ..FakeEngine::default()
+    });
+    let mut model = fake_model("flood");
     model.max_concurrent = 1;
     let mut s: Settings = settings_with(vec![model]);
     s.server.write_timeout_secs = 2;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let flood = engine.clone();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let built = llamagate::build_server(s, flood).unwrap();
-            tx.send(built.addr).unwrap();
-            built.server.await.unwrap();
-        })
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let server = spawn_with_engine(s, engine.clone());
+    let addr = server.base.trim_start_matches("http://").to_string();
     let base = format!("http://{addr}");
     // The client asks for a long stream and never reads a byte of it.
-    let mut idle = TcpStream::connect(addr).unwrap();
+    let mut idle = TcpStream::connect(&addr).unwrap();
     let body = json!({"model": "flood", "prompt": "x", "max_tokens": 1_000_000, "stream": true})
         .to_string();
     write!(
@@ -523,7 +450,7 @@ async fn a_streamed_answer_nobody_reads_is_cancelled_after_the_write_timeout() {
     )
     .unwrap();
     let started = Instant::now();
-    while !engine.dropped.load(Ordering::SeqCst) {
+    while engine.cancelled.load(Ordering::SeqCst) == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the generation was not cancelled"
