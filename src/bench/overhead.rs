@@ -88,7 +88,8 @@ async fn in_process(
         role: Role::User,
         content: prompt.to_string(),
     }]);
-    let prompt_tokens = model.count_prompt_tokens(&prompt).await.map_err(fail)?;
+    let prepared = model.prepare(&prompt).await.map_err(fail)?;
+    let prompt_tokens = prepared.token_count;
     let request = GenerationRequest {
         prompt,
         sampling: SamplingSettings {
@@ -97,6 +98,7 @@ async fn in_process(
             ..SamplingSettings::default()
         },
         prompt_tokens,
+        tokens: prepared.tokens,
         on_token: None,
         json_schema: None,
     };

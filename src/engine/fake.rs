@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Engine, EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, Prompt,
-    TokenEvent, TokenLogprob, TokenStream, TokenUsage, TopLogprob,
+    Engine, EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, PreparedPrompt,
+    Prompt, TokenEvent, TokenLogprob, TokenStream, TokenUsage, TopLogprob,
 };
 use crate::config::ModelSettings;
 use crate::memory::Footprint;
@@ -104,8 +104,11 @@ impl LoadedModel for FakeModel {
     }
 
     /// A token per 4 bytes of text (at least one).
-    async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, EngineError> {
-        Ok(prompt.text_bytes().div_ceil(4).max(1))
+    async fn prepare(&self, prompt: &Prompt) -> Result<PreparedPrompt, EngineError> {
+        Ok(PreparedPrompt {
+            token_count: prompt.text_bytes().div_ceil(4).max(1),
+            tokens: None,
+        })
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {

@@ -390,8 +390,12 @@ impl LoadedModel for MistralRsModel {
         &self.facts
     }
 
-    async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, EngineError> {
-        Ok(self.tokenize(prompt).await?.len())
+    async fn prepare(&self, prompt: &Prompt) -> Result<super::PreparedPrompt, EngineError> {
+        let tokens = self.tokenize(prompt).await?;
+        Ok(super::PreparedPrompt {
+            token_count: tokens.len(),
+            tokens: Some(Arc::new(tokens)),
+        })
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
@@ -417,13 +421,15 @@ impl LoadedModel for MistralRsModel {
             n_choices: s.n,
             dry_params: None,
         };
-        let messages = match to_mistral_messages(&request.prompt) {
-            Either::Left(messages) => RequestMessage::Chat {
+        let messages = match (&request.tokens, to_mistral_messages(&request.prompt)) {
+            // Rendered and tokenized once already (by `prepare`): not again.
+            (Some(tokens), _) => RequestMessage::CompletionTokens(tokens.to_vec()),
+            (None, Either::Left(messages)) => RequestMessage::Chat {
                 messages,
                 enable_thinking: None,
                 reasoning_effort: None,
             },
-            Either::Right(text) => RequestMessage::Completion {
+            (None, Either::Right(text)) => RequestMessage::Completion {
                 text,
                 echo_prompt: false,
                 best_of: None,

@@ -122,8 +122,11 @@ pub struct GenerationRequest {
     pub prompt: Prompt,
     /// How to sample.
     pub sampling: SamplingSettings,
-    /// Prompt tokens, as counted by [`LoadedModel::count_prompt_tokens`].
+    /// Prompt tokens, as counted by [`LoadedModel::prepare`].
     pub prompt_tokens: usize,
+    /// The prompt's tokens from [`LoadedModel::prepare`], when the engine made them: the
+    /// prompt is rendered and tokenized once, for the context check and the generation.
+    pub tokens: Option<Arc<Vec<u32>>>,
     /// Called for every generated token, as it is generated.
     pub on_token: Option<probe::TokenCallback>,
     /// Constrain the output to JSON matching this schema; the choice ends as soon as
@@ -247,6 +250,15 @@ pub enum EngineError {
 /// A generation in progress. Dropping it cancels the generation.
 pub type TokenStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, EngineError>> + Send>>;
 
+/// A prompt rendered and tokenized by [`LoadedModel::prepare`].
+#[derive(Debug, Clone, Default)]
+pub struct PreparedPrompt {
+    /// Tokens it occupies (0 when only another server can tell).
+    pub token_count: usize,
+    /// The tokens themselves, for engines that take them back in `generate`.
+    pub tokens: Option<Arc<Vec<u32>>>,
+}
+
 /// Facts about a loaded model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelFacts {
@@ -263,8 +275,9 @@ pub trait LoadedModel: Send + Sync {
     /// Facts about the model.
     fn facts(&self) -> &ModelFacts;
 
-    /// Tokens the prompt occupies once rendered (chat template applied).
-    async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, EngineError>;
+    /// Renders (chat template) and tokenizes the prompt, once: its size for the context
+    /// check, and the tokens for [`GenerationRequest::tokens`].
+    async fn prepare(&self, prompt: &Prompt) -> Result<PreparedPrompt, EngineError>;
 
     /// Starts a generation. The returned stream ends with [`TokenEvent::Done`].
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError>;

@@ -298,9 +298,9 @@ impl LoadedModel for UpstreamModel {
         &self.facts
     }
 
-    async fn count_prompt_tokens(&self, _prompt: &Prompt) -> Result<usize, EngineError> {
+    async fn prepare(&self, _prompt: &Prompt) -> Result<super::PreparedPrompt, EngineError> {
         // Only the upstream knows its tokenizer; its usage numbers are reported at the end.
-        Ok(0)
+        Ok(super::PreparedPrompt::default())
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {

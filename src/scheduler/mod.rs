@@ -122,10 +122,11 @@ impl Scheduler {
         let context = model.facts().context_length;
         let mut prepared = Vec::with_capacity(prompts.len());
         for prompt in prompts {
-            let prompt_tokens = model
-                .count_prompt_tokens(&prompt)
+            let prepared_prompt = model
+                .prepare(&prompt)
                 .await
                 .map_err(SchedulerError::Engine)?;
+            let prompt_tokens = prepared_prompt.token_count;
             // A window that is not known here (an upstream's) is enforced over there.
             let max_tokens = match context {
                 None => sampling.max_tokens,
@@ -145,6 +146,7 @@ impl Scheduler {
             prepared.push(Prepared {
                 prompt,
                 prompt_tokens,
+                tokens: prepared_prompt.tokens,
                 max_tokens,
             });
         }
@@ -313,6 +315,7 @@ struct Admitted {
 struct Prepared {
     prompt: Prompt,
     prompt_tokens: usize,
+    tokens: Option<Arc<Vec<u32>>>,
     max_tokens: Option<usize>,
 }
 
@@ -331,6 +334,7 @@ async fn launch(
     let Prepared {
         prompt,
         prompt_tokens,
+        tokens,
         max_tokens,
     } = prepared;
     let counter = metrics.generated_tokens.with_label_values(&[name]);
@@ -340,6 +344,7 @@ async fn launch(
         prompt,
         sampling: settings,
         prompt_tokens,
+        tokens,
         on_token: Some(Arc::new(move || counter.inc())),
         json_schema: sampling.json_schema.clone(),
     };

@@ -349,12 +349,20 @@ impl LoadedModel for LlamaCppModel {
         &self.facts
     }
 
-    async fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, EngineError> {
-        Ok(self.tokenize(prompt).await?.len())
+    async fn prepare(&self, prompt: &Prompt) -> Result<super::PreparedPrompt, EngineError> {
+        let tokens = self.tokenize(prompt).await?;
+        Ok(super::PreparedPrompt {
+            token_count: tokens.len(),
+            // llama.cpp token ids are non-negative `i32`s.
+            tokens: Some(Arc::new(tokens.iter().map(|t| t.0 as u32).collect())),
+        })
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
-        let tokens = self.tokenize(&request.prompt).await?;
+        let tokens = match &request.tokens {
+            Some(tokens) => tokens.iter().map(|&t| LlamaToken(t as i32)).collect(),
+            None => self.tokenize(&request.prompt).await?,
+        };
         let n = request.sampling.n.max(1);
         let matchers = match &request.json_schema {
             None => None,
