@@ -64,18 +64,7 @@ async fn streamed_completion_matches_and_ends_with_done(engine: Engine) {
         "model": engine.model, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0,
         "stream": true, "stream_options": {"include_usage": true}
     });
-    let res = reqwest::Client::new()
-        .post(server.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let text = res.text().await.unwrap();
+    let text = crate::helpers::post_sse(&server.url("/v1/completions"), &body).await;
     let events = crate::helpers::sse_data(&text);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let mut streamed = String::new();

@@ -169,21 +169,7 @@ impl TestServer {
 
 /// Starts a server on its own thread and runtime; it lives until the test process ends.
 pub fn spawn_server(settings: Settings) -> TestServer {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let built = llamagate::build_server(settings, Arc::new(EngineRouter::default()))
-                .expect("server builds");
-            tx.send(built.addr).unwrap();
-            built.server.await.expect("server runs");
-        })
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server started");
-    TestServer {
-        base: format!("http://{addr}"),
-    }
+    spawn_with_engine(settings, Arc::new(EngineRouter::default()))
 }
 
 /// Starts a server over `engine` (e.g. the scripted `FakeEngine`) on its own thread.
@@ -312,6 +298,11 @@ impl Drop for Served {
 
 /// Runs the real binary with `[server] bind` on a free port plus `body` as config.
 pub async fn serve_binary(body: &str) -> Served {
+    serve_binary_with_env(body, &[]).await
+}
+
+/// [`serve_binary`] with extra environment variables for the process.
+pub async fn serve_binary_with_env(body: &str, env: &[(&str, &std::ffi::OsStr)]) -> Served {
     let port = free_port();
     let config = std::env::temp_dir().join(format!("llamagate-rel-{}.toml", uuid::Uuid::new_v4()));
     std::fs::write(
@@ -322,6 +313,7 @@ pub async fn serve_binary(body: &str) -> Served {
     let child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
         .args(["serve", "--config"])
         .arg(&config)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -339,6 +331,22 @@ pub async fn serve_binary(body: &str) -> Served {
         server,
         config,
     }
+}
+
+/// POSTs a streamed request and returns its whole SSE body (asserting 200 and the type).
+pub async fn post_sse(url: &str, body: &serde_json::Value) -> String {
+    let res = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    res.text().await.unwrap()
 }
 
 /// Starts a streamed request, reads its first chunks, then goes away (drops the body).

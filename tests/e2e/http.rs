@@ -11,7 +11,8 @@ use llamagate::engine::fake::FakeEngine;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_envelope, fake_model, post_json, settings_with, spawn_with_engine, sse_data, TestServer,
+    assert_envelope, fake_model, post_json, post_sse, settings_with, spawn_with_engine, sse_data,
+    TestServer,
 };
 
 /// A server over one fake engine: model `fast` (4 slots) and `slow` (1 slot, no queue,
@@ -47,25 +48,10 @@ fn slow_server() -> &'static TestServer {
     SLOW.get().unwrap()
 }
 
-async fn stream_text(url: &str, body: &Value) -> String {
-    let res = reqwest::Client::new()
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    res.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn chat_streams_in_openai_order() {
     let (server, _, _) = fake();
-    let body = stream_text(
+    let body = post_sse(
         &server.url("/v1/chat/completions"),
         &json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
                 "n": 2, "stream": true, "stream_options": {"include_usage": true}}),

@@ -558,36 +558,20 @@ async fn a_hub_model_runs_on_llama_cpp_and_reserves_its_real_footprint() {
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
     std::os::unix::fs::symlink(crate::helpers::model_path(), snapshot.join("smol.gguf")).unwrap();
-    let port = crate::helpers::free_port();
-    let config = home.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nbind = \"127.0.0.1:{port}\"\n\
-             [[models]]\nname = \"hub\"\nsource = \"hf://llamagate-test/smollm2/smol.gguf\"\nengine = \"llama.cpp\"\n\
+    let served = crate::helpers::serve_binary_with_env(
+        &format!(
+            "[[models]]\nname = \"hub\"\nsource = \"hf://llamagate-test/smollm2/smol.gguf\"\nengine = \"llama.cpp\"\n\
              [[models]]\nname = \"local\"\nsource = \"{}\"\nengine = \"llama.cpp\"\n",
             crate::helpers::model_path().display()
         ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_llamagate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("HF_HOME", &home)
         // Nothing may be fetched: the file is in the cache.
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = TestServer {
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(server.url("/health")).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        &[
+            ("HF_HOME", home.as_os_str()),
+            ("HF_ENDPOINT", std::ffi::OsStr::new("http://127.0.0.1:9")),
+        ],
+    )
+    .await;
+    let server = &served.server;
     for model in ["hub", "local"] {
         let (status, body) = crate::helpers::post_json(
             &server.url("/v1/chat/completions"),
@@ -609,8 +593,7 @@ async fn a_hub_model_runs_on_llama_cpp_and_reserves_its_real_footprint() {
         memory[0]["used_bytes"].as_u64().unwrap(),
         reserved(0) + reserved(1)
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(served);
     let _ = std::fs::remove_dir_all(home);
 }
 
