@@ -333,8 +333,8 @@ pub async fn serve_binary_with_env(body: &str, env: &[(&str, &std::ffi::OsStr)])
     }
 }
 
-/// POSTs a streamed request and returns its whole SSE body (asserting 200 and the type).
-pub async fn post_sse(url: &str, body: &serde_json::Value) -> String {
+/// POSTs a streamed request and returns the response, asserting 200 and SSE.
+async fn post_stream(url: &str, body: &serde_json::Value) -> reqwest::Response {
     let res = reqwest::Client::new()
         .post(url)
         .json(body)
@@ -346,19 +346,17 @@ pub async fn post_sse(url: &str, body: &serde_json::Value) -> String {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    res.text().await.unwrap()
+    res
+}
+
+/// POSTs a streamed request and returns its whole SSE body.
+pub async fn post_sse(url: &str, body: &serde_json::Value) -> String {
+    post_stream(url, body).await.text().await.unwrap()
 }
 
 /// Starts a streamed request, reads its first chunks, then goes away (drops the body).
 pub async fn stream_then_leave(url: &str, body: &serde_json::Value) {
-    let res = reqwest::Client::new()
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let mut chunks = res.bytes_stream();
+    let mut chunks = post_stream(url, body).await.bytes_stream();
     for _ in 0..3 {
         chunks.next().await.unwrap().unwrap();
     }
