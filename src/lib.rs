@@ -14,6 +14,7 @@ pub mod memory;
 pub mod metrics;
 pub mod openai;
 pub mod quantize;
+pub mod render;
 pub mod scheduler;
 pub mod validation;
 

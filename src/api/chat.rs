@@ -11,10 +11,11 @@ use super::{read_body, AppState};
 use crate::engine::TokenEvent;
 use crate::error::ApiError;
 use crate::openai::chat::{
-    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
+    AssistantMessage, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
     ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatTokenLogprob, FunctionCall, ToolCall,
 };
-use crate::openai::common::{new_id, system_fingerprint, unix_now, Usage};
+use crate::openai::common::{new_id, unix_now, Usage};
+use crate::render::chat::{ChatAnswer, ChatMeta, ChatRenderer};
 use crate::scheduler::Generation;
 use crate::validation::{parse_json, validate_chat, OutputMode};
 
@@ -59,20 +60,19 @@ pub async fn create_chat_completion(
             .await
             .map_err(|e| ApiError::from_scheduler(e, "messages"))?;
         super::middleware::attach_generation(&req, generation.report());
-        let meta = ResponseMeta {
+        let meta = ChatMeta {
             id: new_id("chatcmpl"),
             created: unix_now(),
             model: generation.model.clone(),
+            n,
             tools,
+            logprobs,
+            include_usage: valid.include_usage,
         };
         let mut response = if valid.stream {
-            sse_response(
-                &state,
-                &req,
-                stream_chunks(generation, meta, n, logprobs, valid.include_usage),
-            )
+            sse_response(&state, &req, stream_chunks(generation, meta))
         } else {
-            HttpResponse::Ok().json(collect(generation, meta, n, logprobs).await?)
+            HttpResponse::Ok().json(collect(generation, meta).await?)
         };
         if !ignored.is_empty() {
             if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&ignored) {
@@ -87,211 +87,53 @@ pub async fn create_chat_completion(
     unless_client_gone(&req, work).await
 }
 
-/// What a tool-using answer turned out to be.
-enum ToolAnswer {
-    Call(ToolCall),
-    Text(String),
-}
-
-/// Reads the constrained JSON of a tool-using answer: a call, or (with `auto`) text.
-fn tool_answer(text: &str) -> ToolAnswer {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-        return ToolAnswer::Text(text.to_string());
-    };
-    match (value["name"].as_str(), value["content"].as_str()) {
-        (Some(name), _) => ToolAnswer::Call(ToolCall {
-            index: None,
-            id: format!("call_{}", uuid::Uuid::new_v4().simple()),
-            kind: "function".into(),
-            function: FunctionCall {
-                name: name.to_string(),
-                arguments: value
-                    .get("arguments")
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "{}".into()),
-            },
-        }),
-        (None, Some(content)) => ToolAnswer::Text(content.to_string()),
-        _ => ToolAnswer::Text(text.to_string()),
-    }
-}
-
-struct ResponseMeta {
-    id: String,
-    created: u64,
-    model: String,
-    tools: bool,
-}
-
-impl ResponseMeta {
-    fn chunk(
-        &self,
-        choices: Vec<ChatChunkChoice>,
-        usage: Option<Option<Usage>>,
-    ) -> ChatCompletionChunk {
-        ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            system_fingerprint: system_fingerprint(),
-            choices,
-            usage,
-        }
-    }
-}
-
+/// The non-streamed answer: the stream's chunks, folded.
 async fn collect(
     mut generation: Generation,
-    meta: ResponseMeta,
-    n: usize,
-    want_logprobs: bool,
+    meta: ChatMeta,
 ) -> Result<ChatCompletionResponse, ApiError> {
-    let mut texts = vec![String::new(); n];
-    let mut logprobs: Vec<Vec<ChatTokenLogprob>> = vec![Vec::new(); n];
-    let mut reasons = vec!["stop".to_string(); n];
-    let mut usage = None;
+    let meta = ChatMeta {
+        include_usage: true,
+        ..meta
+    };
+    let mut renderer = ChatRenderer::new(meta.clone());
+    let mut answer = ChatAnswer::new(meta);
+    answer.absorb(renderer.start());
     while let Some(event) = generation.next().await {
-        match event.map_err(|e| ApiError::from_engine(e, "messages"))? {
-            TokenEvent::Text {
-                choice,
-                text,
-                logprobs: lps,
-            } if choice < n => {
-                texts[choice].push_str(&text);
-                logprobs[choice].extend(lps.iter().map(ChatTokenLogprob::from));
-            }
-            TokenEvent::Finished { choice, reason } if choice < n => {
-                reasons[choice] = reason.as_str().into();
-            }
-            TokenEvent::Done(u) => usage = Some(u),
-            _ => {}
+        let event = event.map_err(|e| ApiError::from_engine(e, "messages"))?;
+        for chunk in renderer.push(event) {
+            answer.absorb(chunk);
         }
     }
-    let usage = usage.ok_or_else(|| ApiError::Engine("the generation ended early".into()))?;
-    Ok(ChatCompletionResponse {
-        id: meta.id,
-        object: "chat.completion".into(),
-        created: meta.created,
-        model: meta.model,
-        system_fingerprint: system_fingerprint(),
-        choices: texts
-            .into_iter()
-            .zip(logprobs)
-            .zip(reasons)
-            .enumerate()
-            .map(|(index, ((text, lps), reason))| {
-                let (content, tool_calls, reason) = match meta.tools.then(|| tool_answer(&text)) {
-                    Some(ToolAnswer::Call(call)) => {
-                        (None, Some(vec![call]), "tool_calls".to_string())
-                    }
-                    Some(ToolAnswer::Text(t)) => (Some(t), None, reason),
-                    None => (Some(text), None, reason),
-                };
-                ChatChoice {
-                    index,
-                    message: AssistantMessage {
-                        role: "assistant".into(),
-                        content,
-                        refusal: None,
-                        tool_calls,
-                    },
-                    logprobs: want_logprobs.then_some(ChatLogprobs {
-                        content: lps,
-                        refusal: None,
-                    }),
-                    finish_reason: reason,
-                }
-            })
-            .collect(),
-        usage: usage.into(),
-    })
+    answer
+        .finish()
+        .ok_or_else(|| ApiError::Engine("the generation ended early".into()))
 }
 
+/// The streamed answer: the renderer's chunks as SSE events, then `data: [DONE]`; an
+/// engine failure becomes an error event.
 fn stream_chunks(
     mut generation: Generation,
-    meta: ResponseMeta,
-    n: usize,
-    want_logprobs: bool,
-    include_usage: bool,
+    meta: ChatMeta,
 ) -> impl futures::Stream<Item = String> {
-    let usage_field = move |u: Option<Usage>| if include_usage { Some(u) } else { None };
-    let mut buffered = vec![String::new(); n];
+    let model = meta.model.clone();
+    let mut renderer = ChatRenderer::new(meta);
     async_stream::stream! {
-        let role_chunk = meta.chunk(
-            (0..n)
-                .map(|index| ChatChunkChoice {
-                    index,
-                    delta: ChatDelta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None },
-                    logprobs: None,
-                    finish_reason: None,
-                })
-                .collect(),
-            usage_field(None),
-        );
-        yield data_event(&role_chunk);
+        yield data_event(&renderer.start());
         while let Some(event) = generation.next().await {
             match event {
-                Ok(TokenEvent::Text { choice, text, .. }) if meta.tools => {
-                    // Tool answers are JSON under the hood: sent whole when the choice ends.
-                    if let Some(b) = buffered.get_mut(choice) {
-                        b.push_str(&text);
+                Ok(event) => {
+                    let last = matches!(event, TokenEvent::Done(_));
+                    for chunk in renderer.push(event) {
+                        yield data_event(&chunk);
                     }
-                }
-                Ok(TokenEvent::Finished { choice, reason }) if meta.tools => {
-                    let text = buffered.get_mut(choice).map(std::mem::take).unwrap_or_default();
-                    let (delta, reason) = match tool_answer(&text) {
-                        ToolAnswer::Call(mut call) => {
-                            call.index = Some(0);
-                            (ChatDelta { role: None, content: None, tool_calls: Some(vec![call]) }, "tool_calls".to_string())
-                        }
-                        ToolAnswer::Text(t) => (ChatDelta { role: None, content: Some(t), tool_calls: None }, reason.as_str().to_string()),
-                    };
-                    yield data_event(&meta.chunk(
-                        vec![ChatChunkChoice { index: choice, delta, logprobs: None, finish_reason: None }],
-                        usage_field(None),
-                    ));
-                    yield data_event(&meta.chunk(
-                        vec![ChatChunkChoice { index: choice, delta: ChatDelta::default(), logprobs: None, finish_reason: Some(reason) }],
-                        usage_field(None),
-                    ));
-                }
-                Ok(TokenEvent::Text { choice, text, logprobs }) => {
-                    let chunk = meta.chunk(
-                        vec![ChatChunkChoice {
-                            index: choice,
-                            delta: ChatDelta { role: None, content: Some(text), tool_calls: None },
-                            logprobs: want_logprobs.then(|| ChatLogprobs {
-                                content: logprobs.iter().map(ChatTokenLogprob::from).collect(),
-                                refusal: None,
-                            }),
-                            finish_reason: None,
-                        }],
-                        usage_field(None),
-                    );
-                    yield data_event(&chunk);
-                }
-                Ok(TokenEvent::Finished { choice, reason }) => {
-                    let chunk = meta.chunk(
-                        vec![ChatChunkChoice {
-                            index: choice,
-                            delta: ChatDelta::default(),
-                            logprobs: None,
-                            finish_reason: Some(reason.as_str().into()),
-                        }],
-                        usage_field(None),
-                    );
-                    yield data_event(&chunk);
-                }
-                Ok(TokenEvent::Done(usage)) => {
-                    if include_usage {
-                        yield data_event(&meta.chunk(Vec::new(), Some(Some(usage.into()))));
+                    if last {
+                        yield DONE_EVENT.to_string();
+                        return;
                     }
-                    yield DONE_EVENT.to_string();
-                    return;
                 }
                 Err(e) => {
-                    tracing::warn!(model = %meta.model, error = %e, "generation failed mid-stream");
+                    tracing::warn!(model = %model, error = %e, "generation failed mid-stream");
                     yield ApiError::from_engine(e, "messages").sse_event();
                     return;
                 }

@@ -1,0 +1,452 @@
+//! OpenAI chat completions: [`ChatRenderer`] turns engine events into
+//! `chat.completion.chunk`s (role chunk, content chunks, a finish chunk per choice, an
+//! optional usage chunk), and [`ChatAnswer`] folds those same chunks into the
+//! non-streamed `chat.completion`, so both answers always agree.
+
+use crate::engine::TokenEvent;
+use crate::openai::chat::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
+    ChatDelta, ChatLogprobs, ChatTokenLogprob, FunctionCall, ToolCall,
+};
+use crate::openai::common::{system_fingerprint, Usage};
+
+/// What every chunk of one answer shares, and how it is rendered.
+#[derive(Debug, Clone)]
+pub struct ChatMeta {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model's canonical name.
+    pub model: String,
+    /// Choices.
+    pub n: usize,
+    /// Whether the output is a tool call (constrained JSON, sent whole per choice).
+    pub tools: bool,
+    /// Whether log-probabilities are returned.
+    pub logprobs: bool,
+    /// Whether a usage chunk ends the stream (`stream_options.include_usage`).
+    pub include_usage: bool,
+}
+
+/// Engine events in, chunks out; no I/O.
+pub struct ChatRenderer {
+    meta: ChatMeta,
+    /// Tool answers are JSON under the hood: held until their choice ends.
+    buffered: Vec<String>,
+}
+
+/// What a tool-using answer turned out to be.
+enum ToolAnswer {
+    Call(ToolCall),
+    Text(String),
+}
+
+/// Reads the constrained JSON of a tool-using answer: a call, or (with `auto`) text.
+fn tool_answer(text: &str) -> ToolAnswer {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return ToolAnswer::Text(text.to_string());
+    };
+    match (value["name"].as_str(), value["content"].as_str()) {
+        (Some(name), _) => ToolAnswer::Call(ToolCall {
+            index: Some(0),
+            id: format!("call_{}", uuid::Uuid::new_v4().simple()),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: name.to_string(),
+                arguments: value
+                    .get("arguments")
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "{}".into()),
+            },
+        }),
+        (None, Some(content)) => ToolAnswer::Text(content.to_string()),
+        _ => ToolAnswer::Text(text.to_string()),
+    }
+}
+
+impl ChatRenderer {
+    /// A renderer for one answer.
+    pub fn new(meta: ChatMeta) -> Self {
+        Self {
+            buffered: vec![String::new(); meta.n],
+            meta,
+        }
+    }
+
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.meta.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.meta.created,
+            model: self.meta.model.clone(),
+            system_fingerprint: system_fingerprint(),
+            choices,
+            // `"usage": null` on every chunk when a usage chunk was asked for.
+            usage: self.meta.include_usage.then_some(usage),
+        }
+    }
+
+    fn one(&self, index: usize, delta: ChatDelta, finish: Option<String>) -> ChatCompletionChunk {
+        self.chunk(
+            vec![ChatChunkChoice {
+                index,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            None,
+        )
+    }
+
+    /// The first chunk: every choice's role.
+    pub fn start(&self) -> ChatCompletionChunk {
+        self.chunk(
+            (0..self.meta.n)
+                .map(|index| ChatChunkChoice {
+                    index,
+                    delta: ChatDelta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                        tool_calls: None,
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                })
+                .collect(),
+            None,
+        )
+    }
+
+    /// The chunks one engine event becomes (none for text held back).
+    pub fn push(&mut self, event: TokenEvent) -> Vec<ChatCompletionChunk> {
+        match event {
+            TokenEvent::Text { choice, .. } if choice >= self.meta.n => Vec::new(),
+            TokenEvent::Text { choice, text, .. } if self.meta.tools => {
+                self.buffered[choice].push_str(&text);
+                Vec::new()
+            }
+            TokenEvent::Text {
+                choice,
+                text,
+                logprobs,
+            } => {
+                let mut chunk = self.one(
+                    choice,
+                    ChatDelta {
+                        role: None,
+                        content: Some(text),
+                        tool_calls: None,
+                    },
+                    None,
+                );
+                if self.meta.logprobs {
+                    chunk.choices[0].logprobs = Some(ChatLogprobs {
+                        content: logprobs.iter().map(ChatTokenLogprob::from).collect(),
+                        refusal: None,
+                    });
+                }
+                vec![chunk]
+            }
+            TokenEvent::Finished { choice, .. } if choice >= self.meta.n => Vec::new(),
+            TokenEvent::Finished { choice, reason } if self.meta.tools => {
+                let text = std::mem::take(&mut self.buffered[choice]);
+                let (delta, reason) = match tool_answer(&text) {
+                    ToolAnswer::Call(call) => (
+                        ChatDelta {
+                            role: None,
+                            content: None,
+                            tool_calls: Some(vec![call]),
+                        },
+                        "tool_calls".to_string(),
+                    ),
+                    ToolAnswer::Text(t) => (
+                        ChatDelta {
+                            role: None,
+                            content: Some(t),
+                            tool_calls: None,
+                        },
+                        reason.as_str().to_string(),
+                    ),
+                };
+                vec![
+                    self.one(choice, delta, None),
+                    self.one(choice, ChatDelta::default(), Some(reason)),
+                ]
+            }
+            TokenEvent::Finished { choice, reason } => {
+                vec![self.one(choice, ChatDelta::default(), Some(reason.as_str().into()))]
+            }
+            TokenEvent::Done(usage) if self.meta.include_usage => {
+                vec![self.chunk(Vec::new(), Some(usage.into()))]
+            }
+            TokenEvent::Done(_) => Vec::new(),
+        }
+    }
+}
+
+/// The non-streamed answer, folded from the chunks of a renderer whose `include_usage`
+/// is on.
+pub struct ChatAnswer {
+    meta: ChatMeta,
+    choices: Vec<ChatChoice>,
+    usage: Option<Usage>,
+}
+
+impl ChatAnswer {
+    /// An empty answer; `meta` as given to the renderer.
+    pub fn new(meta: ChatMeta) -> Self {
+        let choices = (0..meta.n)
+            .map(|index| ChatChoice {
+                index,
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content: None,
+                    refusal: None,
+                    tool_calls: None,
+                },
+                logprobs: meta.logprobs.then(|| ChatLogprobs {
+                    content: Vec::new(),
+                    refusal: None,
+                }),
+                finish_reason: "stop".into(),
+            })
+            .collect();
+        Self {
+            meta,
+            choices,
+            usage: None,
+        }
+    }
+
+    /// Adds one chunk.
+    pub fn absorb(&mut self, chunk: ChatCompletionChunk) {
+        if let Some(Some(usage)) = chunk.usage {
+            self.usage = Some(usage);
+        }
+        for c in chunk.choices {
+            let Some(choice) = self.choices.get_mut(c.index) else {
+                continue;
+            };
+            if let Some(text) = c.delta.content {
+                choice
+                    .message
+                    .content
+                    .get_or_insert_with(String::new)
+                    .push_str(&text);
+            }
+            if let Some(calls) = c.delta.tool_calls {
+                choice
+                    .message
+                    .tool_calls
+                    .get_or_insert_with(Vec::new)
+                    .extend(calls.into_iter().map(|mut call| {
+                        call.index = None;
+                        call
+                    }));
+            }
+            if let (Some(lps), Some(into)) = (c.logprobs, choice.logprobs.as_mut()) {
+                into.content.extend(lps.content);
+            }
+            if let Some(reason) = c.finish_reason {
+                choice.finish_reason = reason;
+            }
+        }
+    }
+
+    /// The answer, or `None` when the stream ended before its usage (the generation ended
+    /// early).
+    pub fn finish(self) -> Option<ChatCompletionResponse> {
+        let usage = self.usage?;
+        let mut choices = self.choices;
+        for c in &mut choices {
+            // A tool call carries no content; plain text always some (maybe empty).
+            if c.message.tool_calls.is_none() && c.message.content.is_none() {
+                c.message.content = Some(String::new());
+            }
+            if c.message.tool_calls.is_some() && c.message.content.as_deref() == Some("") {
+                c.message.content = None;
+            }
+        }
+        Some(ChatCompletionResponse {
+            id: self.meta.id,
+            object: "chat.completion".into(),
+            created: self.meta.created,
+            model: self.meta.model,
+            system_fingerprint: system_fingerprint(),
+            choices,
+            usage,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{FinishReason, TokenLogprob, TokenUsage};
+
+    fn meta(n: usize, tools: bool, include_usage: bool) -> ChatMeta {
+        ChatMeta {
+            id: "chatcmpl-1".into(),
+            created: 1,
+            model: "m".into(),
+            n,
+            tools,
+            logprobs: false,
+            include_usage,
+        }
+    }
+
+    fn text(choice: usize, t: &str) -> TokenEvent {
+        TokenEvent::Text {
+            choice,
+            text: t.into(),
+            logprobs: Vec::new(),
+        }
+    }
+
+    fn done() -> TokenEvent {
+        TokenEvent::Done(TokenUsage {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            cached_prompt_tokens: 0,
+        })
+    }
+
+    fn run(meta: ChatMeta, events: Vec<TokenEvent>) -> Vec<ChatCompletionChunk> {
+        let mut r = ChatRenderer::new(meta);
+        let mut out = vec![r.start()];
+        for e in events {
+            out.extend(r.push(e));
+        }
+        out
+    }
+
+    fn fold(meta: ChatMeta, events: Vec<TokenEvent>) -> Option<ChatCompletionResponse> {
+        let mut answer = ChatAnswer::new(meta.clone());
+        for c in run(meta, events) {
+            answer.absorb(c);
+        }
+        answer.finish()
+    }
+
+    #[test]
+    fn text_then_finish_then_usage() {
+        let events = vec![
+            text(0, "Hel"),
+            text(1, "A"),
+            text(0, "lo"),
+            TokenEvent::Finished {
+                choice: 0,
+                reason: FinishReason::Stop,
+            },
+            TokenEvent::Finished {
+                choice: 1,
+                reason: FinishReason::Length,
+            },
+            done(),
+        ];
+        let chunks = run(meta(2, false, true), events.clone());
+        assert_eq!(chunks[0].choices.len(), 2, "role chunk for every choice");
+        assert_eq!(chunks.len(), 1 + 3 + 2 + 1);
+        assert!(chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c.usage == Some(None)));
+        assert_eq!(
+            chunks.last().unwrap().usage.unwrap().unwrap().total_tokens,
+            7
+        );
+        let answer = fold(meta(2, false, true), events).unwrap();
+        assert_eq!(answer.choices[0].message.content.as_deref(), Some("Hello"));
+        assert_eq!(answer.choices[0].finish_reason, "stop");
+        assert_eq!(answer.choices[1].message.content.as_deref(), Some("A"));
+        assert_eq!(answer.choices[1].finish_reason, "length");
+        // Without include_usage no chunk carries a usage field, and none ends the stream.
+        let quiet = run(meta(1, false, false), vec![text(0, "x"), done()]);
+        assert!(quiet.iter().all(|c| c.usage.is_none()));
+        assert_eq!(quiet.len(), 2);
+    }
+
+    #[test]
+    fn a_tool_call_is_sent_whole_when_its_choice_ends() {
+        let events = vec![
+            text(0, r#"{"name":"get_weather","#),
+            text(0, r#""arguments":{"city":"Paris"}}"#),
+            TokenEvent::Finished {
+                choice: 0,
+                reason: FinishReason::Stop,
+            },
+            done(),
+        ];
+        let chunks = run(meta(1, true, true), events.clone());
+        let call = chunks[1].choices[0].delta.tool_calls.as_ref().unwrap();
+        assert_eq!(call[0].index, Some(0));
+        assert_eq!(call[0].function.arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(
+            chunks[2].choices[0].finish_reason.as_deref(),
+            Some("tool_calls")
+        );
+        let answer = fold(meta(1, true, true), events).unwrap();
+        let c = &answer.choices[0];
+        assert_eq!(c.finish_reason, "tool_calls");
+        assert!(c.message.content.is_none());
+        assert_eq!(c.message.tool_calls.as_ref().unwrap()[0].index, None);
+        // `auto` answered with text instead.
+        let answer = fold(
+            meta(1, true, true),
+            vec![
+                text(0, r#"{"content":"Hi"}"#),
+                TokenEvent::Finished {
+                    choice: 0,
+                    reason: FinishReason::Stop,
+                },
+                done(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(answer.choices[0].message.content.as_deref(), Some("Hi"));
+        assert_eq!(answer.choices[0].finish_reason, "stop");
+    }
+
+    #[test]
+    fn logprobs_travel_with_their_text_and_an_early_end_is_no_answer() {
+        let mut m = meta(1, false, true);
+        m.logprobs = true;
+        let lp = TokenLogprob {
+            token: "a".into(),
+            logprob: -0.1,
+            top: Vec::new(),
+        };
+        let events = vec![
+            TokenEvent::Text {
+                choice: 0,
+                text: "a".into(),
+                logprobs: vec![lp],
+            },
+            TokenEvent::Finished {
+                choice: 0,
+                reason: FinishReason::Stop,
+            },
+            done(),
+        ];
+        let chunks = run(m.clone(), events.clone());
+        assert_eq!(
+            chunks[1].choices[0]
+                .logprobs
+                .as_ref()
+                .unwrap()
+                .content
+                .len(),
+            1
+        );
+        let answer = fold(m.clone(), events).unwrap();
+        assert_eq!(
+            answer.choices[0].logprobs.as_ref().unwrap().content[0].token,
+            "a"
+        );
+        assert!(
+            fold(m, vec![text(0, "a")]).is_none(),
+            "no Done: ended early"
+        );
+    }
+}
