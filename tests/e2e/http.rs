@@ -185,3 +185,51 @@ async fn a_full_model_answers_429_with_retry_after_and_a_leaving_client_cancels(
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn keys_and_cors_on_the_fake_engine() {
+    let mut s = settings_with(vec![fake_model("fast")]);
+    s.auth.api_keys = vec![llamagate::config::Secret("k-1".into())];
+    s.server.cors_allowed_origins = vec!["http://phone.lan:3000".into()];
+    let server = spawn_with_engine(s, Arc::new(FakeEngine::default()));
+    let client = reqwest::Client::new();
+    let body =
+        json!({"model": "fast", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1});
+    let refused = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    let answer: Value = client
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth("k-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "x");
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, server.url("/v1/chat/completions"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let ok = preflight("http://phone.lan:3000").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "http://phone.lan:3000"
+    );
+    let other = preflight("http://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
