@@ -63,13 +63,20 @@ pub async fn observe(
         reports: Mutex::new(Vec::new()),
     });
     req.extensions_mut().insert(record.clone());
-    let endpoint = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
     let started = Instant::now();
     let mut res = next.call(req).await?;
+    // The pattern of the route the decoded path matched (`req.match_pattern()` reads the
+    // raw path, so `/%76%31/models` would count as unmatched).
+    let endpoint = {
+        let r = res.request();
+        r.resource_map()
+            .match_pattern(r.match_info().as_str())
+            .unwrap_or_else(|| "unmatched".into())
+    };
     let status = res.status().as_u16();
     if let Some(metrics) = &metrics {
         let class = format!("{}xx", status / 100);

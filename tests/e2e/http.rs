@@ -214,6 +214,21 @@ async fn keys_and_cors_on_the_fake_engine() {
         .await
         .unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "x");
+    // An encoded spelling of a route is counted under that route's pattern.
+    let listed = client
+        .get(server.url("/%76%31/models"))
+        .bearer_auth("k-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains(
+            r#"llamagate_http_requests_total{endpoint="/v1/models",status_class="2xx"} 1"#
+        ),
+        "{metrics}"
+    );
     let preflight = |origin: &'static str| {
         client
             .request(reqwest::Method::OPTIONS, server.url("/v1/chat/completions"))
