@@ -36,6 +36,7 @@ type Tagged = (usize, Result<TokenEvent, SchedulerError>);
             content((CompletionResponse = "application/json"), (String = "text/event-stream"))),
         (status = 401, body = crate::error::ErrorEnvelope),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 408, description = "The body was not sent in time (`server.body_timeout_secs`)", body = crate::error::ErrorEnvelope),
         (status = 413, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope),
         (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn create_completion(
