@@ -107,9 +107,7 @@ impl Scheduler {
         let slot = self.registry.resolve(model_id)?;
         let name = slot.settings.name.clone();
         let counted = |e: SchedulerError| {
-            if let Some(reason) = e.rejection_reason() {
-                self.reject(&name, reason);
-            }
+            count_rejection(&self.metrics, &name, &e);
             e
         };
         let ticket = slot.admission.enter().map_err(counted)?;
@@ -165,13 +163,6 @@ impl Scheduler {
         })
     }
 
-    fn reject(&self, model: &str, reason: &str) {
-        self.metrics
-            .rejected_requests
-            .with_label_values(&[model, reason])
-            .inc();
-    }
-
     /// Admits and starts one generation (of `n` choices: it takes `n` sequence slots, at
     /// most all of the model's, at once).
     pub async fn start(
@@ -181,29 +172,53 @@ impl Scheduler {
         sampling: Sampling,
     ) -> Result<Generation, SchedulerError> {
         let mut admitted = self.admit(model_id, vec![prompt], &sampling).await?;
-        let name = admitted.slot.settings.name.clone();
         let prepared = admitted
             .prepared
             .pop()
             .ok_or(SchedulerError::ShuttingDown)?;
-        let permit = admitted
-            .ticket
-            .wait_for_slots(admitted.weight)
-            .await
-            .inspect_err(|_| self.reject(&name, "queue_timeout"))?;
-        self.metrics
-            .queue_wait
-            .with_label_values(&[name.as_str()])
-            .observe(admitted.started.elapsed().as_secs_f64());
-        launch(
-            &self.metrics,
-            &name,
+        let report = Arc::new(GenerationReport::new(&admitted.slot.settings.name));
+        self.first_generation(
+            admitted.ticket,
+            admitted.weight,
             admitted.lease,
             prepared,
             &sampling,
-            permit,
             admitted.started,
-            Arc::new(GenerationReport::new(&name)),
+            report,
+        )
+        .await
+    }
+
+    /// Waits in the queue for a request's first generation's slots, then starts it.
+    #[allow(clippy::too_many_arguments)]
+    async fn first_generation(
+        &self,
+        ticket: admission::QueueTicket,
+        weight: usize,
+        lease: Arc<Lease>,
+        prepared: Prepared,
+        sampling: &Sampling,
+        started: Instant,
+        report: Arc<GenerationReport>,
+    ) -> Result<Generation, SchedulerError> {
+        let name = report.model.clone();
+        let permit = ticket
+            .wait_for_slots(weight)
+            .await
+            .inspect_err(|e| count_rejection(&self.metrics, &name, e))?;
+        self.metrics
+            .queue_wait
+            .with_label_values(&[name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        launch(
+            &self.metrics,
+            &name,
+            lease,
+            prepared,
+            sampling,
+            permit,
+            started,
+            report,
         )
         .await
     }
@@ -238,25 +253,17 @@ impl Scheduler {
             .collect();
         let mut prepared = prepared.into_iter();
         let first = prepared.next().ok_or(SchedulerError::ShuttingDown)?;
-        let permit = ticket
-            .wait_for_slots(weight)
-            .await
-            .inspect_err(|_| self.reject(&name, "queue_timeout"))?;
-        self.metrics
-            .queue_wait
-            .with_label_values(&[name.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        let first = launch(
-            &self.metrics,
-            &name,
-            lease.clone(),
-            first,
-            &sampling,
-            permit,
-            started,
-            reports[0].clone(),
-        )
-        .await?;
+        let first = self
+            .first_generation(
+                ticket,
+                weight,
+                lease.clone(),
+                first,
+                &sampling,
+                started,
+                reports[0].clone(),
+            )
+            .await?;
         let first = first
             .map(move |e| (0, e.map_err(SchedulerError::Engine)))
             .boxed();
@@ -273,7 +280,7 @@ impl Scheduler {
                 let permit = match slot.admission.acquire(weight).await {
                     Ok(permit) => permit,
                     Err(e) => {
-                        metrics.rejected_requests.with_label_values(&[name.as_str(), "queue_timeout"]).inc();
+                        count_rejection(&metrics, &name, &e);
                         yield (index, Err(e));
                         return;
                     }
@@ -297,6 +304,16 @@ impl Scheduler {
                 .flatten_unordered(lanes)
                 .boxed(),
         })
+    }
+}
+
+/// Counts a refusal in `llamagate_rejected_requests_total`, by its reason.
+fn count_rejection(metrics: &Metrics, model: &str, e: &SchedulerError) {
+    if let Some(reason) = e.rejection_reason() {
+        metrics
+            .rejected_requests
+            .with_label_values(&[model, reason])
+            .inc();
     }
 }
 
