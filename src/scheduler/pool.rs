@@ -98,6 +98,24 @@ struct Entry {
     footprint: Option<(FileStamp, Result<Footprint, String>)>,
 }
 
+impl Entry {
+    /// Marks load `generation` failed with `error` and starts its retry backoff; the wait.
+    fn fail(&mut self, error: String, generation: u64) -> Duration {
+        self.life = Life::Failed { error, generation };
+        self.failures += 1;
+        let wait = backoff(self.failures);
+        self.retry_at = Some(Instant::now() + wait);
+        wait
+    }
+
+    /// How long until the next load attempt (at least [`RETRY_FIRST`]).
+    fn retry_after(&self) -> Duration {
+        self.retry_at
+            .map_or(RETRY_FIRST, |t| t.saturating_duration_since(Instant::now()))
+            .max(RETRY_FIRST)
+    }
+}
+
 struct State {
     entries: Vec<Entry>,
 }
@@ -475,21 +493,16 @@ impl Pool {
                 return Err(SchedulerError::ModelLoadFailed {
                     model: name.clone(),
                     reason: error.clone(),
-                    retry_after: e
-                        .retry_at
-                        .map_or(RETRY_FIRST, |t| t.saturating_duration_since(Instant::now())),
+                    retry_after: e.retry_after(),
                 });
             }
             Life::Failed { error, .. }
                 if e.abandoned_loader || e.retry_at.is_some_and(|t| t > Instant::now()) =>
             {
-                let wait = e
-                    .retry_at
-                    .map_or(RETRY_FIRST, |t| t.saturating_duration_since(Instant::now()));
                 return Err(SchedulerError::ModelLoadFailed {
                     model: name.clone(),
                     reason: error.clone(),
-                    retry_after: wait.max(RETRY_FIRST),
+                    retry_after: e.retry_after(),
                 });
             }
             Life::Unloaded | Life::Failed { .. } => {}
@@ -504,13 +517,7 @@ impl Pool {
             Ok(f) => f,
             Err(error) => {
                 e.load_generation += 1;
-                e.life = Life::Failed {
-                    error: error.clone(),
-                    generation: e.load_generation,
-                };
-                e.failures += 1;
-                let wait = backoff(e.failures);
-                e.retry_at = Some(Instant::now() + wait);
+                let wait = e.fail(error.clone(), e.load_generation);
                 self.metrics
                     .model_load_failures
                     .with_label_values(&[name])
@@ -737,9 +744,7 @@ impl Pool {
         if !matches!(e.life, Life::Loading { generation: g } if g == generation) {
             return;
         }
-        e.life = Life::Failed { error, generation };
-        e.failures += 1;
-        e.retry_at = Some(Instant::now() + backoff(e.failures));
+        e.fail(error, generation);
         e.abandoned_loader = running;
         if !running {
             e.reserved = 0;
