@@ -6,9 +6,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 
 use super::disconnect::unless_client_gone;
-use super::sse::{data_event, sse_response, DONE_EVENT};
-use super::{read_body, AppState};
-use crate::engine::TokenEvent;
+use super::sse::{render_events, sse_response};
+use super::{read_body, render_answer, AppState};
 use crate::error::ApiError;
 use crate::openai::chat::{
     AssistantMessage, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
@@ -16,7 +15,6 @@ use crate::openai::chat::{
 };
 use crate::openai::common::{new_id, unix_now, Usage};
 use crate::render::chat::{ChatAnswer, ChatMeta, ChatRenderer};
-use crate::scheduler::Generation;
 use crate::validation::{parse_json, validate_chat, OutputMode};
 
 /// Mounts `/chat/completions` (inside the `/v1` scope).
@@ -70,10 +68,18 @@ pub async fn create_chat_completion(
             logprobs,
             include_usage: valid.include_usage,
         };
+        let model = meta.model.clone();
+        let events = generation.map(|e| e.map_err(|e| ApiError::from_engine(e, "messages")));
         let mut response = if valid.stream {
-            sse_response(&state, &req, stream_chunks(generation, meta))
+            let events = render_events(ChatRenderer::new(meta), events, model);
+            sse_response(&state, &req, events)
         } else {
-            HttpResponse::Ok().json(collect(generation, meta).await?)
+            let meta = ChatMeta {
+                include_usage: true,
+                ..meta
+            };
+            let (renderer, answer) = (ChatRenderer::new(meta.clone()), ChatAnswer::new(meta));
+            HttpResponse::Ok().json(render_answer(renderer, answer, events).await?)
         };
         if !ignored.is_empty() {
             if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&ignored) {
@@ -86,62 +92,6 @@ pub async fn create_chat_completion(
         Ok(response)
     };
     unless_client_gone(&req, work).await
-}
-
-/// The non-streamed answer: the stream's chunks, folded.
-async fn collect(
-    mut generation: Generation,
-    meta: ChatMeta,
-) -> Result<ChatCompletionResponse, ApiError> {
-    let meta = ChatMeta {
-        include_usage: true,
-        ..meta
-    };
-    let mut renderer = ChatRenderer::new(meta.clone());
-    let mut answer = ChatAnswer::new(meta);
-    answer.absorb(renderer.start());
-    while let Some(event) = generation.next().await {
-        let event = event.map_err(|e| ApiError::from_engine(e, "messages"))?;
-        for chunk in renderer.push(event) {
-            answer.absorb(chunk);
-        }
-    }
-    answer
-        .finish()
-        .ok_or_else(|| ApiError::Engine("the generation ended early".into()))
-}
-
-/// The streamed answer: the renderer's chunks as SSE events, then `data: [DONE]`; an
-/// engine failure becomes an error event.
-fn stream_chunks(
-    mut generation: Generation,
-    meta: ChatMeta,
-) -> impl futures::Stream<Item = String> {
-    let model = meta.model.clone();
-    let mut renderer = ChatRenderer::new(meta);
-    async_stream::stream! {
-        yield data_event(&renderer.start());
-        while let Some(event) = generation.next().await {
-            match event {
-                Ok(event) => {
-                    let last = matches!(event, TokenEvent::Done(_));
-                    for chunk in renderer.push(event) {
-                        yield data_event(&chunk);
-                    }
-                    if last {
-                        yield DONE_EVENT.to_string();
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(model = %model, error = %e, "generation failed mid-stream");
-                    yield ApiError::from_engine(e, "messages").sse_event();
-                    return;
-                }
-            }
-        }
-        yield ApiError::Engine("the generation ended early".into()).sse_event();
-    }
 }
 
 /// The OpenAPI description of this resource.

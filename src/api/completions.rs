@@ -6,16 +6,15 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 
 use super::disconnect::unless_client_gone;
-use super::sse::{data_event, sse_response, DONE_EVENT};
-use super::{read_body, AppState};
-use crate::engine::{Prompt, TokenEvent};
+use super::sse::{render_events, sse_response};
+use super::{read_body, render_answer, AppState};
+use crate::engine::Prompt;
 use crate::error::ApiError;
 use crate::openai::common::{new_id, unix_now};
 use crate::openai::completions::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
 };
 use crate::render::completions::{CompletionAnswer, CompletionMeta, CompletionRenderer};
-use crate::scheduler::SchedulerError;
 use crate::validation::{parse_json, validate_completion};
 
 /// Mounts `/completions` (inside the `/v1` scope).
@@ -26,8 +25,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(super::only_post)),
     );
 }
-
-type Tagged = (usize, Result<TokenEvent, SchedulerError>);
 
 /// Continues a text prompt (no chat template).
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest, tag = "completions",
@@ -62,83 +59,31 @@ pub async fn create_completion(
         let meta = CompletionMeta {
             id: new_id("cmpl"),
             created: unix_now(),
-            model,
+            model: model.clone(),
             n,
             prompts: valid.prompts.clone(),
             echo: valid.echo,
             logprobs: valid.sampling.settings.logprobs,
             include_usage: valid.include_usage,
         };
+        let events = batch.events.map(|(p, e)| {
+            e.map(|event| (p, event))
+                .map_err(|e| ApiError::from_scheduler(e, "prompt"))
+        });
         if valid.stream {
-            Ok(sse_response(
-                &state,
-                &req,
-                stream_chunks(batch.events, meta),
-            ))
+            let events = render_events(CompletionRenderer::new(meta), events, model);
+            Ok(sse_response(&state, &req, events))
         } else {
-            Ok(HttpResponse::Ok().json(collect(batch.events, meta).await?))
+            let meta = CompletionMeta {
+                include_usage: true,
+                ..meta
+            };
+            let renderer = CompletionRenderer::new(meta.clone());
+            let answer = render_answer(renderer, CompletionAnswer::new(meta), events).await?;
+            Ok(HttpResponse::Ok().json(answer))
         }
     };
     unless_client_gone(&req, work).await
-}
-
-/// The non-streamed answer: the stream's chunks, folded.
-async fn collect(
-    mut events: impl futures::Stream<Item = Tagged> + Unpin,
-    meta: CompletionMeta,
-) -> Result<CompletionResponse, ApiError> {
-    let meta = CompletionMeta {
-        include_usage: true,
-        ..meta
-    };
-    let mut renderer = CompletionRenderer::new(meta.clone());
-    let mut answer = CompletionAnswer::new(meta);
-    for chunk in renderer.start() {
-        answer.absorb(chunk);
-    }
-    while let Some((p, event)) = events.next().await {
-        let event = event.map_err(|e| ApiError::from_scheduler(e, "prompt"))?;
-        for chunk in renderer.push(p, event) {
-            answer.absorb(chunk);
-        }
-    }
-    answer
-        .finish()
-        .ok_or_else(|| ApiError::Engine("the generation ended early".into()))
-}
-
-/// The streamed answer: the renderer's chunks as SSE events, then `data: [DONE]` once
-/// every generation ended; a failure becomes an error event.
-fn stream_chunks(
-    mut events: impl futures::Stream<Item = Tagged> + Unpin + 'static,
-    meta: CompletionMeta,
-) -> impl futures::Stream<Item = String> {
-    let model = meta.model.clone();
-    let mut renderer = CompletionRenderer::new(meta);
-    async_stream::stream! {
-        for chunk in renderer.start() {
-            yield data_event(&chunk);
-        }
-        while let Some((p, event)) = events.next().await {
-            match event {
-                Ok(event) => {
-                    for chunk in renderer.push(p, event) {
-                        yield data_event(&chunk);
-                    }
-                    if renderer.complete() {
-                        yield DONE_EVENT.to_string();
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(model = %model, error = %e, "generation failed mid-stream");
-                    yield ApiError::from_scheduler(e, "prompt").sse_event();
-                    return;
-                }
-            }
-        }
-        yield ApiError::Engine("the generation ended early".into()).sse_event();
-    }
 }
 
 /// The OpenAPI description of this resource.

@@ -163,6 +163,30 @@ async fn read_body_within(
     Ok(body.freeze())
 }
 
+/// The non-streamed answer: `renderer`'s chunks for `events`, folded into `answer`
+/// (a renderer and fold built with the usage chunk on).
+pub async fn render_answer<R, F>(
+    mut renderer: R,
+    mut answer: F,
+    mut events: impl futures::Stream<Item = Result<R::Input, ApiError>> + Unpin,
+) -> Result<F::Answer, ApiError>
+where
+    R: crate::render::Renderer,
+    F: crate::render::Fold<Chunk = R::Chunk>,
+{
+    for chunk in renderer.start() {
+        answer.absorb(chunk);
+    }
+    while let Some(input) = events.next().await {
+        for chunk in renderer.push(input?) {
+            answer.absorb(chunk);
+        }
+    }
+    answer
+        .finish()
+        .ok_or_else(|| ApiError::Engine("the generation ended early".into()))
+}
+
 /// Unknown routes answer in OpenAI's envelope.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let path: String = req.path().chars().take(200).collect();

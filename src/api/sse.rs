@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use super::disconnect::PeerSocket;
 use super::AppState;
+use crate::error::ApiError;
+use crate::render::Renderer;
 
 /// One `data:` event carrying `value` as JSON.
 pub fn data_event<T: Serialize>(value: &T) -> String {
@@ -22,6 +24,43 @@ pub fn data_event<T: Serialize>(value: &T) -> String {
 
 /// The terminating event.
 pub const DONE_EVENT: &str = "data: [DONE]\n\n";
+
+/// The streamed answer: `renderer`'s chunks for `events` as `data:` events, then
+/// `data: [DONE]` once the renderer is complete; a failure becomes an error event, and
+/// events that stop early end with one too.
+pub fn render_events<R>(
+    mut renderer: R,
+    mut events: impl Stream<Item = Result<R::Input, ApiError>> + Unpin + 'static,
+    model: String,
+) -> impl Stream<Item = String>
+where
+    R: Renderer + 'static,
+{
+    async_stream::stream! {
+        for chunk in renderer.start() {
+            yield data_event(&chunk);
+        }
+        while let Some(input) = events.next().await {
+            match input {
+                Ok(input) => {
+                    for chunk in renderer.push(input) {
+                        yield data_event(&chunk);
+                    }
+                    if renderer.complete() {
+                        yield DONE_EVENT.to_string();
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(model = %model, error = %e, "generation failed mid-stream");
+                    yield e.sse_event();
+                    return;
+                }
+            }
+        }
+        yield ApiError::Engine("the generation ended early".into()).sse_event();
+    }
+}
 
 /// Events a streamed answer may have waiting for a client that does not read.
 const SEND_BUFFER_EVENTS: usize = 32;

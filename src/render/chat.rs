@@ -34,6 +34,7 @@ pub struct ChatRenderer {
     meta: ChatMeta,
     /// Tool answers are JSON under the hood: held until their choice ends.
     buffered: Vec<String>,
+    done: bool,
 }
 
 /// What a tool-using answer turned out to be.
@@ -71,6 +72,7 @@ impl ChatRenderer {
         Self {
             buffered: vec![String::new(); meta.n],
             meta,
+            done: false,
         }
     }
 
@@ -100,7 +102,7 @@ impl ChatRenderer {
     }
 
     /// The first chunk: every choice's role.
-    pub fn start(&self) -> ChatCompletionChunk {
+    fn role_chunk(&self) -> ChatCompletionChunk {
         self.chunk(
             (0..self.meta.n)
                 .map(|index| ChatChunkChoice {
@@ -117,9 +119,26 @@ impl ChatRenderer {
             None,
         )
     }
+}
+
+impl super::Renderer for ChatRenderer {
+    type Input = TokenEvent;
+    type Chunk = ChatCompletionChunk;
+
+    /// Every choice's role.
+    fn start(&mut self) -> Vec<ChatCompletionChunk> {
+        vec![self.role_chunk()]
+    }
+
+    fn complete(&self) -> bool {
+        self.done
+    }
 
     /// The chunks one engine event becomes (none for text held back).
-    pub fn push(&mut self, event: TokenEvent) -> Vec<ChatCompletionChunk> {
+    fn push(&mut self, event: TokenEvent) -> Vec<ChatCompletionChunk> {
+        if matches!(event, TokenEvent::Done(_)) {
+            self.done = true;
+        }
         match event {
             TokenEvent::Text { choice, .. } if choice >= self.meta.n => Vec::new(),
             TokenEvent::Text { choice, text, .. } if self.meta.tools => {
@@ -218,9 +237,13 @@ impl ChatAnswer {
             usage: None,
         }
     }
+}
 
-    /// Adds one chunk.
-    pub fn absorb(&mut self, chunk: ChatCompletionChunk) {
+impl super::Fold for ChatAnswer {
+    type Chunk = ChatCompletionChunk;
+    type Answer = ChatCompletionResponse;
+
+    fn absorb(&mut self, chunk: ChatCompletionChunk) {
         if let Some(Some(usage)) = chunk.usage {
             self.usage = Some(usage);
         }
@@ -254,9 +277,8 @@ impl ChatAnswer {
         }
     }
 
-    /// The answer, or `None` when the stream ended before its usage (the generation ended
-    /// early).
-    pub fn finish(self) -> Option<ChatCompletionResponse> {
+    /// `None` when the stream ended before its usage (the generation ended early).
+    fn finish(self) -> Option<ChatCompletionResponse> {
         let usage = self.usage?;
         let mut choices = self.choices;
         for c in &mut choices {
@@ -284,6 +306,7 @@ impl ChatAnswer {
 mod tests {
     use super::*;
     use crate::engine::{FinishReason, TokenLogprob, TokenUsage};
+    use crate::render::{Fold, Renderer};
 
     fn meta(n: usize, tools: bool, include_usage: bool) -> ChatMeta {
         ChatMeta {
@@ -315,7 +338,7 @@ mod tests {
 
     fn run(meta: ChatMeta, events: Vec<TokenEvent>) -> Vec<ChatCompletionChunk> {
         let mut r = ChatRenderer::new(meta);
-        let mut out = vec![r.start()];
+        let mut out = r.start();
         for e in events {
             out.extend(r.push(e));
         }

@@ -99,9 +99,14 @@ impl CompletionRenderer {
             done: 0,
         }
     }
+}
 
-    /// The first chunks: each choice's echoed prompt, when `echo` is on.
-    pub fn start(&self) -> Vec<CompletionResponse> {
+impl super::Renderer for CompletionRenderer {
+    type Input = (usize, TokenEvent);
+    type Chunk = CompletionResponse;
+
+    /// Each choice's echoed prompt, when `echo` is on.
+    fn start(&mut self) -> Vec<CompletionResponse> {
         if !self.meta.echo {
             return Vec::new();
         }
@@ -121,12 +126,12 @@ impl CompletionRenderer {
     }
 
     /// Whether every generation has ended.
-    pub fn complete(&self) -> bool {
+    fn complete(&self) -> bool {
         self.done >= self.meta.prompts.len()
     }
 
     /// The chunks one event of prompt `prompt`'s generation becomes.
-    pub fn push(&mut self, prompt: usize, event: TokenEvent) -> Vec<CompletionResponse> {
+    fn push(&mut self, (prompt, event): (usize, TokenEvent)) -> Vec<CompletionResponse> {
         match event {
             TokenEvent::Text {
                 choice,
@@ -203,9 +208,13 @@ impl CompletionAnswer {
             usage: None,
         }
     }
+}
 
-    /// Adds one chunk.
-    pub fn absorb(&mut self, chunk: CompletionResponse) {
+impl super::Fold for CompletionAnswer {
+    type Chunk = CompletionResponse;
+    type Answer = CompletionResponse;
+
+    fn absorb(&mut self, chunk: CompletionResponse) {
         if chunk.usage.is_some() {
             self.usage = chunk.usage;
         }
@@ -226,8 +235,8 @@ impl CompletionAnswer {
         }
     }
 
-    /// The answer, or `None` when the stream ended before every generation did.
-    pub fn finish(self) -> Option<CompletionResponse> {
+    /// `None` when the stream ended before every generation did.
+    fn finish(self) -> Option<CompletionResponse> {
         let usage = self.usage?;
         Some(self.meta.response(self.choices, Some(usage)))
     }
@@ -237,6 +246,7 @@ impl CompletionAnswer {
 mod tests {
     use super::*;
     use crate::engine::FinishReason;
+    use crate::render::{Fold, Renderer};
 
     fn meta(echo: bool) -> CompletionMeta {
         CompletionMeta {
@@ -295,7 +305,7 @@ mod tests {
             answer.absorb(c);
         }
         for (p, e) in events {
-            for c in r.push(p, e) {
+            for c in r.push((p, e)) {
                 answer.absorb(c);
             }
         }
@@ -308,7 +318,7 @@ mod tests {
         assert!(r.start().is_empty());
         let mut chunks = Vec::new();
         for (p, e) in events() {
-            chunks.extend(r.push(p, e));
+            chunks.extend(r.push((p, e)));
         }
         assert!(r.complete());
         assert_eq!(chunks[0].choices[0].index, 2, "prompt 1, choice 0");

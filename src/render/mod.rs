@@ -6,3 +6,31 @@
 
 pub mod chat;
 pub mod completions;
+
+/// Events in, a wire format's chunks out.
+pub trait Renderer {
+    /// What one step consumes (an engine event, maybe tagged with its prompt).
+    type Input;
+    /// One streamed chunk.
+    type Chunk: serde::Serialize;
+
+    /// The chunks sent before any event.
+    fn start(&mut self) -> Vec<Self::Chunk>;
+    /// The chunks one input becomes.
+    fn push(&mut self, input: Self::Input) -> Vec<Self::Chunk>;
+    /// Whether the answer is over (every generation ended).
+    fn complete(&self) -> bool;
+}
+
+/// Chunks in, the non-streamed answer out.
+pub trait Fold {
+    /// The chunk it absorbs.
+    type Chunk;
+    /// The whole answer.
+    type Answer;
+
+    /// Adds one chunk.
+    fn absorb(&mut self, chunk: Self::Chunk);
+    /// The answer, or `None` when the chunks stopped before it was complete.
+    fn finish(self) -> Option<Self::Answer>;
+}
