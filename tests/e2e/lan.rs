@@ -3,14 +3,15 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llamagate::config::Secret;
 use serde_json::json;
 
 use crate::helpers::{
-    assert_envelope, free_port, model_path, settings_with, shared, smollm2, spawn_server,
-    TestServer, MODEL,
+    assert_envelope, fake_model, free_port, model_path, settings_with, shared, smollm2,
+    spawn_server, spawn_with_engine, TestServer, MODEL,
 };
 
 #[tokio::test]
@@ -158,9 +159,10 @@ async fn api_keys_guard_the_protected_routes() {
 
 #[tokio::test]
 async fn cors_allows_configured_origins_only() {
-    let mut s = settings_with(vec![smollm2(MODEL)]);
+    // CORS needs no model: the scripted engine serves.
+    let mut s = settings_with(vec![fake_model("fast")]);
     s.server.cors_allowed_origins = vec!["http://phone.lan:3000".into()];
-    let server = spawn_server(s);
+    let server = spawn_with_engine(s, Arc::new(llamagate::engine::fake::FakeEngine::default()));
     let preflight = |origin: &'static str| {
         reqwest::Client::new()
             .request(reqwest::Method::OPTIONS, server.url("/v1/chat/completions"))
