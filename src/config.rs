@@ -118,6 +118,8 @@ pub struct LimitSettings {
     pub max_completion_logprobs: usize,
     /// Most functions in `tools` (OpenAI allows 128; each one grows the grammar).
     pub max_tools: usize,
+    /// Most inputs in one `/v1/embeddings` request (OpenAI allows 2048).
+    pub max_embedding_inputs: usize,
 }
 
 impl Default for LimitSettings {
@@ -132,6 +134,7 @@ impl Default for LimitSettings {
             max_top_logprobs: 20,
             max_completion_logprobs: 5,
             max_tools: 64,
+            max_embedding_inputs: 2048,
         }
     }
 }
@@ -437,6 +440,38 @@ impl<'de> Deserialize<'de> for ModelSource {
     }
 }
 
+/// What a model serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Text generation: `/v1/chat/completions` and `/v1/completions`.
+    Chat,
+    /// Sentence embeddings: `/v1/embeddings`.
+    Embedding,
+}
+
+impl ModelKind {
+    /// The name used in config and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embedding => "embedding",
+        }
+    }
+}
+
+/// How an embedding model turns its per-token states into one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolingSetting {
+    /// The mean over the input's tokens.
+    Mean,
+    /// The first token's (`[CLS]`) state.
+    Cls,
+    /// The last token's state (decoder-based embedding models such as Qwen3-Embedding).
+    Last,
+}
+
 /// Which inference engine runs a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum EngineKind {
@@ -544,6 +579,27 @@ pub struct ModelSettings {
     /// repeated temperature-0 answer).
     #[serde(default)]
     pub prefix_cache: Option<bool>,
+    /// `chat` or `embedding`. Default: read from the GGUF (an encoder architecture such
+    /// as BERT, or a file that names a pooling type, is an embedding model); `chat` for a
+    /// file not downloaded yet. An upstream serves both.
+    #[serde(default)]
+    pub kind: Option<ModelKind>,
+    /// Pooling of an embedding model, instead of the GGUF's `pooling_type` (mean when the
+    /// file names none).
+    #[serde(default)]
+    pub pooling: Option<PoolingSetting>,
+    /// L2-normalise embeddings (default true, as OpenAI's models and llama.cpp's server).
+    #[serde(default = "default_true")]
+    pub normalize: bool,
+    /// The model was trained for shortened embeddings (Matryoshka): `dimensions` may ask
+    /// for fewer, which are cut and re-normalised. Otherwise `dimensions` other than the
+    /// model's own is refused.
+    #[serde(default)]
+    pub matryoshka: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_concurrent() -> usize {
@@ -582,6 +638,10 @@ impl ModelSettings {
             load_timeout_secs: default_load_timeout(),
             chat_template: None,
             prefix_cache: None,
+            kind: None,
+            pooling: None,
+            normalize: true,
+            matryoshka: false,
         }
     }
 
@@ -740,9 +800,14 @@ impl Settings {
         if self.scheduler.max_loaded_models == Some(0) {
             return invalid("scheduler.max_loaded_models must be at least 1 (or absent)".into());
         }
-        if self.limits.max_n == 0 || self.limits.max_prompts == 0 || self.limits.max_messages == 0 {
+        if self.limits.max_n == 0
+            || self.limits.max_prompts == 0
+            || self.limits.max_messages == 0
+            || self.limits.max_embedding_inputs == 0
+        {
             return invalid(
-                "limits.max_n, limits.max_prompts and limits.max_messages must be at least 1"
+                "limits.max_n, limits.max_prompts, limits.max_messages and \
+                 limits.max_embedding_inputs must be at least 1"
                     .into(),
             );
         }

@@ -278,6 +278,45 @@ impl ApiError {
                 ),
                 param,
             },
+            SchedulerError::WrongKind { model, serves } => Self::InvalidRequest {
+                message: match serves {
+                    crate::config::ModelKind::Embedding => format!(
+                        "Model `{model}` is an embedding model: use it with /v1/embeddings, not for chat or completions."
+                    ),
+                    crate::config::ModelKind::Chat => format!(
+                        "Model `{model}` is a chat model and does not make embeddings; use an embedding model (see /v1/models `capabilities`)."
+                    ),
+                },
+                param: Some("model".into()),
+                code: Some(match serves {
+                    crate::config::ModelKind::Embedding => "model_not_chat_capable",
+                    crate::config::ModelKind::Chat => "model_not_embedding_capable",
+                }),
+            },
+            SchedulerError::Unsupported { param, message } => Self::InvalidRequest {
+                message,
+                param: Some(param.into()),
+                code: Some("unsupported_value"),
+            },
+            SchedulerError::InputTooLong {
+                index,
+                tokens,
+                limit,
+            } => Self::InvalidRequest {
+                message: format!(
+                    "Input {index} has {tokens} tokens, but this model takes at most {limit} tokens per input. Shorten or split it."
+                ),
+                param: Some(format!("{param}[{index}]")),
+                code: Some("context_length_exceeded"),
+            },
+            SchedulerError::InputRejected { index, error } => match Self::from_engine(error, param) {
+                Self::InvalidRequest { message, code, .. } => Self::InvalidRequest {
+                    message: format!("Input {index}: {message}"),
+                    param: Some(format!("{param}[{index}]")),
+                    code,
+                },
+                other => other,
+            },
             SchedulerError::ShuttingDown => Self::ShuttingDown,
             SchedulerError::Engine(e) => Self::from_engine(e, param),
         }

@@ -40,6 +40,12 @@ pub struct Metrics {
     pub inter_token_latency: HistogramVec,
     /// Whole request latency.
     pub request_duration: HistogramVec,
+    /// `/v1/embeddings` requests computed.
+    pub embedding_requests: IntCounterVec,
+    /// Tokens read by embedding requests.
+    pub embedding_input_tokens: IntCounterVec,
+    /// Latency of an embedding request, admission to the last vector.
+    pub embedding_duration: HistogramVec,
     /// Successful model loads.
     pub model_loads: IntCounterVec,
     /// Failed model loads.
@@ -172,6 +178,21 @@ impl Metrics {
                 "End-to-end generation latency, admission to last token.",
                 &["model"],
             ),
+            embedding_requests: counter(
+                "llamagate_embedding_requests_total",
+                "Embedding requests computed.",
+                &["model"],
+            ),
+            embedding_input_tokens: counter(
+                "llamagate_embedding_input_tokens_total",
+                "Tokens read by embedding requests.",
+                &["model"],
+            ),
+            embedding_duration: histogram(
+                "llamagate_embedding_duration_seconds",
+                "Embedding request latency, admission to the last vector.",
+                &["model"],
+            ),
             model_loads: counter(
                 "llamagate_model_loads_total",
                 "Successful model loads.",
@@ -277,6 +298,8 @@ impl Metrics {
             &self.prompt_tokens,
             &self.cached_prompt_tokens,
             &self.cancelled_requests,
+            &self.embedding_requests,
+            &self.embedding_input_tokens,
             &self.model_loads,
             &self.model_load_failures,
             &self.model_evictions,
@@ -295,6 +318,7 @@ impl Metrics {
             &self.time_to_first_token,
             &self.inter_token_latency,
             &self.request_duration,
+            &self.embedding_duration,
             &self.queue_wait,
             &self.prompt_tokens_per_request,
             &self.generated_tokens_per_request,

@@ -7,10 +7,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::config::LimitSettings;
-use crate::engine::{ChatTurn, Prompt, Role, SamplingSettings};
+use crate::engine::{ChatTurn, EmbedInput, Prompt, Role, SamplingSettings};
 use crate::error::ApiError;
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::completions::CompletionRequest;
+use crate::openai::embeddings::EmbeddingRequest;
 
 /// Sampling settings whose `max_tokens` may still be open (filled from the context window
 /// by the scheduler, which defines the type).
@@ -728,6 +729,143 @@ pub fn tool_schema(tools: &[ToolSpec], mode: &ToolMode) -> Value {
     } else {
         serde_json::json!({"anyOf": options})
     }
+}
+
+/// A checked embeddings request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidEmbeddingRequest {
+    /// Model name or alias.
+    pub model: String,
+    /// The inputs, in order.
+    pub inputs: Vec<EmbedInput>,
+    /// Answer in base64 instead of float lists.
+    pub base64: bool,
+    /// Requested vector length.
+    pub dimensions: Option<usize>,
+}
+
+/// A token-id list of an embeddings input, or the error naming `param`.
+fn token_ids(items: &[Value], param: &str) -> Result<Vec<u32>, ApiError> {
+    if items.is_empty() {
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` must not be an empty list of token ids."),
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, v)| {
+            v.as_u64()
+                .and_then(|t| u32::try_from(t).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("{param}[{j}]"),
+                        format!("`{param}[{j}]` must be a token id (a non-negative integer)."),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Checks an embeddings request: `input` as a string, strings, token ids or lists of
+/// token ids, none empty, within `[limits]`.
+pub fn validate_embedding(
+    req: EmbeddingRequest,
+    limits: &LimitSettings,
+) -> Result<ValidEmbeddingRequest, ApiError> {
+    check_model(&req.model)?;
+    let empty_text = |param: String| {
+        ApiError::invalid(
+            param.clone(),
+            format!("`{param}` must not be empty: an empty string has no embedding."),
+        )
+    };
+    let inputs: Vec<EmbedInput> = match &req.input {
+        Value::String(s) if s.is_empty() => return Err(empty_text("input".into())),
+        Value::String(s) => vec![EmbedInput::Text(s.clone())],
+        Value::Array(items) if items.is_empty() => {
+            return Err(ApiError::invalid("input", "`input` must not be an empty list."))
+        }
+        Value::Array(items) if items[0].is_number() => {
+            vec![EmbedInput::Tokens(token_ids(items, "input")?)]
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) if s.is_empty() => Err(empty_text(format!("input[{i}]"))),
+                Value::String(s) => Ok(EmbedInput::Text(s.clone())),
+                Value::Array(ids) => Ok(EmbedInput::Tokens(token_ids(ids, &format!("input[{i}]"))?)),
+                _ => Err(ApiError::invalid(
+                    format!("input[{i}]"),
+                    format!("`input[{i}]` must be a string or a list of token ids."),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ApiError::invalid(
+                "input",
+                "`input` must be a string, a list of strings, a list of token ids or a list of token-id lists.",
+            ))
+        }
+    };
+    if inputs.len() > limits.max_embedding_inputs {
+        return Err(ApiError::invalid(
+            "input",
+            format!(
+                "`input` may hold at most {} inputs, got {} (limits.max_embedding_inputs).",
+                limits.max_embedding_inputs,
+                inputs.len()
+            ),
+        ));
+    }
+    let text_bytes: usize = inputs
+        .iter()
+        .map(|i| match i {
+            EmbedInput::Text(t) => t.len(),
+            EmbedInput::Tokens(t) => t.len() * 4,
+        })
+        .sum();
+    if text_bytes > limits.max_prompt_bytes {
+        return Err(ApiError::invalid(
+            "input",
+            format!(
+                "`input` holds more than {} bytes of text (limits.max_prompt_bytes).",
+                limits.max_prompt_bytes
+            ),
+        ));
+    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "`encoding_format` must be `float` or `base64`, got `{}`.",
+                    other.chars().take(64).collect::<String>()
+                ),
+                param: Some("encoding_format".into()),
+                code: Some("unsupported_value"),
+            })
+        }
+    };
+    let dimensions = match req.dimensions {
+        None => None,
+        Some(d) if d >= 1 => Some(usize::try_from(d).unwrap_or(usize::MAX)),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "dimensions",
+                "`dimensions` must be at least 1.",
+            ))
+        }
+    };
+    Ok(ValidEmbeddingRequest {
+        model: req.model,
+        inputs,
+        base64,
+        dimensions,
+    })
 }
 
 /// Checks a text completion request.

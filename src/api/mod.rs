@@ -8,6 +8,7 @@ pub mod chat;
 pub mod completions;
 pub mod disconnect;
 pub mod docs;
+pub mod embeddings;
 pub mod health;
 pub mod metrics;
 pub mod middleware;
@@ -52,6 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             .configure(chat::configure)
             .configure(completions::configure)
+            .configure(embeddings::configure)
             .configure(models::configure)
             .wrap(from_fn(require::<ApiRoutes, _>)),
     )

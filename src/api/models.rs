@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 
 use super::AppState;
+use crate::config::ModelKind;
 use crate::error::ApiError;
 use crate::openai::models::{Capabilities, ModelList, ModelObject};
 use crate::scheduler::registry::ModelSlot;
@@ -51,9 +52,16 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
         error: status.error,
         capabilities: Capabilities {
             context_length: status.context_length,
-            tools: true,
-            json_schema: true,
-            logprobs: true,
+            chat: slot.serves(ModelKind::Chat),
+            embeddings: slot.serves(ModelKind::Embedding),
+            embedding_length: if slot.serves(ModelKind::Embedding) {
+                status.embedding_length.or(slot.file.embedding_length)
+            } else {
+                None
+            },
+            tools: slot.serves(ModelKind::Chat),
+            json_schema: slot.serves(ModelKind::Chat),
+            logprobs: slot.serves(ModelKind::Chat),
             vision: false,
             audio: false,
         },

@@ -47,6 +47,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     for part in [
         super::chat::ChatApi::openapi(),
         super::completions::CompletionsApi::openapi(),
+        super::embeddings::EmbeddingsApi::openapi(),
         super::models::ModelsApi::openapi(),
         super::health::HealthApi::openapi(),
         super::metrics::MetricsApi::openapi(),

@@ -2,7 +2,10 @@
 //! renderers, auth, timeouts): no model, deterministic, milliseconds. Each choice emits
 //! `token_text` per token up to `max_tokens` (ending with `length`); a constrained
 //! request emits `{}` (ending with `stop`). Loads, failures, delays and unknown
-//! footprints are scripted per model name, and what happened is counted.
+//! footprints are scripted per model name, and what happened is counted. A model
+//! configured with `kind = "embedding"` embeds instead: a token per 4 bytes of text, a
+//! vector of [`FAKE_EMBEDDING_LENGTH`] values derived from the input's bytes, after
+//! `token_delay` per input.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,10 +14,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Engine, EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, PreparedPrompt,
-    Prompt, TokenEvent, TokenLogprob, TokenStream, TokenUsage, TopLogprob,
+    EmbedInput, EmbeddingRequest, Embeddings, Engine, EngineError, FinishReason, GenerationRequest,
+    LoadedModel, ModelFacts, PreparedPrompt, Prompt, TokenEvent, TokenLogprob, TokenStream,
+    TokenUsage, TopLogprob,
 };
-use crate::config::ModelSettings;
+use crate::config::{ModelKind, ModelSettings};
+
+/// Length of the fake engine's embeddings.
+pub const FAKE_EMBEDDING_LENGTH: usize = 8;
 use crate::memory::Footprint;
 
 /// The scripted engine. `FakeEngine::default()` loads at once and streams `"x"` tokens
@@ -111,7 +118,57 @@ impl LoadedModel for FakeModel {
         })
     }
 
+    async fn prepare_input(&self, input: &EmbedInput) -> Result<PreparedPrompt, EngineError> {
+        let tokens: Vec<u32> = match input {
+            EmbedInput::Text(text) => text.as_bytes().chunks(4).map(|c| u32::from(c[0])).collect(),
+            EmbedInput::Tokens(tokens) => tokens.clone(),
+        };
+        Ok(PreparedPrompt {
+            token_count: tokens.len().max(1),
+            tokens: Some(Arc::new(tokens)),
+        })
+    }
+
+    async fn embed(&self, request: EmbeddingRequest) -> Result<Embeddings, EngineError> {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let mut guard = Running {
+            running: self.running.clone(),
+            cancelled: self.cancelled.clone(),
+            finished: false,
+        };
+        let mut out = Embeddings::default();
+        for tokens in &request.tokens {
+            if !self.token_delay.is_zero() {
+                tokio::time::sleep(self.token_delay).await;
+            }
+            let tokens = tokens.as_deref().map_or(&[][..], Vec::as_slice);
+            out.prompt_tokens += tokens.len().max(1);
+            let vector = (0..FAKE_EMBEDDING_LENGTH)
+                .map(|i| {
+                    tokens
+                        .iter()
+                        .enumerate()
+                        .map(|(j, t)| ((*t as f32) * (1.0 + (i * j % 7) as f32)).sin())
+                        .sum::<f32>()
+                        + 1.0 / (1.0 + i as f32)
+                })
+                .collect();
+            out.vectors.push(super::shape_embedding(
+                vector,
+                request.dimensions,
+                request.normalize,
+            ));
+        }
+        guard.finished = true;
+        Ok(out)
+    }
+
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
+        if self.facts.kind == Some(ModelKind::Embedding) {
+            return Err(EngineError::Rejected(
+                "an embedding model does not generate".into(),
+            ));
+        }
         self.running.fetch_add(1, Ordering::SeqCst);
         let guard = Running {
             running: self.running.clone(),
@@ -198,9 +255,14 @@ impl Engine for FakeEngine {
             }
         }
         Ok(Arc::new(FakeModel {
-            facts: ModelFacts {
-                context_length: Some(self.context_length),
-                device: "cpu".into(),
+            facts: match settings.kind {
+                Some(ModelKind::Embedding) => ModelFacts {
+                    context_length: Some(self.context_length),
+                    device: "cpu".into(),
+                    kind: Some(ModelKind::Embedding),
+                    embedding_length: Some(FAKE_EMBEDDING_LENGTH),
+                },
+                _ => ModelFacts::chat(Some(self.context_length), "cpu"),
             },
             token_delay: self.token_delay,
             token_text: self.token_text.clone(),

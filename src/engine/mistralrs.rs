@@ -124,6 +124,14 @@ impl super::Engine for MistralRsEngine {
     }
 
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        if settings.kind == Some(crate::config::ModelKind::Embedding) {
+            // mistral.rs 0.8 embeds only safetensors models (its EmbeddingModelBuilder),
+            // not GGUF files, which is all this gateway loads.
+            return Err(EngineError::Load(
+                "the mistral.rs engine does not serve GGUF embedding models; use engine = \"llama.cpp\""
+                    .into(),
+            ));
+        }
         let (model_id, file, revision) = match &settings.source {
             ModelSource::File(path) => {
                 // Reading the header walks the vocabulary: off the async threads.
@@ -222,10 +230,7 @@ impl super::Engine for MistralRsEngine {
         };
         Ok(Arc::new(MistralRsModel {
             model: Arc::new(model),
-            facts: ModelFacts {
-                context_length: Some(context_length),
-                device,
-            },
+            facts: ModelFacts::chat(Some(context_length), device),
         }))
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::Stream;
 
-use crate::config::{DeviceSetting, ModelSettings, ModelSource};
+use crate::config::{DeviceSetting, ModelKind, ModelSettings, ModelSource};
 use crate::memory::Footprint;
 
 /// Who said a chat turn.
@@ -263,10 +263,83 @@ pub struct PreparedPrompt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelFacts {
     /// Context window in tokens (the smaller of the model's and the configured one);
-    /// `None` when it is not known here (an upstream server enforces its own).
+    /// `None` when it is not known here (an upstream server enforces its own). For an
+    /// embedding model, the most tokens one input may have.
     pub context_length: Option<usize>,
     /// The device it runs on, e.g. `cpu` or `cuda:0`.
     pub device: String,
+    /// What it serves; `None` for an upstream (it serves whatever the other server does).
+    pub kind: Option<ModelKind>,
+    /// Length of its embeddings, for an embedding model.
+    pub embedding_length: Option<usize>,
+}
+
+impl ModelFacts {
+    /// A chat model's facts.
+    pub fn chat(context_length: Option<usize>, device: impl Into<String>) -> Self {
+        Self {
+            context_length,
+            device: device.into(),
+            kind: Some(ModelKind::Chat),
+            embedding_length: None,
+        }
+    }
+}
+
+/// One input to embed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbedInput {
+    /// Text, tokenized by the model (with its own special tokens, e.g. `[CLS] … [SEP]`).
+    Text(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+}
+
+/// Inputs to embed in one call, each already prepared by [`LoadedModel::prepare_input`].
+#[derive(Debug, Clone)]
+pub struct EmbeddingRequest {
+    /// The inputs, as the client sent them (an upstream forwards these).
+    pub inputs: Vec<EmbedInput>,
+    /// Their tokens, from `prepare_input` (`None` where only another server can tell).
+    pub tokens: Vec<Option<Arc<Vec<u32>>>>,
+    /// Cut each vector to this many leading values (then normalise, if asked).
+    pub dimensions: Option<usize>,
+    /// L2-normalise each vector.
+    pub normalize: bool,
+}
+
+/// The vectors of an [`EmbeddingRequest`], in input order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Embeddings {
+    /// One vector per input.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read, all inputs together.
+    pub prompt_tokens: usize,
+}
+
+/// Cuts `vector` to `dimensions` values and L2-normalises it when asked (a zero vector
+/// stays zero).
+pub fn shape_embedding(
+    mut vector: Vec<f32>,
+    dimensions: Option<usize>,
+    normalize: bool,
+) -> Vec<f32> {
+    if let Some(d) = dimensions {
+        vector.truncate(d);
+    }
+    if normalize {
+        let norm = vector
+            .iter()
+            .map(|x| f64::from(*x) * f64::from(*x))
+            .sum::<f64>()
+            .sqrt();
+        if norm > 0.0 {
+            for x in &mut vector {
+                *x = (f64::from(*x) / norm) as f32;
+            }
+        }
+    }
+    vector
 }
 
 /// A model ready to generate.
@@ -281,6 +354,21 @@ pub trait LoadedModel: Send + Sync {
 
     /// Starts a generation. The returned stream ends with [`TokenEvent::Done`].
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError>;
+
+    /// Tokenizes one embedding input (text with the model's special tokens; token ids
+    /// checked against the vocabulary): its size for the per-input limit, and its tokens.
+    async fn prepare_input(&self, _input: &EmbedInput) -> Result<PreparedPrompt, EngineError> {
+        Err(EngineError::Rejected(
+            "this model does not serve embeddings".into(),
+        ))
+    }
+
+    /// Embeds every input; dropping the future cancels the inputs not yet computed.
+    async fn embed(&self, _request: EmbeddingRequest) -> Result<Embeddings, EngineError> {
+        Err(EngineError::Rejected(
+            "this model does not serve embeddings".into(),
+        ))
+    }
 }
 
 /// Loads models.
@@ -412,6 +500,18 @@ pub fn compiled_cpu_features() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embeddings_are_cut_then_normalised() {
+        let v = shape_embedding(vec![3.0, 4.0, 12.0], None, true);
+        assert!((v[0] - 3.0 / 13.0).abs() < 1e-6 && (v[2] - 12.0 / 13.0).abs() < 1e-6);
+        assert_eq!(
+            shape_embedding(vec![3.0, 4.0, 12.0], Some(2), true),
+            vec![0.6, 0.8]
+        );
+        assert_eq!(shape_embedding(vec![3.0, 4.0], None, false), vec![3.0, 4.0]);
+        assert_eq!(shape_embedding(vec![0.0, 0.0], None, true), vec![0.0, 0.0]);
+    }
 
     #[test]
     fn special_tokens_are_broken_and_plain_text_untouched() {

@@ -20,6 +20,8 @@ use crate::config::{ModelSettings, ModelSource};
 
 /// Longest error body read from an upstream.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Largest embeddings answer read from an upstream.
+const MAX_EMBEDDINGS_BODY: usize = 256 * 1024 * 1024;
 
 /// Longest single SSE event accepted from an upstream.
 const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
@@ -85,6 +87,9 @@ impl super::Engine for UpstreamEngine {
                 // The upstream enforces its own window; it is not known here.
                 context_length: None,
                 device: crate::memory::REMOTE_DEVICE.into(),
+                // It serves whatever the other server serves.
+                kind: None,
+                embedding_length: None,
             },
         }))
     }
@@ -154,6 +159,37 @@ fn request_body(model: &str, request: &GenerationRequest) -> (&'static str, Valu
         },
         Value::Object(fields),
     )
+}
+
+/// Reads an OpenAI embeddings answer: `count` float vectors, put in `index` order.
+fn parse_embeddings(body: &[u8], count: usize) -> Result<super::Embeddings, EngineError> {
+    let bad = |why: &str| EngineError::UpstreamUnavailable(format!("bad embeddings answer: {why}"));
+    let value: Value = serde_json::from_slice(body).map_err(|_| bad("not JSON"))?;
+    let data = value["data"]
+        .as_array()
+        .ok_or_else(|| bad("no `data` list"))?;
+    if data.len() != count {
+        return Err(bad(&format!("{} vectors for {count} inputs", data.len())));
+    }
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; count];
+    for (position, item) in data.iter().enumerate() {
+        let index = item["index"].as_u64().map_or(position, |i| i as usize);
+        let vector = item["embedding"]
+            .as_array()
+            .ok_or_else(|| bad("an `embedding` is not a list of numbers"))?
+            .iter()
+            .map(|x| x.as_f64().map(|x| x as f32))
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(|| bad("an `embedding` is not a list of numbers"))?;
+        match vectors.get_mut(index) {
+            Some(slot @ None) => *slot = Some(vector),
+            _ => return Err(bad("an `index` is out of range or repeated")),
+        }
+    }
+    Ok(super::Embeddings {
+        vectors: vectors.into_iter().flatten().collect(),
+        prompt_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+    })
 }
 
 /// Turns an upstream's error response into an engine error.
@@ -292,19 +328,10 @@ fn take_events(buffer: &mut Vec<u8>) -> Vec<String> {
     events
 }
 
-#[async_trait]
-impl LoadedModel for UpstreamModel {
-    fn facts(&self) -> &ModelFacts {
-        &self.facts
-    }
-
-    async fn prepare(&self, _prompt: &Prompt) -> Result<super::PreparedPrompt, EngineError> {
-        // Only the upstream knows its tokenizer; its usage numbers are reported at the end.
-        Ok(super::PreparedPrompt::default())
-    }
-
-    async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
-        let (path, body) = request_body(&self.model, &request);
+impl UpstreamModel {
+    /// Sends `body` to `{base_url}/{path}`; an error status becomes the matching engine
+    /// error (its body read within the timeout, at most [`MAX_ERROR_BODY`] bytes).
+    async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, EngineError> {
         let url = format!("{}/{path}", self.base_url);
         let mut call = self.client.post(&url).json(&body);
         if let Some(key) = &self.api_key {
@@ -357,6 +384,85 @@ impl LoadedModel for UpstreamModel {
             }
             return Err(upstream_error(status.as_u16(), retry_after, &body));
         }
+
+        Ok(response)
+    }
+}
+
+#[async_trait]
+impl LoadedModel for UpstreamModel {
+    fn facts(&self) -> &ModelFacts {
+        &self.facts
+    }
+
+    async fn prepare(&self, _prompt: &Prompt) -> Result<super::PreparedPrompt, EngineError> {
+        // Only the upstream knows its tokenizer; its usage numbers are reported at the end.
+        Ok(super::PreparedPrompt::default())
+    }
+
+    async fn prepare_input(
+        &self,
+        _input: &super::EmbedInput,
+    ) -> Result<super::PreparedPrompt, EngineError> {
+        Ok(super::PreparedPrompt::default())
+    }
+
+    /// Forwards the inputs to the upstream's `/embeddings` as the client sent them (with
+    /// `dimensions`), asking for floats; vectors come back in input order.
+    async fn embed(
+        &self,
+        request: super::EmbeddingRequest,
+    ) -> Result<super::Embeddings, EngineError> {
+        let inputs: Vec<Value> = request
+            .inputs
+            .iter()
+            .map(|input| match input {
+                super::EmbedInput::Text(text) => json!(text),
+                super::EmbedInput::Tokens(tokens) => json!(tokens),
+            })
+            .collect();
+        let mut body = json!({"model": self.model, "input": inputs, "encoding_format": "float"});
+        if let Some(d) = request.dimensions {
+            body["dimensions"] = json!(d);
+        }
+        let response = self.post("embeddings", &body).await?;
+        let mut bytes = Vec::new();
+        let mut chunks = response.bytes_stream();
+        loop {
+            match tokio::time::timeout(self.timeout, chunks.next()).await {
+                Err(_) => {
+                    return Err(EngineError::UpstreamTimeout(format!(
+                        "{} stopped sending for {} s",
+                        self.base_url,
+                        self.timeout.as_secs()
+                    )))
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(EngineError::UpstreamUnavailable(format!(
+                        "reading from {} failed: {}",
+                        self.base_url,
+                        e.without_url()
+                    )))
+                }
+                Ok(Some(Ok(chunk))) => {
+                    if bytes.len() + chunk.len() > MAX_EMBEDDINGS_BODY {
+                        return Err(EngineError::UpstreamUnavailable(format!(
+                            "the embeddings from {} are larger than {MAX_EMBEDDINGS_BODY} bytes",
+                            self.base_url
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+            }
+        }
+        parse_embeddings(&bytes, request.inputs.len())
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
+        let (path, body) = request_body(&self.model, &request);
+        let response = self.post(path, &body).await?;
+        let timeout = self.timeout;
 
         let n = request.sampling.n.max(1);
         let on_token = request.on_token.clone();

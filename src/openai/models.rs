@@ -47,8 +47,14 @@ pub struct ModelObject {
 /// What a model supports, stated honestly.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Capabilities {
-    /// Context window in tokens, once known.
+    /// Context window in tokens, once known (for an embedding model: tokens per input).
     pub context_length: Option<usize>,
+    /// Serves `/v1/chat/completions` and `/v1/completions`.
+    pub chat: bool,
+    /// Serves `/v1/embeddings`.
+    pub embeddings: bool,
+    /// Length of its embeddings, once known.
+    pub embedding_length: Option<usize>,
     /// `tools` / `tool_choice`, answered by constrained decoding to the call's JSON.
     pub tools: bool,
     /// `response_format` `json_object` and `json_schema` (constrained decoding).

@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 
 /// Events in, a wire format's chunks out.
 pub trait Renderer {

@@ -66,6 +66,42 @@ pub enum SchedulerError {
         /// Tokens asked for (at least 1).
         max_tokens: usize,
     },
+    /// The model does not serve this kind of request (chat to an embedding model, or
+    /// embeddings from a chat model).
+    #[error("model `{model}` is a {} model", serves.as_str())]
+    WrongKind {
+        /// Model name.
+        model: String,
+        /// What it serves.
+        serves: crate::config::ModelKind,
+    },
+    /// A request parameter the model cannot honour (e.g. `dimensions` on a model not
+    /// trained for shortened embeddings).
+    #[error("{message}")]
+    Unsupported {
+        /// The parameter.
+        param: &'static str,
+        /// Why, for a person.
+        message: String,
+    },
+    /// One embedding input is longer than the model takes.
+    #[error("input {index} has {tokens} tokens; the model takes {limit}")]
+    InputTooLong {
+        /// Position of the input in the request.
+        index: usize,
+        /// Its tokens.
+        tokens: usize,
+        /// The most the model takes per input.
+        limit: usize,
+    },
+    /// The engine refused one input of several (e.g. a token id outside the vocabulary).
+    #[error("input {index}: {error}")]
+    InputRejected {
+        /// Position of the input in the request.
+        index: usize,
+        /// Why.
+        error: EngineError,
+    },
     /// The server is stopping.
     #[error("shutting down")]
     ShuttingDown,
@@ -81,7 +117,9 @@ impl SchedulerError {
             Self::QueueFull { .. } => Some("queue_full"),
             Self::QueueTimeout { .. } => Some("queue_timeout"),
             Self::ModelLoadFailed { .. } => Some("load_failed"),
-            Self::ContextLengthExceeded { .. } => Some("context_length"),
+            Self::ContextLengthExceeded { .. } | Self::InputTooLong { .. } => {
+                Some("context_length")
+            }
             _ => None,
         }
     }

@@ -18,9 +18,10 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::config::Settings;
+use crate::config::{ModelKind, Settings};
 use crate::engine::{
-    Engine, EngineError, GenerationRequest, Prompt, SamplingSettings, TokenEvent, TokenStream,
+    EmbedInput, EmbeddingRequest, Engine, EngineError, GenerationRequest, Prompt, SamplingSettings,
+    TokenEvent, TokenStream,
 };
 use crate::metrics::Metrics;
 use pool::{Lease, Pool};
@@ -106,6 +107,12 @@ impl Scheduler {
         let started = Instant::now();
         let slot = self.registry.resolve(model_id)?;
         let name = slot.settings.name.clone();
+        if !slot.serves(ModelKind::Chat) {
+            return Err(SchedulerError::WrongKind {
+                model: name,
+                serves: ModelKind::Embedding,
+            });
+        }
         let counted = |e: SchedulerError| {
             count_rejection(&self.metrics, &name, &e);
             e
@@ -305,6 +312,146 @@ impl Scheduler {
                 .boxed(),
         })
     }
+}
+
+impl Scheduler {
+    /// Embeds `inputs` with an embedding model: routes, queues (one sequence slot for the
+    /// whole request; the engine batches its inputs), loads the model if needed, checks
+    /// `dimensions` and every input's length before computing anything. Dropping the
+    /// future cancels what is not computed yet.
+    pub async fn embed(
+        &self,
+        model_id: &str,
+        inputs: Vec<EmbedInput>,
+        dimensions: Option<usize>,
+    ) -> Result<EmbeddingOutcome, SchedulerError> {
+        let started = Instant::now();
+        let slot = self.registry.resolve(model_id)?;
+        let name = slot.settings.name.clone();
+        if !slot.serves(ModelKind::Embedding) {
+            return Err(SchedulerError::WrongKind {
+                model: name,
+                serves: ModelKind::Chat,
+            });
+        }
+        let counted = |e: SchedulerError| {
+            count_rejection(&self.metrics, &name, &e);
+            e
+        };
+        let ticket = slot.admission.enter().map_err(counted)?;
+        let lease = self
+            .pool
+            .acquire(slot.index, ticket.deadline())
+            .await
+            .map_err(counted)?;
+        let model = lease.model().clone();
+        let facts = model.facts().clone();
+        if let (Some(asked), Some(length)) = (dimensions, facts.embedding_length) {
+            if asked > length || (asked != length && !slot.settings.matryoshka) {
+                return Err(SchedulerError::Unsupported {
+                    param: "dimensions",
+                    message: if slot.settings.matryoshka {
+                        format!("Model `{name}` makes embeddings of {length} dimensions; `dimensions` must be at most {length}.")
+                    } else {
+                        format!("Model `{name}` makes embeddings of {length} dimensions and was not trained for shortened ones; leave `dimensions` out or set it to {length}.")
+                    },
+                });
+            }
+        }
+        let mut tokens = Vec::with_capacity(inputs.len());
+        let mut total = 0usize;
+        for (index, input) in inputs.iter().enumerate() {
+            let prepared = model
+                .prepare_input(input)
+                .await
+                .map_err(|error| SchedulerError::InputRejected { index, error })?;
+            if let Some(limit) = facts.context_length {
+                if prepared.token_count > limit {
+                    return Err(counted(SchedulerError::InputTooLong {
+                        index,
+                        tokens: prepared.token_count,
+                        limit,
+                    }));
+                }
+            }
+            total += prepared.token_count;
+            tokens.push(prepared.tokens);
+        }
+        let _permit = ticket.wait_for_slots(1).await.map_err(counted)?;
+        self.metrics
+            .queue_wait
+            .with_label_values(&[name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let mut guard = CancelGuard {
+            metrics: &self.metrics,
+            model: &name,
+            done: false,
+        };
+        let request = EmbeddingRequest {
+            inputs,
+            tokens,
+            dimensions,
+            normalize: slot.settings.normalize,
+        };
+        let result = model.embed(request).await;
+        guard.done = true;
+        let embeddings = result.map_err(SchedulerError::Engine)?;
+        drop(lease);
+        // An upstream counts its own tokens; a local model's were counted above.
+        let prompt_tokens = if embeddings.prompt_tokens > 0 {
+            embeddings.prompt_tokens
+        } else {
+            total
+        };
+        let model_label = [name.as_str()];
+        self.metrics
+            .embedding_requests
+            .with_label_values(&model_label)
+            .inc();
+        self.metrics
+            .embedding_input_tokens
+            .with_label_values(&model_label)
+            .inc_by(prompt_tokens as u64);
+        self.metrics
+            .embedding_duration
+            .with_label_values(&model_label)
+            .observe(started.elapsed().as_secs_f64());
+        Ok(EmbeddingOutcome {
+            model: name.clone(),
+            vectors: embeddings.vectors,
+            prompt_tokens,
+        })
+    }
+}
+
+/// Counts a request as cancelled when its future is dropped before the engine answered.
+struct CancelGuard<'a> {
+    metrics: &'a Metrics,
+    model: &'a str,
+    done: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::info!(model = %self.model, "embedding cancelled: client went away");
+            self.metrics
+                .cancelled_requests
+                .with_label_values(&[self.model])
+                .inc();
+        }
+    }
+}
+
+/// The vectors of an embedding request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingOutcome {
+    /// The model's canonical name.
+    pub model: String,
+    /// One vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read, all inputs together.
+    pub prompt_tokens: usize,
 }
 
 /// Counts a refusal in `llamagate_rejected_requests_total`, by its reason.

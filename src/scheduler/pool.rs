@@ -127,6 +127,8 @@ pub struct ModelStatus {
     pub status: &'static str,
     /// Known once loaded.
     pub context_length: Option<usize>,
+    /// Length of its embeddings, for a loaded embedding model.
+    pub embedding_length: Option<usize>,
     /// Where it runs, once loaded.
     pub device: Option<String>,
     /// When it became ready.
@@ -328,6 +330,7 @@ impl Pool {
         ModelStatus {
             status,
             context_length: model.and_then(|m| m.facts().context_length),
+            embedding_length: model.and_then(|m| m.facts().embedding_length),
             device: model.map(|m| m.facts().device.clone()),
             loaded_at: model.and(e.loaded_at),
             error,

@@ -8,7 +8,7 @@ use dashmap::DashMap;
 
 use super::admission::Admission;
 use super::SchedulerError;
-use crate::config::{ModelSettings, ModelSource, SchedulerSettings};
+use crate::config::{ModelKind, ModelSettings, ModelSource, SchedulerSettings};
 use crate::engine::Engine;
 
 /// Facts about a model's file, read once at start-up when the file is there.
@@ -22,7 +22,24 @@ pub struct FileFacts {
     pub parameters: Option<u64>,
     /// `general.architecture`.
     pub architecture: Option<String>,
+    /// The file is an embedding model: an encoder architecture, or it names a pooling type.
+    pub embedding: bool,
+    /// `{arch}.embedding_length`, for an embedding model.
+    pub embedding_length: Option<usize>,
 }
+
+/// Architectures (llama.cpp's names) that only encode: embedding models.
+const ENCODER_ARCHITECTURES: &[&str] = &[
+    "bert",
+    "nomic-bert",
+    "nomic-bert-moe",
+    "jina-bert-v2",
+    "jina-bert-v3",
+    "modern-bert",
+    "neo-bert",
+    "eurobert",
+    "t5encoder",
+];
 
 /// One configured model.
 pub struct ModelSlot {
@@ -36,6 +53,13 @@ pub struct ModelSlot {
     pub device_key: String,
     /// Facts from its GGUF header.
     pub file: FileFacts,
+}
+
+impl ModelSlot {
+    /// Whether it serves `kind` (an upstream serves both).
+    pub fn serves(&self, kind: ModelKind) -> bool {
+        self.settings.kind.is_none_or(|k| k == kind)
+    }
 }
 
 /// All configured models, by name and alias.
@@ -54,6 +78,11 @@ fn file_facts(settings: &ModelSettings) -> FileFacts {
             size_bytes: Some(s.file_size),
             parameters: Some(s.parameters()),
             architecture: s.architecture().map(str::to_string),
+            embedding: s
+                .architecture()
+                .is_some_and(|a| ENCODER_ARCHITECTURES.contains(&a))
+                || s.arch_u64("pooling_type").is_some(),
+            embedding_length: s.arch_u64("embedding_length").map(|n| n as usize),
         },
         Err(_) => FileFacts {
             size_bytes: std::fs::metadata(path).ok().map(|m| m.len()),
@@ -72,6 +101,16 @@ impl Registry {
         let routes = DashMap::new();
         let mut slots = Vec::new();
         for (index, settings) in models.iter().enumerate() {
+            let file = file_facts(settings);
+            let mut settings = settings.clone();
+            // What a local model serves is settled here, once: the engine loads it so.
+            if settings.kind.is_none() && !matches!(settings.source, ModelSource::Upstream { .. }) {
+                settings.kind = Some(if file.embedding {
+                    ModelKind::Embedding
+                } else {
+                    ModelKind::Chat
+                });
+            }
             let slot = Arc::new(ModelSlot {
                 index,
                 admission: Admission::new(
@@ -80,8 +119,8 @@ impl Registry {
                     settings.queue_size,
                     settings.queue_timeout(scheduler.queue_timeout_secs),
                 ),
-                device_key: engine.device_key(settings),
-                file: file_facts(settings),
+                device_key: engine.device_key(&settings),
+                file,
                 settings: settings.clone(),
             });
             for id in std::iter::once(&settings.name).chain(&settings.aliases) {

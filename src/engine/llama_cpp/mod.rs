@@ -7,8 +7,11 @@
 //! Chat templates are rendered by [`super::chat_template`]; sampling is llamagate's own
 //! (the same seeded sampler as the mistral.rs engine), so both engines give the same API.
 
+mod embed;
 mod grammar;
 mod worker;
+
+pub use embed::{EMBED_BATCH_TOKENS, EMBED_SEQUENCES};
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -168,6 +171,15 @@ impl super::Engine for LlamaCppEngine {
         }
         let backend = backend()?;
         let threads = settings.threads.unwrap_or_else(physical_cores).max(1);
+        if settings.kind == Some(crate::config::ModelKind::Embedding) {
+            let options = embed::EmbedOptions {
+                threads,
+                pooling: settings.pooling,
+                context_length: settings.context_length,
+            };
+            let model = embed::load(backend, &path, &settings.name, options).await?;
+            return Ok(Arc::new(model));
+        }
         let sequences = settings.max_concurrent.max(1);
         let configured_context = settings.context_length;
         let reuse_prefix = settings.prefix_cache.unwrap_or(true);
@@ -264,10 +276,7 @@ impl super::Engine for LlamaCppEngine {
         Ok(Arc::new(LlamaCppModel {
             shared,
             jobs: jobs_tx,
-            facts: ModelFacts {
-                context_length: Some(ready.context_per_sequence),
-                device: "cpu".into(),
-            },
+            facts: ModelFacts::chat(Some(ready.context_per_sequence), "cpu"),
         }))
     }
 }
