@@ -3,7 +3,8 @@
 //! and setting `general.file_type`.
 //!
 //! Which tensors keep more precision follows llama.cpp's conventions:
-//! - 1-D tensors (norms, biases) stay F32;
+//! - 1-D tensors (norms, biases) and tensors added to activations (BERT's position and
+//!   token-type embeddings, 2-D norms) stay F32;
 //! - the output projection (or, with tied embeddings, `token_embd.weight`) gets Q6_K
 //!   for targets below 6 bits (Q8_0 when its rows do not fill 256-wide K blocks);
 //! - a K-quant needs rows that are a multiple of 256; other tensors fall back as
@@ -136,7 +137,15 @@ fn fallback(dtype: GgmlDType) -> GgmlDType {
 
 /// The type a tensor gets, by llama.cpp's rules.
 fn target_type(name: &str, dims: &[usize], qtype: QuantType, has_output: bool) -> GgmlDType {
-    if dims.len() < 2 {
+    // Added to activations, not multiplied: llama.cpp's kernels need them unquantized
+    // (its own quantizer skips them too), as 1-D tensors and 2-D norms.
+    const KEEP: &[&str] = &[
+        "position_embd.weight",
+        "token_types.weight",
+        "ffn_gate_inp.weight",
+        "ssm_conv1d.weight",
+    ];
+    if dims.len() < 2 || name.ends_with("_norm.weight") || KEEP.iter().any(|k| name.ends_with(k)) {
         return GgmlDType::F32;
     }
     let row = *dims.last().unwrap_or(&0);
@@ -281,5 +290,12 @@ mod tests {
             target_type("output.weight", &[32000, 4096], QuantType::Q4_0, true),
             GgmlDType::Q6K
         );
+        // BERT's embeddings that are added, not multiplied, stay unquantized.
+        for name in ["position_embd.weight", "token_types.weight"] {
+            assert_eq!(
+                target_type(name, &[512, 384], QuantType::Q8_0, false),
+                GgmlDType::F32
+            );
+        }
     }
 }

@@ -44,6 +44,7 @@ pub async fn create_embedding(
             .embed(&valid.model, valid.inputs, valid.dimensions)
             .await
             .map_err(|e| ApiError::from_scheduler(e, "input"))?;
+        super::middleware::attach_generation(&req, outcome.report.clone());
         let answer = crate::render::embeddings::render(
             &outcome.model,
             outcome.vectors,

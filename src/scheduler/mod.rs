@@ -416,10 +416,15 @@ impl Scheduler {
             .embedding_duration
             .with_label_values(&model_label)
             .observe(started.elapsed().as_secs_f64());
+        let report = Arc::new(GenerationReport::new(&name));
+        report
+            .prompt_tokens
+            .store(prompt_tokens, std::sync::atomic::Ordering::Relaxed);
         Ok(EmbeddingOutcome {
             model: name.clone(),
             vectors: embeddings.vectors,
             prompt_tokens,
+            report,
         })
     }
 }
@@ -444,7 +449,7 @@ impl Drop for CancelGuard<'_> {
 }
 
 /// The vectors of an embedding request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct EmbeddingOutcome {
     /// The model's canonical name.
     pub model: String,
@@ -452,6 +457,8 @@ pub struct EmbeddingOutcome {
     pub vectors: Vec<Vec<f32>>,
     /// Tokens read, all inputs together.
     pub prompt_tokens: usize,
+    /// For the request's log line.
+    pub report: Arc<GenerationReport>,
 }
 
 /// Counts a refusal in `llamagate_rejected_requests_total`, by its reason.

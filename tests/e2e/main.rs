@@ -10,6 +10,7 @@ mod cancel;
 mod chat;
 mod cli;
 mod completions;
+mod embeddings;
 mod errors;
 mod helpers;
 mod http;
