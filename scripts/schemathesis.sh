@@ -20,6 +20,11 @@ context_length = 96
 max_concurrent = 2
 queue_size = 64
 pinned = true
+[[models]]
+name = "minilm"
+source = "$LLAMAGATE_ROOT/models/all-MiniLM-L6-v2.F16.gguf"
+engine = "llama.cpp"
+pinned = true
 TOML
 "$CARGO_TARGET_DIR/debug/llamagate" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
 SERVER=$!

@@ -13,7 +13,7 @@ echo "== test dependencies"
 scripts/setup.sh
 
 echo "== fetching the test model"
-scripts/fetch-models.sh
+scripts/fetch-models.sh --all
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

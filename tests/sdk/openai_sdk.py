@@ -3,11 +3,15 @@
 Started by scripts/test.sh: runs `llamagate serve` on a free port, drives it through
 `openai.OpenAI(base_url=...)` (chat, streaming with usage, legacy completions, models,
 typed errors, tools streamed and not, logprobs, structured output parsed into a
-pydantic model) and prints "N passed, M failed".
+pydantic model, embeddings in the SDK's default base64 and as floats, compared with the
+sentence-transformers reference) and prints "N passed, M failed".
 """
 
+import json
+import math
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BINARY = os.environ.get("LLAMAGATE_BIN", os.path.join(TARGET, "debug", "llamagate"))
 MODEL_FILE = os.environ.get("LLAMAGATE_TEST_MODEL", os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+EMBED_FILE = os.path.join(ROOT, "models", "all-MiniLM-L6-v2.F16.gguf")
+REFERENCE = os.path.join(ROOT, "tests", "fixtures", "minilm_reference.json")
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -37,7 +43,8 @@ def start_server():
     port = free_port()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(f'[server]\nbind = "127.0.0.1:{port}"\n[[models]]\nname = "smollm2"\n'
-                 f'source = "{MODEL_FILE}"\ndevice = "cpu"\npinned = true\n')
+                 f'source = "{MODEL_FILE}"\ndevice = "cpu"\npinned = true\n'
+                 f'[[models]]\nname = "minilm"\nsource = "{EMBED_FILE}"\nengine = "llama.cpp"\n')
     config.close()
     proc = subprocess.Popen([BINARY, "serve", "--config", config.name],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -93,7 +100,7 @@ def main():
         assert [c.index for c in r.choices] == [0, 1] and r.usage.completion_tokens <= 8
 
     def models():
-        assert [m.id for m in client.models.list()] == ["smollm2"]
+        assert [m.id for m in client.models.list()] == ["smollm2", "minilm"]
         assert client.models.retrieve("smollm2").id == "smollm2"
 
     def errors():
@@ -140,11 +147,51 @@ def main():
                                                max_tokens=120, temperature=0, response_format=Cat)
         assert isinstance(r.choices[0].message.parsed, Cat) and r.choices[0].finish_reason == "stop"
 
+    def cosine(a, b):
+        dot = sum(x * y for x, y in zip(a, b))
+        return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+    def embeddings():
+        reference = json.load(open(REFERENCE))["items"]
+        texts = [item["text"] for item in reference]
+        # The SDK asks for base64 by default and decodes it; floats must be identical.
+        default = client.embeddings.create(model="minilm", input=texts)
+        floats = client.embeddings.create(model="minilm", input=texts, encoding_format="float")
+        assert [d.index for d in default.data] == list(range(len(texts)))
+        assert default.model == "minilm" and default.usage.prompt_tokens == floats.usage.prompt_tokens > 0
+        for d, f, item in zip(default.data, floats.data, reference):
+            # JSON floats are float32 values printed shortest; as float32 they are equal.
+            as32 = lambda v: struct.unpack(f"{len(v)}f", struct.pack(f"{len(v)}f", *v))
+            assert as32(d.embedding) == as32(f.embedding), "base64 and float differ"
+            assert len(d.embedding) == 384
+            assert cosine(d.embedding, item["embedding"]) >= 0.999
+        one = client.embeddings.create(model="minilm", input="The cat sits on the mat.")
+        assert cosine(one.data[0].embedding, default.data[0].embedding) > 0.99999
+
+    def langchain_style():
+        # What LangChain's OpenAIEmbeddings sends with check_embedding_ctx_length=False:
+        # chunks of plain strings, encoding_format float.
+        r = client.embeddings.create(model="minilm", input=["doc one", "doc two", "doc three"],
+                                     encoding_format="float")
+        assert len(r.data) == 3 and all(len(d.embedding) == 384 for d in r.data)
+
+    def embedding_errors():
+        for kwargs, param in [(dict(model="smollm2", input="x"), "model"),
+                              (dict(model="minilm", input="x", dimensions=64), "dimensions"),
+                              (dict(model="minilm", input=["ok", ""]), "input[1]")]:
+            try:
+                client.embeddings.create(**kwargs)
+                raise AssertionError(f"no error for {kwargs}")
+            except openai.BadRequestError as e:
+                assert e.param == param, (e.param, param)
+
     try:
         for name, fn in [("chat", chat), ("stream with usage", stream), ("completions", completions),
                          ("models", models), ("typed errors", errors), ("named tool call", tools),
                          ("streamed tool call", streamed_tools), ("logprobs", logprobs),
-                         ("structured output parse", parse)]:
+                         ("structured output parse", parse), ("embeddings (base64 and float)", embeddings),
+                         ("embeddings as LangChain sends them", langchain_style),
+                         ("embedding errors", embedding_errors)]:
             check(name, fn)
     finally:
         proc.terminate()
