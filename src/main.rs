@@ -64,6 +64,16 @@ enum Command {
         /// in-process vs through HTTP, --requests runs each way.
         #[arg(long, requires = "spawn")]
         overhead: bool,
+        /// Measure `/v1/embeddings` instead: inputs/s and tokens/s by --batch and
+        /// --input-words, from the first --concurrency level of clients.
+        #[arg(long, conflicts_with = "overhead")]
+        embeddings: bool,
+        /// Inputs per embeddings request.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        batch: Vec<usize>,
+        /// Words per embeddings input.
+        #[arg(long, value_delimiter = ',', default_value = "12,120")]
+        input_words: Vec<usize>,
     },
     /// Re-quantize a GGUF file (keeps the tokenizer and chat template).
     Quantize {
@@ -119,7 +129,30 @@ fn main() -> std::process::ExitCode {
             api_key,
             out,
             overhead,
+            embeddings,
+            batch,
+            input_words,
         } => {
+            if embeddings {
+                let plan = llamagate::bench::embeddings::EmbedPlan {
+                    base_url: url,
+                    api_key,
+                    models,
+                    input_words,
+                    batch_sizes: batch,
+                    concurrency: concurrency.first().copied().unwrap_or(1),
+                    requests,
+                };
+                return match actix_web::rt::System::new()
+                    .block_on(run_embed_bench(plan, spawn, out))
+                {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        std::process::ExitCode::FAILURE
+                    }
+                };
+            }
             if overhead {
                 let config = spawn.unwrap_or_default();
                 let words = prompt_words.first().copied().unwrap_or(0);
@@ -174,27 +207,62 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Starts llamagate with `config` on a free port, when asked: its OpenAI base URL and
+/// a handle that keeps it running.
+fn spawn_for_bench(
+    spawn: Option<PathBuf>,
+) -> anyhow::Result<Option<(String, actix_web::dev::ServerHandle)>> {
+    let Some(config) = spawn else {
+        return Ok(None);
+    };
+    let settings = Settings::load(
+        &config,
+        &CliOverrides {
+            bind: Some("127.0.0.1:0".into()),
+        },
+    )?;
+    let built = llamagate::build_server(settings, Arc::new(EngineRouter::default()))?;
+    let url = format!("http://{}/v1", built.addr);
+    let handle = built.server.handle();
+    actix_web::rt::spawn(built.server);
+    Ok(Some((url, handle)))
+}
+
+async fn run_embed_bench(
+    mut plan: llamagate::bench::embeddings::EmbedPlan,
+    spawn: Option<PathBuf>,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    let _server = spawn_for_bench(spawn)?.map(|(url, handle)| {
+        plan.base_url = url;
+        handle
+    });
+    let bar = indicatif::ProgressBar::new(0);
+    let report = llamagate::bench::embeddings::run(&plan, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .await?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("embeddings.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    print!("{}", llamagate::bench::embeddings::markdown(&report));
+    eprintln!("wrote {}/embeddings.json", out.display());
+    Ok(())
+}
+
 async fn run_bench(
     mut plan: llamagate::bench::BenchPlan,
     spawn: Option<PathBuf>,
     out: PathBuf,
 ) -> anyhow::Result<()> {
-    let _server = match spawn {
-        Some(config) => {
-            let settings = Settings::load(
-                &config,
-                &CliOverrides {
-                    bind: Some("127.0.0.1:0".into()),
-                },
-            )?;
-            let built = llamagate::build_server(settings, Arc::new(EngineRouter::default()))?;
-            plan.base_url = format!("http://{}/v1", built.addr);
-            let handle = built.server.handle();
-            actix_web::rt::spawn(built.server);
-            Some(handle)
-        }
-        None => None,
-    };
+    let _server = spawn_for_bench(spawn)?.map(|(url, handle)| {
+        plan.base_url = url;
+        handle
+    });
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} requests {elapsed}")

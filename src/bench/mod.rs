@@ -3,6 +3,7 @@
 //! requests and reports vLLM's measures: TTFT, TPOT, ITL and end-to-end latency
 //! (p50/p95/p99), request throughput, output and prompt tokens per second.
 
+pub mod embeddings;
 pub mod overhead;
 pub mod report;
 

@@ -1,7 +1,10 @@
 //! Embedding models on llama.cpp: a context in embeddings mode driven by one worker thread
-//! that packs the inputs of every waiting request into each forward pass (up to
-//! [`EMBED_BATCH_TOKENS`] tokens and [`EMBED_SEQUENCES`] inputs), one sequence per
-//! input, and reads each sequence's pooled vector. Pooling is the GGUF's `pooling_type`,
+//! that packs the inputs of every waiting request into each forward pass, one sequence
+//! per input, and reads each sequence's pooled vector. A pass holds up to
+//! [`EMBED_SEQUENCES`] inputs and as many tokens as the longest input the model takes
+//! (at least [`MIN_PASS_TOKENS`], at most [`EMBED_BATCH_TOKENS`]): an encoder attends
+//! over the whole pass under a mask, so its cost grows with the square of the pass, and
+//! a pass no longer than one full input is the fastest (measured in docs/BENCHMARKS.md). Pooling is the GGUF's `pooling_type`,
 //! the model's `pooling` setting, or mean when the file names none. An input is never
 //! split across passes, so its tokens are capped by the batch as well as the model's
 //! trained context. A request whose client went away is skipped before its next pass.
@@ -27,8 +30,10 @@ use super::super::{
 };
 use crate::config::{ModelKind, PoolingSetting};
 
-/// Tokens one forward pass of an embedding model takes at most.
+/// Tokens one input, and one forward pass, of an embedding model take at most.
 pub const EMBED_BATCH_TOKENS: usize = 2048;
+/// Tokens a forward pass may take even when the model's inputs are shorter.
+pub const MIN_PASS_TOKENS: usize = 512;
 /// Inputs one forward pass of an embedding model takes at most.
 pub const EMBED_SEQUENCES: usize = 64;
 
@@ -114,14 +119,14 @@ pub(super) async fn load(
             let per_input = configured_context
                 .map_or(trained, |c| c.min(trained))
                 .min(EMBED_BATCH_TOKENS);
-            let batch = NonZeroU32::new(EMBED_BATCH_TOKENS as u32);
+            let pass = per_input.clamp(MIN_PASS_TOKENS, EMBED_BATCH_TOKENS);
             let params = LlamaContextParams::default()
                 .with_embeddings(true)
                 .with_pooling_type(pooling)
-                .with_n_ctx(batch)
-                .with_n_batch(EMBED_BATCH_TOKENS as u32)
+                .with_n_ctx(NonZeroU32::new(pass as u32))
+                .with_n_batch(pass as u32)
                 // A non-causal model must see a whole input in one micro-batch.
-                .with_n_ubatch(EMBED_BATCH_TOKENS as u32)
+                .with_n_ubatch(pass as u32)
                 .with_n_seq_max(EMBED_SEQUENCES as u32)
                 .with_kv_unified(true)
                 .with_n_threads(threads)
@@ -138,7 +143,7 @@ pub(super) async fn load(
             if ready_tx.send(Ok((model.clone(), per_input))).is_err() {
                 return; // The load timed out and nobody waits for this model.
             }
-            let worker = std::panic::AssertUnwindSafe(|| run(context, jobs_rx));
+            let worker = std::panic::AssertUnwindSafe(|| run(context, pass, jobs_rx));
             if std::panic::catch_unwind(worker).is_err() {
                 tracing::error!(model = %model_name, "the llama.cpp embedding worker crashed; unload and reload the model");
             }
@@ -203,9 +208,9 @@ fn pooling_of(
 }
 
 /// The worker: waits for requests, then runs passes until none is left.
-fn run(mut context: LlamaContext<'_>, jobs: std::sync::mpsc::Receiver<Job>) {
+fn run(mut context: LlamaContext<'_>, pass: usize, jobs: std::sync::mpsc::Receiver<Job>) {
     let mut running: VecDeque<Running> = VecDeque::new();
-    let mut batch = LlamaBatch::new(EMBED_BATCH_TOKENS, 1);
+    let mut batch = LlamaBatch::new(pass, 1);
     loop {
         if running.is_empty() {
             match jobs.recv() {
@@ -227,9 +232,7 @@ fn run(mut context: LlamaContext<'_>, jobs: std::sync::mpsc::Receiver<Job>) {
         'fill: for (r, run) in running.iter().enumerate() {
             for i in run.next..run.job.inputs.len() {
                 let len = run.job.inputs[i].len();
-                if taken.len() == EMBED_SEQUENCES
-                    || (tokens + len > EMBED_BATCH_TOKENS && !taken.is_empty())
-                {
+                if taken.len() == EMBED_SEQUENCES || (tokens + len > pass && !taken.is_empty()) {
                     break 'fill;
                 }
                 taken.push((r, i));
