@@ -8,7 +8,8 @@
 #   4. `llamagate bench --url` against llama.cpp's Python OpenAI server
 #      (llama-cpp-python, installed into its own venv) on the same files and threads;
 #   5. `llamagate bench --overhead` (in-process vs HTTP) for both engines;
-#   6. scripts/bench_tables.py: the side-by-side tables of the document.
+#   6. scripts/bench_tables.py: the side-by-side tables of the document;
+#   7. scripts/bench-embeddings.sh: /v1/embeddings against llama.cpp's llama-server.
 # Results go to bench-results/ (OUT=...). Nothing else should run meanwhile.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -89,4 +90,9 @@ python3 scripts/bench_tables.py "$OUT" | tee "$OUT/summary.md"
 cp "$OUT/llamagate-llama.cpp/chart.svg" docs/benchmarks/chart-llama.cpp.svg
 cp "$OUT/summary.md" docs/benchmarks/summary.md
 cp "$OUT/llamagate-mistralrs/chart.svg" docs/benchmarks/chart-mistralrs.svg
+echo "== embeddings"
+OUT="$OUT" scripts/bench-embeddings.sh
+cp "$OUT/embeddings/table.md" docs/benchmarks/embeddings.md
+cp "$OUT/embeddings/llamagate-1/embeddings.json" docs/benchmarks/embeddings-llamagate.json
+cp "$OUT/embeddings/llama-server-1/embeddings.json" docs/benchmarks/embeddings-llama-server.json
 echo "== done: $OUT/summary.md"
