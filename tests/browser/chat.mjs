@@ -12,6 +12,7 @@ import { join, resolve } from "node:path";
 const root = resolve(import.meta.dirname, "../..");
 const binary = process.env.LLAMAGATE_BIN || join(process.env.CARGO_TARGET_DIR || join(root, "target"), "debug/llamagate");
 const model = process.env.LLAMAGATE_TEST_MODEL || join(root, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+const embedder = join(root, "models/all-MiniLM-L6-v2.F16.gguf");
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const artifacts = join(root, "test-artifacts");
 mkdirSync(artifacts, { recursive: true });
@@ -23,7 +24,8 @@ const freePort = () => new Promise((ok) => {
 async function startServer(extra) {
   const port = await freePort();
   const config = join(tmpdir(), `llamagate-browser-${port}.toml`);
-  writeFileSync(config, `[server]\nbind = "127.0.0.1:${port}"\n${extra}\n[[models]]\nname = "smollm2"\nsource = "${model}"\ndevice = "cpu"\npinned = true\n`);
+  writeFileSync(config, `[server]\nbind = "127.0.0.1:${port}"\n${extra}\n[[models]]\nname = "smollm2"\nsource = "${model}"\ndevice = "cpu"\npinned = true\n` +
+    `[[models]]\nname = "minilm"\nsource = "${embedder}"\nengine = "llama.cpp"\n`);
   const child = spawn(binary, ["serve", "--config", config], { stdio: ["ignore", "ignore", "inherit"] });
   const base = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 200; i++) {
@@ -64,6 +66,9 @@ await check("chat streams, Stop cancels the generation on the server", async () 
     });
     await page.goto(server.base + "/");
     await page.waitForFunction(() => document.querySelectorAll("#model option").length > 0, null, { timeout: 20000 });
+    // The embedding model is not offered for chat.
+    const offered = await page.$$eval("#model option", (os) => os.map((o) => o.value));
+    if (offered.join() !== "smollm2") throw new Error("models offered: " + offered.join());
     await page.selectOption("#model", "smollm2");
     // A short exchange that completes, with stats.
     await page.fill("#input", "Say hello.");
