@@ -982,6 +982,63 @@ pub fn validate_completion(
 mod tests {
     use super::*;
 
+    fn embedding(json: &str) -> Result<ValidEmbeddingRequest, ApiError> {
+        let req: EmbeddingRequest = parse_json(json.as_bytes())?;
+        validate_embedding(req, &LimitSettings::default())
+    }
+
+    #[test]
+    fn embedding_inputs_in_every_form() {
+        let one = embedding(r#"{"model":"m","input":"hi"}"#).unwrap();
+        assert_eq!(one.inputs, vec![EmbedInput::Text("hi".into())]);
+        assert!(!one.base64 && one.dimensions.is_none());
+        let many = embedding(
+            r#"{"model":"m","input":["a","b"],"encoding_format":"base64","dimensions":3}"#,
+        )
+        .unwrap();
+        assert_eq!(many.inputs.len(), 2);
+        assert!(many.base64);
+        assert_eq!(many.dimensions, Some(3));
+        let ids = embedding(r#"{"model":"m","input":[1,2,3]}"#).unwrap();
+        assert_eq!(ids.inputs, vec![EmbedInput::Tokens(vec![1, 2, 3])]);
+        let lists = embedding(r#"{"model":"m","input":[[1],[2,3]],"user":"u"}"#).unwrap();
+        assert_eq!(
+            lists.inputs,
+            vec![EmbedInput::Tokens(vec![1]), EmbedInput::Tokens(vec![2, 3])]
+        );
+    }
+
+    #[test]
+    fn bad_embedding_inputs_name_the_field() {
+        for (body, param) in [
+            (r#"{"model":"m","input":""}"#, "input"),
+            (r#"{"model":"m","input":[]}"#, "input"),
+            (r#"{"model":"m","input":["a",""]}"#, "input[1]"),
+            (r#"{"model":"m","input":["a",null]}"#, "input[1]"),
+            (r#"{"model":"m","input":[1,"a"]}"#, "input[1]"),
+            (r#"{"model":"m","input":[1,4294967296]}"#, "input[1]"),
+            (r#"{"model":"m","input":[[1],[-1]]}"#, "input[1][0]"),
+            (r#"{"model":"m","input":true}"#, "input"),
+            (
+                r#"{"model":"m","input":"a","encoding_format":"int8"}"#,
+                "encoding_format",
+            ),
+            (r#"{"model":"m","input":"a","dimensions":-3}"#, "dimensions"),
+            (r#"{"model":" ","input":"a"}"#, "model"),
+        ] {
+            assert_eq!(param_of(embedding(body).unwrap_err()), param, "{body}");
+        }
+        let limits = LimitSettings {
+            max_embedding_inputs: 2,
+            ..LimitSettings::default()
+        };
+        let req: EmbeddingRequest = parse_json(br#"{"model":"m","input":["a","b","c"]}"#).unwrap();
+        assert_eq!(
+            param_of(validate_embedding(req, &limits).unwrap_err()),
+            "input"
+        );
+    }
+
     fn chat(json: &str) -> Result<ValidChatRequest, ApiError> {
         let req: ChatCompletionRequest = parse_json(json.as_bytes())?;
         validate_chat(req, &LimitSettings::default(), true)
@@ -1217,6 +1274,9 @@ mod fuzz {
         "echo",
         "suffix",
         "best_of",
+        "input",
+        "encoding_format",
+        "dimensions",
     ];
 
     fn request_body() -> impl Strategy<Value = Vec<u8>> {
@@ -1246,6 +1306,7 @@ mod fuzz {
         fn arbitrary_bytes_are_rejected_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             only_request_errors(parse_json::<ChatCompletionRequest>(&bytes))?;
             only_request_errors(parse_json::<CompletionRequest>(&bytes))?;
+            only_request_errors(parse_json::<EmbeddingRequest>(&bytes))?;
         }
 
         #[test]
@@ -1253,6 +1314,7 @@ mod fuzz {
             let limits = LimitSettings::default();
             only_request_errors(parse_json::<ChatCompletionRequest>(&body).and_then(|r| validate_chat(r, &limits, true)))?;
             only_request_errors(parse_json::<CompletionRequest>(&body).and_then(|r| validate_completion(r, &limits)))?;
+            only_request_errors(parse_json::<EmbeddingRequest>(&body).and_then(|r| validate_embedding(r, &limits)))?;
         }
 
         #[test]
