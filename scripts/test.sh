@@ -2,8 +2,8 @@
 # Runs every check and test. Does all set-up on a fresh machine: installs the test
 # dependencies (scripts/setup.sh), fetches the test model, builds, then runs formatting
 # and lint checks, the Rust test suite (unit tests; end-to-end tests with the real model,
-# a real Prometheus), the chat page in headless Chromium, the official OpenAI Python SDK
-# and schemathesis against the live OpenAPI document.
+# a real Prometheus), the chat page in headless Chromium, the official OpenAI and
+# Anthropic Python SDKs and schemathesis against the live OpenAPI document.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
@@ -32,6 +32,8 @@ node tests/browser/chat.mjs
 
 echo "== the official OpenAI Python SDK"
 "$LLAMAGATE_VENV/bin/python" tests/sdk/openai_sdk.py | tee "$LOG.sdk"
+echo "== the official Anthropic Python SDK"
+"$LLAMAGATE_VENV/bin/python" tests/sdk/anthropic_sdk.py | tee -a "$LOG.sdk"
 sdk_passed=$(grep -Eo '^[0-9]+ passed' "$LOG.sdk" | awk '{s+=$1} END {print s+0}')
 
 echo "== schemathesis against /openapi.json"

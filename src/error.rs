@@ -512,6 +512,14 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        self.response_with(&self.envelope())
+    }
+}
+
+impl ApiError {
+    /// The error's response (status, `Allow`, `WWW-Authenticate`, `Retry-After`, connection
+    /// handling) with `body` as its JSON: one place for every API's envelope.
+    fn response_with<T: Serialize>(&self, body: &T) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         if let Self::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, *allow));
@@ -526,7 +534,84 @@ impl ResponseError for ApiError {
             // The rest of the body may still trickle in: the connection cannot be reused.
             response.force_close();
         }
-        response.json(self.envelope())
+        response.json(body)
+    }
+
+    /// Anthropic's error type for this error's status.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.status_code().as_u16() {
+            400 | 405 | 409 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            408 | 504 => "timeout_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            502 | 503 => "overloaded_error",
+            _ => "api_error",
+        }
+    }
+
+    /// Anthropic's envelope for this error.
+    pub fn anthropic_envelope(&self) -> AnthropicErrorEnvelope {
+        AnthropicErrorEnvelope {
+            kind: "error",
+            error: AnthropicErrorBody {
+                kind: self.anthropic_type(),
+                message: self.to_string(),
+            },
+        }
+    }
+
+    /// The error as one Anthropic SSE `error` event, for failures after a stream started.
+    pub fn anthropic_sse_event(&self) -> String {
+        let json = serde_json::to_string(&self.anthropic_envelope()).unwrap_or_else(|_| {
+            r#"{"type":"error","error":{"type":"api_error","message":"internal error"}}"#.into()
+        });
+        format!("event: error\ndata: {json}\n\n")
+    }
+}
+
+/// Anthropic's error envelope `{"type":"error","error":{"type","message"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnthropicErrorEnvelope {
+    /// Always `error`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The error.
+    pub error: AnthropicErrorBody,
+}
+
+/// The body of Anthropic's error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnthropicErrorBody {
+    /// `invalid_request_error`, `authentication_error`, `not_found_error`,
+    /// `rate_limit_error`, `overloaded_error`, `api_error`, ...
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// What went wrong, for a person (naming the field at fault in backticks).
+    pub message: String,
+}
+
+/// An [`ApiError`] answered in Anthropic's envelope: the error type of the Messages API's
+/// handlers (same statuses and headers as the OpenAI routes).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AnthropicError(pub ApiError);
+
+impl From<ApiError> for AnthropicError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl ResponseError for AnthropicError {
+    fn status_code(&self) -> StatusCode {
+        self.0.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.0.response_with(&self.0.anthropic_envelope())
     }
 }
 
@@ -544,6 +629,29 @@ mod tests {
         let v =
             serde_json::to_value(ApiError::MethodNotAllowed { allow: "GET" }.envelope()).unwrap();
         assert!(v["error"].get("param").unwrap().is_null());
+    }
+
+    #[test]
+    fn anthropic_envelope_keeps_status_and_headers() {
+        let e = AnthropicError(ApiError::QueueFull {
+            model: "m".into(),
+            queue_size: 1,
+            retry_after: Duration::from_secs(3),
+        });
+        let r = e.error_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "3");
+        let v = serde_json::to_value(e.0.anthropic_envelope()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        let v = serde_json::to_value(
+            ApiError::invalid("max_tokens", "`max_tokens` is required.").anthropic_envelope(),
+        )
+        .unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(ApiError::Unauthorized("no".into())
+            .anthropic_sse_event()
+            .starts_with("event: error\ndata: {"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Llama-family models. [`build_server`] wires settings, engine, scheduler and the HTTP
 //! API into a server bound to a listener (tests bind port 0).
 
+pub mod anthropic;
 pub mod api;
 pub mod auth;
 pub mod bench;

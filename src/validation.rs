@@ -17,6 +17,8 @@ use crate::openai::embeddings::EmbeddingRequest;
 /// by the scheduler, which defines the type).
 pub use crate::scheduler::Sampling as ValidSampling;
 
+pub mod anthropic;
+
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolSpec {

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 
 use super::disconnect::unless_client_gone;
-use super::sse::{render_events, sse_response};
+use super::sse::{render_events, sse_response, OpenAiEvents};
 use super::{read_body, render_answer, AppState};
 use crate::error::ApiError;
 use crate::openai::chat::{
@@ -71,7 +71,7 @@ pub async fn create_chat_completion(
         let model = meta.model.clone();
         let events = generation.map(|e| e.map_err(|e| ApiError::from_engine(e, "messages")));
         let mut response = if valid.stream {
-            let events = render_events(ChatRenderer::new(meta), events, model);
+            let events = render_events::<OpenAiEvents, _>(ChatRenderer::new(meta), events, model);
             sse_response(&state, &req, events)
         } else {
             let meta = ChatMeta {

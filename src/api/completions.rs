@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 
 use super::disconnect::unless_client_gone;
-use super::sse::{render_events, sse_response};
+use super::sse::{render_events, sse_response, OpenAiEvents};
 use super::{read_body, render_answer, AppState};
 use crate::engine::Prompt;
 use crate::error::ApiError;
@@ -71,7 +71,8 @@ pub async fn create_completion(
                 .map_err(|e| ApiError::from_scheduler(e, "prompt"))
         });
         if valid.stream {
-            let events = render_events(CompletionRenderer::new(meta), events, model);
+            let events =
+                render_events::<OpenAiEvents, _>(CompletionRenderer::new(meta), events, model);
             Ok(sse_response(&state, &req, events))
         } else {
             let meta = CompletionMeta {

@@ -19,6 +19,9 @@ use crate::auth::{bearer, Access, RouteGroup};
 use crate::error::ApiError;
 use crate::scheduler::GenerationReport;
 
+/// Anthropic's API-key header.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 /// The request-id header, echoed when the client sends a sane one, generated otherwise.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -168,6 +171,16 @@ impl MessageBody for LoggedBody {
 pub trait Policy {
     /// The group whose rule applies.
     const GROUP: RouteGroup;
+    /// Refusals in Anthropic's envelope instead of OpenAI's.
+    const ANTHROPIC: bool = false;
+}
+
+/// `/v1/messages/*`: the API group's rule, refusals in Anthropic's envelope.
+pub struct MessagesRoutes;
+
+impl Policy for MessagesRoutes {
+    const GROUP: RouteGroup = RouteGroup::Api;
+    const ANTHROPIC: bool = true;
 }
 
 macro_rules! policies {
@@ -212,11 +225,19 @@ pub async fn require<P: Policy, B: MessageBody + 'static>(
     };
     let keys = &state.keys;
     let access = keys.access(P::GROUP);
+    // `Authorization: Bearer` (OpenAI's clients) or `x-api-key` (Anthropic's).
     let presented = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
+        .and_then(bearer)
+        .or_else(|| {
+            req.headers()
+                .get(X_API_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+        });
     let refusal = match access {
         Access::Open => None,
         Access::Admin if !keys.has_admin_keys() => {
@@ -231,7 +252,7 @@ pub async fn require<P: Policy, B: MessageBody + 'static>(
         _ if keys.allows(access, presented) => None,
         _ => Some(ApiError::Unauthorized(match presented {
             None => {
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.".into()
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.".into()
             }
             Some(_) if access == Access::Admin => "Incorrect admin key provided.".into(),
             Some(_) => "Incorrect API key provided.".into(),
@@ -240,7 +261,11 @@ pub async fn require<P: Policy, B: MessageBody + 'static>(
     match refusal {
         None => Ok(next.call(req).await?.map_into_left_body()),
         Some(error) => {
-            let response = error.error_response();
+            let response = if P::ANTHROPIC {
+                crate::error::AnthropicError(error).error_response()
+            } else {
+                error.error_response()
+            };
             Ok(req.into_response(response).map_into_right_body())
         }
     }

@@ -10,6 +10,7 @@ pub mod disconnect;
 pub mod docs;
 pub mod embeddings;
 pub mod health;
+pub mod messages;
 pub mod metrics;
 pub mod middleware;
 pub mod models;
@@ -47,9 +48,17 @@ pub struct AppState {
 /// paths inside a scope still meet the scope's rule, then answer 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use middleware::{
-        require, AdminRoutes, ApiRoutes, DocsRoutes, HealthRoutes, MetricsRoutes, UiRoutes,
+        require, AdminRoutes, ApiRoutes, DocsRoutes, HealthRoutes, MessagesRoutes, MetricsRoutes,
+        UiRoutes,
     };
+    // Before `/v1`: Anthropic's routes answer every error, the key check's too, in
+    // Anthropic's envelope.
     cfg.service(
+        web::scope("/v1/messages")
+            .configure(messages::configure)
+            .wrap(from_fn(require::<MessagesRoutes, _>)),
+    )
+    .service(
         web::scope("/v1")
             .configure(chat::configure)
             .configure(completions::configure)

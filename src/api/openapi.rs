@@ -48,6 +48,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::chat::ChatApi::openapi(),
         super::completions::CompletionsApi::openapi(),
         super::embeddings::EmbeddingsApi::openapi(),
+        super::messages::MessagesApi::openapi(),
         super::models::ModelsApi::openapi(),
         super::health::HealthApi::openapi(),
         super::metrics::MetricsApi::openapi(),

@@ -25,40 +25,86 @@ pub fn data_event<T: Serialize>(value: &T) -> String {
 /// The terminating event.
 pub const DONE_EVENT: &str = "data: [DONE]\n\n";
 
-/// The streamed answer: `renderer`'s chunks for `events` as `data:` events, then
-/// `data: [DONE]` once the renderer is complete; a failure becomes an error event, and
-/// events that stop early end with one too.
-pub fn render_events<R>(
+/// How an API writes its events: OpenAI's `data:` lines ending with `[DONE]`, or
+/// Anthropic's named events (`event: <type>`) with no terminator.
+pub trait Dialect {
+    /// One chunk as an event.
+    fn event<T: Serialize>(chunk: &T) -> String;
+    /// The event after the last chunk, if any.
+    const DONE: Option<&'static str>;
+    /// A failure after the stream started, as an event.
+    fn error(e: &ApiError) -> String;
+}
+
+/// OpenAI's SSE: `data: {json}`, then `data: [DONE]`.
+pub struct OpenAiEvents;
+
+impl Dialect for OpenAiEvents {
+    fn event<T: Serialize>(chunk: &T) -> String {
+        data_event(chunk)
+    }
+    const DONE: Option<&'static str> = Some(DONE_EVENT);
+    fn error(e: &ApiError) -> String {
+        e.sse_event()
+    }
+}
+
+/// Anthropic's SSE: `event: <the chunk's type>` + `data: {json}`; errors as `event: error`.
+pub struct AnthropicEvents;
+
+impl Dialect for AnthropicEvents {
+    fn event<T: Serialize>(chunk: &T) -> String {
+        match serde_json::to_value(chunk) {
+            Ok(value) => {
+                let name = value["type"].as_str().unwrap_or("message").to_string();
+                format!("event: {name}\ndata: {value}\n\n")
+            }
+            Err(_) => String::new(),
+        }
+    }
+    const DONE: Option<&'static str> = None;
+    fn error(e: &ApiError) -> String {
+        e.anthropic_sse_event()
+    }
+}
+
+/// The streamed answer: `renderer`'s chunks for `events` in dialect `D`, then its
+/// terminator once the renderer is complete; a failure becomes an error event, and events
+/// that stop early end with one too.
+pub fn render_events<D, R>(
     mut renderer: R,
     mut events: impl Stream<Item = Result<R::Input, ApiError>> + Unpin + 'static,
     model: String,
 ) -> impl Stream<Item = String>
 where
+    D: Dialect,
     R: Renderer + 'static,
 {
     async_stream::stream! {
         for chunk in renderer.start() {
-            yield data_event(&chunk);
+            yield D::event(&chunk);
         }
         while let Some(input) = events.next().await {
             match input {
                 Ok(input) => {
                     for chunk in renderer.push(input) {
-                        yield data_event(&chunk);
+                        yield D::event(&chunk);
                     }
                     if renderer.complete() {
-                        yield DONE_EVENT.to_string();
+                        if let Some(done) = D::DONE {
+                            yield done.to_string();
+                        }
                         return;
                     }
                 }
                 Err(e) => {
                     tracing::warn!(model = %model, error = %e, "generation failed mid-stream");
-                    yield e.sse_event();
+                    yield D::error(&e);
                     return;
                 }
             }
         }
-        yield ApiError::Engine("the generation ended early".into()).sse_event();
+        yield D::error(&ApiError::Engine("the generation ended early".into()));
     }
 }
 

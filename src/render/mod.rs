@@ -7,6 +7,7 @@
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod messages;
 
 /// Events in, a wire format's chunks out.
 pub trait Renderer {

@@ -315,6 +315,32 @@ impl Scheduler {
 }
 
 impl Scheduler {
+    /// Counts the tokens `prompt` takes with a chat model (after its chat template):
+    /// routes, takes a queue place while the model is leased (loading it if needed), takes
+    /// no sequence slot. Returns the model's canonical name and the count.
+    pub async fn count_tokens(
+        &self,
+        model_id: &str,
+        prompt: &Prompt,
+    ) -> Result<(String, usize), SchedulerError> {
+        let slot = self.registry.resolve(model_id)?;
+        let name = slot.settings.name.clone();
+        if !slot.serves(ModelKind::Chat) {
+            return Err(SchedulerError::WrongKind {
+                model: name,
+                serves: ModelKind::Embedding,
+            });
+        }
+        let ticket = slot.admission.enter()?;
+        let lease = self.pool.acquire(slot.index, ticket.deadline()).await?;
+        let prepared = lease
+            .model()
+            .prepare(prompt)
+            .await
+            .map_err(SchedulerError::Engine)?;
+        Ok((name, prepared.token_count))
+    }
+
     /// Embeds `inputs` with an embedding model: routes, queues (one sequence slot for the
     /// whole request; the engine batches its inputs), loads the model if needed, checks
     /// `dimensions` and every input's length before computing anything. Dropping the

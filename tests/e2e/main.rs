@@ -15,6 +15,7 @@ mod errors;
 mod helpers;
 mod http;
 mod lan;
+mod messages;
 mod models;
 mod pool;
 mod prometheus;

@@ -1,0 +1,459 @@
+//! Anthropic Messages: [`MessagesRenderer`] turns engine events into the streamed events
+//! (`message_start`, `content_block_start`, `content_block_delta`, `content_block_stop`,
+//! `message_delta`, `message_stop`), and [`MessageAnswer`] folds those same events into
+//! the non-streamed `Message`. One choice; a tool-using answer is constrained JSON, read
+//! when it ends and sent as a `tool_use` block (or, under `auto`, as text).
+
+use crate::anthropic::messages::{
+    BlockDelta, ContentBlock, DeltaUsage, Message, MessageDeltaBody, MessageUsage, StreamEvent,
+};
+use crate::engine::{FinishReason, TokenEvent};
+
+/// What every event of one answer shares.
+#[derive(Debug, Clone)]
+pub struct MessageMeta {
+    /// `msg_…`.
+    pub id: String,
+    /// The model's canonical name.
+    pub model: String,
+    /// Prompt tokens (known when the generation starts).
+    pub input_tokens: usize,
+    /// Whether the output is a tool call (constrained JSON).
+    pub tools: bool,
+}
+
+/// Engine events in, stream events out; no I/O.
+pub struct MessagesRenderer {
+    meta: MessageMeta,
+    /// The index of the open text block, if one is open.
+    open: Option<usize>,
+    /// Blocks started so far.
+    blocks: usize,
+    /// A tool-using answer's JSON, held until the answer ends.
+    buffered: String,
+    stop_reason: Option<&'static str>,
+    done: bool,
+}
+
+impl MessagesRenderer {
+    /// A renderer for one answer.
+    pub fn new(meta: MessageMeta) -> Self {
+        Self {
+            meta,
+            open: None,
+            blocks: 0,
+            buffered: String::new(),
+            stop_reason: None,
+            done: false,
+        }
+    }
+
+    /// A whole block: start, one delta, stop.
+    fn block(&mut self, block: ContentBlock, delta: Option<BlockDelta>) -> Vec<StreamEvent> {
+        let index = self.blocks;
+        self.blocks += 1;
+        let mut events = vec![StreamEvent::ContentBlockStart {
+            index,
+            content_block: block,
+        }];
+        if let Some(delta) = delta {
+            events.push(StreamEvent::ContentBlockDelta { index, delta });
+        }
+        events.push(StreamEvent::ContentBlockStop { index });
+        events
+    }
+
+    fn text(&mut self, text: String) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        let index = match self.open {
+            Some(index) => index,
+            None => {
+                let index = self.blocks;
+                self.blocks += 1;
+                self.open = Some(index);
+                events.push(StreamEvent::ContentBlockStart {
+                    index,
+                    content_block: ContentBlock::Text {
+                        text: String::new(),
+                    },
+                });
+                index
+            }
+        };
+        events.push(StreamEvent::ContentBlockDelta {
+            index,
+            delta: BlockDelta::TextDelta { text },
+        });
+        events
+    }
+
+    /// The end of the answer's content: the open block closed, or the tool answer read.
+    fn finish(&mut self, reason: FinishReason) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        let mut stop = match reason {
+            FinishReason::Length => "max_tokens",
+            FinishReason::Stop => "end_turn",
+        };
+        if self.meta.tools {
+            let text = std::mem::take(&mut self.buffered);
+            let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+            match parsed
+                .as_ref()
+                .map(|v| (v["name"].as_str(), v["content"].as_str()))
+            {
+                Some((Some(name), _)) => {
+                    let input = parsed
+                        .as_ref()
+                        .map(|v| v["arguments"].clone())
+                        .filter(|a| a.is_object())
+                        .unwrap_or_else(|| serde_json::json!({}));
+                    let block = ContentBlock::ToolUse {
+                        id: format!("toolu_{}", uuid::Uuid::new_v4().simple()),
+                        name: name.to_string(),
+                        input: serde_json::json!({}),
+                    };
+                    let delta = BlockDelta::InputJsonDelta {
+                        partial_json: input.to_string(),
+                    };
+                    events.extend(self.block(block, Some(delta)));
+                    stop = "tool_use";
+                }
+                Some((None, Some(content))) => {
+                    let content = content.to_string();
+                    events.extend(self.block(
+                        ContentBlock::Text {
+                            text: String::new(),
+                        },
+                        Some(BlockDelta::TextDelta { text: content }),
+                    ));
+                }
+                _ if !text.is_empty() => {
+                    events.extend(self.block(
+                        ContentBlock::Text {
+                            text: String::new(),
+                        },
+                        Some(BlockDelta::TextDelta { text }),
+                    ));
+                }
+                _ => {}
+            }
+        } else if let Some(index) = self.open.take() {
+            events.push(StreamEvent::ContentBlockStop { index });
+        }
+        self.stop_reason = Some(stop);
+        events
+    }
+}
+
+impl super::Renderer for MessagesRenderer {
+    type Input = TokenEvent;
+    type Chunk = StreamEvent;
+
+    /// `message_start` (with the prompt's tokens) and a first `ping`, as Anthropic sends.
+    fn start(&mut self) -> Vec<StreamEvent> {
+        vec![
+            StreamEvent::MessageStart {
+                message: Message {
+                    id: self.meta.id.clone(),
+                    kind: "message".into(),
+                    role: "assistant".into(),
+                    model: self.meta.model.clone(),
+                    content: Vec::new(),
+                    stop_reason: None,
+                    stop_sequence: None,
+                    usage: MessageUsage {
+                        input_tokens: self.meta.input_tokens,
+                        output_tokens: 0,
+                        ..MessageUsage::default()
+                    },
+                },
+            },
+            StreamEvent::Ping,
+        ]
+    }
+
+    fn complete(&self) -> bool {
+        self.done
+    }
+
+    fn push(&mut self, event: TokenEvent) -> Vec<StreamEvent> {
+        match event {
+            TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
+            TokenEvent::Text { text, .. } if self.meta.tools => {
+                self.buffered.push_str(&text);
+                Vec::new()
+            }
+            TokenEvent::Text { text, .. } if text.is_empty() => Vec::new(),
+            TokenEvent::Text { text, .. } => self.text(text),
+            TokenEvent::Finished { choice, .. } if choice > 0 => Vec::new(),
+            TokenEvent::Finished { reason, .. } => self.finish(reason),
+            TokenEvent::Done(usage) => {
+                self.done = true;
+                let mut events = Vec::new();
+                if self.stop_reason.is_none() {
+                    events.extend(self.finish(FinishReason::Stop));
+                }
+                events.push(StreamEvent::MessageDelta {
+                    delta: MessageDeltaBody {
+                        stop_reason: self.stop_reason.map(str::to_string),
+                        stop_sequence: None,
+                    },
+                    usage: DeltaUsage {
+                        output_tokens: usage.completion_tokens,
+                    },
+                });
+                events.push(StreamEvent::MessageStop);
+                events
+            }
+        }
+    }
+}
+
+/// The non-streamed `Message`, folded from a renderer's events.
+#[derive(Default)]
+pub struct MessageAnswer {
+    message: Option<Message>,
+    /// A tool block's input JSON as it arrives, by block index.
+    partial: Vec<(usize, String)>,
+    stopped: bool,
+}
+
+impl MessageAnswer {
+    /// An empty answer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl super::Fold for MessageAnswer {
+    type Chunk = StreamEvent;
+    type Answer = Message;
+
+    fn absorb(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::MessageStart { message } => self.message = Some(message),
+            StreamEvent::ContentBlockStart { content_block, .. } => {
+                if let Some(m) = &mut self.message {
+                    m.content.push(content_block);
+                }
+            }
+            StreamEvent::ContentBlockDelta { index, delta } => {
+                let Some(m) = &mut self.message else { return };
+                match (m.content.get_mut(index), delta) {
+                    (Some(ContentBlock::Text { text }), BlockDelta::TextDelta { text: more }) => {
+                        text.push_str(&more)
+                    }
+                    (
+                        Some(ContentBlock::ToolUse { .. }),
+                        BlockDelta::InputJsonDelta { partial_json },
+                    ) => match self.partial.iter_mut().find(|(i, _)| *i == index) {
+                        Some((_, json)) => json.push_str(&partial_json),
+                        None => self.partial.push((index, partial_json)),
+                    },
+                    _ => {}
+                }
+            }
+            StreamEvent::ContentBlockStop { index } => {
+                let Some(m) = &mut self.message else { return };
+                if let Some(ContentBlock::ToolUse { input, .. }) = m.content.get_mut(index) {
+                    if let Some((_, json)) = self.partial.iter().find(|(i, _)| *i == index) {
+                        *input =
+                            serde_json::from_str(json).unwrap_or_else(|_| serde_json::json!({}));
+                    }
+                }
+            }
+            StreamEvent::MessageDelta { delta, usage } => {
+                if let Some(m) = &mut self.message {
+                    m.stop_reason = delta.stop_reason;
+                    m.stop_sequence = delta.stop_sequence;
+                    m.usage.output_tokens = usage.output_tokens;
+                }
+            }
+            StreamEvent::MessageStop => self.stopped = true,
+            StreamEvent::Ping => {}
+        }
+    }
+
+    /// `None` when the stream ended before `message_stop`.
+    fn finish(self) -> Option<Message> {
+        self.message.filter(|_| self.stopped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::TokenUsage;
+    use crate::render::{Fold, Renderer};
+
+    fn meta(tools: bool) -> MessageMeta {
+        MessageMeta {
+            id: "msg_1".into(),
+            model: "m".into(),
+            input_tokens: 7,
+            tools,
+        }
+    }
+
+    fn text(t: &str) -> TokenEvent {
+        TokenEvent::Text {
+            choice: 0,
+            text: t.into(),
+            logprobs: Vec::new(),
+        }
+    }
+
+    fn done(out: usize) -> TokenEvent {
+        TokenEvent::Done(TokenUsage {
+            prompt_tokens: 7,
+            completion_tokens: out,
+            cached_prompt_tokens: 0,
+        })
+    }
+
+    fn run(tools: bool, events: Vec<TokenEvent>) -> (Vec<StreamEvent>, Option<Message>) {
+        let mut r = MessagesRenderer::new(meta(tools));
+        let mut all = r.start();
+        for e in events {
+            all.extend(r.push(e));
+        }
+        let mut answer = MessageAnswer::new();
+        for e in all.clone() {
+            answer.absorb(e);
+        }
+        (all, answer.finish())
+    }
+
+    fn names(events: &[StreamEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                serde_json::to_value(e).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn text_streams_in_anthropic_order_and_folds_into_a_message() {
+        let (events, message) = run(
+            false,
+            vec![
+                text("Hel"),
+                text("lo"),
+                TokenEvent::Finished {
+                    choice: 0,
+                    reason: FinishReason::Stop,
+                },
+                done(2),
+            ],
+        );
+        assert_eq!(
+            names(&events),
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let m = message.unwrap();
+        assert_eq!(
+            m.content,
+            vec![ContentBlock::Text {
+                text: "Hello".into()
+            }]
+        );
+        assert_eq!(m.stop_reason.as_deref(), Some("end_turn"));
+        assert_eq!((m.usage.input_tokens, m.usage.output_tokens), (7, 2));
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["type"], "message");
+        assert_eq!(json["content"][0]["type"], "text");
+        assert!(json["stop_sequence"].is_null());
+    }
+
+    #[test]
+    fn length_is_max_tokens() {
+        let (_, m) = run(
+            false,
+            vec![
+                text("a"),
+                TokenEvent::Finished {
+                    choice: 0,
+                    reason: FinishReason::Length,
+                },
+                done(1),
+            ],
+        );
+        assert_eq!(m.unwrap().stop_reason.as_deref(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn a_tool_answer_becomes_a_tool_use_block() {
+        let (events, m) = run(
+            true,
+            vec![
+                text(r#"{"name": "get_weather", "#),
+                text(r#""arguments": {"city": "Paris"}}"#),
+                TokenEvent::Finished {
+                    choice: 0,
+                    reason: FinishReason::Stop,
+                },
+                done(9),
+            ],
+        );
+        let m = m.unwrap();
+        assert_eq!(m.stop_reason.as_deref(), Some("tool_use"));
+        let ContentBlock::ToolUse { id, name, input } = &m.content[0] else {
+            panic!("{m:?}")
+        };
+        assert!(id.starts_with("toolu_"));
+        assert_eq!(name, "get_weather");
+        assert_eq!(input, &serde_json::json!({"city": "Paris"}));
+        let start = serde_json::to_value(&events[2]).unwrap();
+        assert_eq!(start["content_block"]["input"], serde_json::json!({}));
+        assert_eq!(
+            serde_json::to_value(&events[3]).unwrap()["delta"]["type"],
+            "input_json_delta"
+        );
+    }
+
+    #[test]
+    fn an_auto_text_answer_is_text() {
+        let (_, m) = run(
+            true,
+            vec![
+                text(r#"{"content": "No tool needed."}"#),
+                TokenEvent::Finished {
+                    choice: 0,
+                    reason: FinishReason::Stop,
+                },
+                done(5),
+            ],
+        );
+        let m = m.unwrap();
+        assert_eq!(
+            m.content,
+            vec![ContentBlock::Text {
+                text: "No tool needed.".into()
+            }]
+        );
+        assert_eq!(m.stop_reason.as_deref(), Some("end_turn"));
+    }
+
+    #[test]
+    fn an_answer_cut_short_folds_to_nothing() {
+        let mut r = MessagesRenderer::new(meta(false));
+        let mut answer = MessageAnswer::new();
+        for e in r.start().into_iter().chain(r.push(text("a"))) {
+            answer.absorb(e);
+        }
+        assert!(answer.finish().is_none());
+    }
+}
