@@ -41,9 +41,35 @@ pub struct Settings {
     /// API keys and which routes need one.
     #[serde(default)]
     pub auth: AuthSettings,
+    /// The Responses API's store.
+    #[serde(default)]
+    pub responses: ResponsesSettings,
     /// The models this gateway serves.
     #[serde(default)]
     pub models: Vec<ModelSettings>,
+}
+
+/// `[responses]`: the in-memory store behind `store: true`, `previous_response_id` and
+/// `GET /v1/responses/{id}` (lost on restart). Least recently used responses go first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesSettings {
+    /// Most responses kept.
+    pub store_max_entries: usize,
+    /// Most bytes of text kept (conversations and outputs together).
+    pub store_max_bytes: usize,
+    /// Seconds a response is kept after it was made.
+    pub store_max_age_secs: u64,
+}
+
+impl Default for ResponsesSettings {
+    fn default() -> Self {
+        Self {
+            store_max_entries: 1024,
+            store_max_bytes: 64 * 1024 * 1024,
+            store_max_age_secs: 24 * 3600,
+        }
+    }
 }
 
 /// `[server]`: where and how the HTTP server listens.

@@ -107,6 +107,14 @@ pub enum ApiError {
     /// No such route.
     #[error("Unknown request URL: {0}. Please check the URL for typos.")]
     RouteNotFound(String),
+    /// A stored object (a response) that does not exist or has expired.
+    #[error("{message}")]
+    NotFound {
+        /// What was not found.
+        message: String,
+        /// The field that named it, when a body field did.
+        param: Option<String>,
+    },
     /// The server is shutting down and takes no new work.
     #[error("The server is shutting down.")]
     ShuttingDown,
@@ -410,6 +418,12 @@ impl ApiError {
                 "invalid_request_error",
                 Some("unknown_url"),
                 None,
+            ),
+            NotFound { param, .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("not_found"),
+                param.clone(),
             ),
             ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,

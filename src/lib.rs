@@ -57,8 +57,10 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
     let scheduler = Arc::new(Scheduler::new(&settings, engine, metrics.clone()));
     scheduler.start_background();
     let keys = Arc::new(auth::KeyRing::new(&settings.auth));
+    let responses = Arc::new(api::response_store::ResponseStore::new(&settings.responses));
     let state = AppState {
         keys,
+        responses,
         settings: Arc::new(settings),
         scheduler,
         metrics,

@@ -18,6 +18,7 @@ use crate::openai::embeddings::EmbeddingRequest;
 pub use crate::scheduler::Sampling as ValidSampling;
 
 pub mod anthropic;
+pub mod responses;
 
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -305,7 +306,8 @@ fn content_text(content: &Option<Value>, role: Role, i: usize) -> Result<String,
                 let pfield = format!("{field}[{j}]");
                 let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
                 match kind {
-                    "text" => match part.get("text") {
+                    // `input_text` / `output_text`: the Responses API's names for text parts.
+                    "text" | "input_text" | "output_text" => match part.get("text") {
                         Some(Value::String(t)) => text.push_str(t),
                         _ => {
                             return Err(ApiError::invalid(

@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod middleware;
 pub mod models;
 pub mod openapi;
+pub mod response_store;
+pub mod responses;
 pub mod sse;
 pub mod ui;
 
@@ -42,6 +44,8 @@ pub struct AppState {
     pub started_at: u64,
     /// API keys and route rules.
     pub keys: Arc<crate::auth::KeyRing>,
+    /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}`.
+    pub responses: Arc<response_store::ResponseStore>,
 }
 
 /// Mounts every resource, each inside the scope whose access rule it follows. Unmatched
@@ -63,6 +67,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(chat::configure)
             .configure(completions::configure)
             .configure(embeddings::configure)
+            .configure(responses::configure)
             .configure(models::configure)
             .wrap(from_fn(require::<ApiRoutes, _>)),
     )

@@ -49,6 +49,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::completions::CompletionsApi::openapi(),
         super::embeddings::EmbeddingsApi::openapi(),
         super::messages::MessagesApi::openapi(),
+        super::responses::ResponsesApi::openapi(),
         super::models::ModelsApi::openapi(),
         super::health::HealthApi::openapi(),
         super::metrics::MetricsApi::openapi(),

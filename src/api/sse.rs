@@ -68,6 +68,24 @@ impl Dialect for AnthropicEvents {
     }
 }
 
+/// The Responses API's SSE: `event: <the chunk's type>` + `data: {json}`, no terminator;
+/// errors as an `error` event `{"type": "error", "code", "message", "param"}`.
+pub struct ResponsesEvents;
+
+impl Dialect for ResponsesEvents {
+    fn event<T: Serialize>(chunk: &T) -> String {
+        AnthropicEvents::event(chunk)
+    }
+    const DONE: Option<&'static str> = None;
+    fn error(e: &ApiError) -> String {
+        let envelope = e.envelope().error;
+        let body = serde_json::json!({
+            "type": "error", "code": envelope.code, "message": envelope.message, "param": envelope.param
+        });
+        format!("event: error\ndata: {body}\n\n")
+    }
+}
+
 /// The streamed answer: `renderer`'s chunks for `events` in dialect `D`, then its
 /// terminator once the renderer is complete; a failure becomes an error event, and events
 /// that stop early end with one too.

@@ -7,3 +7,4 @@ pub mod common;
 pub mod completions;
 pub mod embeddings;
 pub mod models;
+pub mod responses;

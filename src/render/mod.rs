@@ -8,6 +8,7 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod messages;
+pub mod responses;
 
 /// Events in, a wire format's chunks out.
 pub trait Renderer {

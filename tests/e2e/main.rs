@@ -21,6 +21,7 @@ mod pool;
 mod prometheus;
 mod quantize;
 mod reliability;
+mod responses;
 mod security;
 mod structured;
 mod upstream;

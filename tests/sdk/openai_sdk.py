@@ -4,7 +4,8 @@ Started by scripts/test.sh: runs `llamagate serve` on a free port, drives it thr
 `openai.OpenAI(base_url=...)` (chat, streaming with usage, legacy completions, models,
 typed errors, tools streamed and not, logprobs, structured output parsed into a
 pydantic model, embeddings in the SDK's default base64 and as floats, compared with the
-sentence-transformers reference) and prints "N passed, M failed".
+sentence-transformers reference; the Responses API: create, stream, a tool loop with
+previous_response_id, retrieve/delete, structured output) and prints "N passed, M failed".
 """
 
 import json
@@ -185,13 +186,95 @@ def main():
             except openai.BadRequestError as e:
                 assert e.param == param, (e.param, param)
 
+    RESP_TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in a city.",
+                   "parameters": WEATHER[0]["function"]["parameters"], "strict": True}]
+
+    def responses_create():
+        r = client.responses.create(model="smollm2", input="Say hi", instructions="Be brief.",
+                                    max_output_tokens=12, temperature=0, metadata={"k": "v"})
+        assert r.object == "response" and r.id.startswith("resp_") and r.model == "smollm2"
+        assert r.status in ("completed", "incomplete") and r.output_text
+        assert r.usage.input_tokens > 0 and 0 < r.usage.output_tokens <= 12
+        assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+        assert r.metadata == {"k": "v"} and r.instructions == "Be brief."
+        if r.status == "incomplete":
+            assert r.incomplete_details.reason == "max_output_tokens"
+
+    def responses_stream():
+        # The SDK's helper expects `response.completed`: room for the model to finish.
+        with client.responses.stream(model="smollm2", input="Say hi.", max_output_tokens=200,
+                                     temperature=0) as s:
+            kinds = []
+            text = ""
+            for event in s:
+                kinds.append(event.type)
+                if event.type == "response.output_text.delta":
+                    text += event.delta
+            final = s.get_final_response()
+        assert kinds[0] == "response.created" and kinds[1] == "response.in_progress", kinds
+        assert kinds[-1] in ("response.completed", "response.incomplete"), kinds
+        assert "response.output_item.added" in kinds and "response.output_text.done" in kinds
+        assert text and final.output_text == text
+
+    def responses_tool_loop():
+        first = client.responses.create(model="smollm2", input="Weather in Paris?", tools=RESP_TOOLS,
+                                        tool_choice={"type": "function", "name": "get_weather"},
+                                        max_output_tokens=60, temperature=0)
+        call = next(item for item in first.output if item.type == "function_call")
+        assert call.name == "get_weather" and json.loads(call.arguments)["city"]
+        second = client.responses.create(
+            model="smollm2", previous_response_id=first.id, tools=RESP_TOOLS, tool_choice="none",
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18 C and sunny"}],
+            max_output_tokens=20, temperature=0)
+        assert second.previous_response_id == first.id and second.output_text
+        # The continued conversation was read: the prompt grew by the earlier turns.
+        assert second.usage.input_tokens > first.usage.input_tokens - 60
+
+    def responses_store():
+        r = client.responses.create(model="smollm2", input="Hi", max_output_tokens=4)
+        again = client.responses.retrieve(r.id)
+        assert again.id == r.id and again.output_text == r.output_text
+        deleted = client.responses.delete(r.id)
+        try:
+            client.responses.retrieve(r.id)
+            raise AssertionError("still there")
+        except openai.NotFoundError:
+            pass
+        unstored = client.responses.create(model="smollm2", input="Hi", max_output_tokens=4, store=False)
+        try:
+            client.responses.retrieve(unstored.id)
+            raise AssertionError("stored without store")
+        except openai.NotFoundError:
+            pass
+        try:
+            client.responses.create(model="smollm2", input="Hi", previous_response_id="resp_nope")
+            raise AssertionError("no error")
+        except openai.NotFoundError as e:
+            assert e.param == "previous_response_id"
+        try:
+            client.responses.create(model="smollm2", input="Hi", tools=[{"type": "web_search"}])
+            raise AssertionError("no error")
+        except openai.BadRequestError as e:
+            assert e.param == "tools[0].type"
+
+    def responses_structured():
+        r = client.responses.create(model="smollm2", input="A cat", max_output_tokens=80, temperature=0,
+                                    text={"format": {"type": "json_schema", "name": "cat", "strict": True, "schema": {
+                                        "type": "object", "properties": {"name": {"type": "string"}},
+                                        "required": ["name"], "additionalProperties": False}}})
+        assert isinstance(json.loads(r.output_text)["name"], str)
+
     try:
         for name, fn in [("chat", chat), ("stream with usage", stream), ("completions", completions),
                          ("models", models), ("typed errors", errors), ("named tool call", tools),
                          ("streamed tool call", streamed_tools), ("logprobs", logprobs),
                          ("structured output parse", parse), ("embeddings (base64 and float)", embeddings),
                          ("embeddings as LangChain sends them", langchain_style),
-                         ("embedding errors", embedding_errors)]:
+                         ("embedding errors", embedding_errors), ("responses.create", responses_create),
+                         ("responses.stream", responses_stream),
+                         ("responses tool loop with previous_response_id", responses_tool_loop),
+                         ("responses store: retrieve, delete, 404s, built-in tools refused", responses_store),
+                         ("responses structured output", responses_structured)]:
             check(name, fn)
     finally:
         proc.terminate()

@@ -1,0 +1,531 @@
+//! OpenAI Responses: [`ResponsesRenderer`] turns engine events into the streamed events
+//! (`response.created`, `response.in_progress`, `response.output_item.added`,
+//! `response.content_part.added`, `response.output_text.delta`/`.done`,
+//! `response.function_call_arguments.delta`/`.done`, `response.content_part.done`,
+//! `response.output_item.done`, `response.completed` or `response.incomplete`), numbered
+//! by `sequence_number`; [`ResponseAnswer`] keeps the response the last event carries, so
+//! the non-streamed answer is exactly the streamed one. One choice; a tool-using answer is
+//! constrained JSON, read when it ends and sent as a `function_call` item (or, under
+//! `auto`, as a message).
+
+use crate::engine::{FinishReason, TokenEvent};
+use crate::openai::responses::{
+    IncompleteDetails, InputTokensDetails, OutputItem, OutputText, OutputTokensDetails,
+    ResponseEvent, ResponseEventBody, ResponseObject, ResponseUsage,
+};
+
+/// What the renderer needs: the response as it starts (status `in_progress`, no output),
+/// and whether the output is a tool call.
+#[derive(Debug, Clone)]
+pub struct ResponseMeta {
+    /// The response object to fill in.
+    pub response: ResponseObject,
+    /// Whether the output is constrained tool-call JSON.
+    pub tools: bool,
+}
+
+/// The message item being streamed.
+struct OpenMessage {
+    index: usize,
+    id: String,
+    text: String,
+}
+
+/// Engine events in, Responses events out; no I/O.
+pub struct ResponsesRenderer {
+    meta: ResponseMeta,
+    sequence: usize,
+    open: Option<OpenMessage>,
+    buffered: String,
+    incomplete: bool,
+    done: bool,
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+impl ResponsesRenderer {
+    /// A renderer for one response.
+    pub fn new(meta: ResponseMeta) -> Self {
+        Self {
+            meta,
+            sequence: 0,
+            open: None,
+            buffered: String::new(),
+            incomplete: false,
+            done: false,
+        }
+    }
+
+    fn event(&mut self, body: ResponseEventBody) -> ResponseEvent {
+        let event = ResponseEvent {
+            sequence_number: self.sequence,
+            body,
+        };
+        self.sequence += 1;
+        event
+    }
+
+    fn open_message(&mut self) -> Vec<ResponseEvent> {
+        let index = self.meta.response.output.len();
+        let id = new_id("msg");
+        self.meta.response.output.push(OutputItem::Message {
+            id: id.clone(),
+            status: "in_progress".into(),
+            role: "assistant".into(),
+            content: Vec::new(),
+        });
+        self.open = Some(OpenMessage {
+            index,
+            id: id.clone(),
+            text: String::new(),
+        });
+        let item = self.meta.response.output[index].clone();
+        vec![
+            self.event(ResponseEventBody::OutputItemAdded {
+                output_index: index,
+                item,
+            }),
+            self.event(ResponseEventBody::ContentPartAdded {
+                item_id: id,
+                output_index: index,
+                content_index: 0,
+                part: OutputText::new(""),
+            }),
+        ]
+    }
+
+    fn text(&mut self, text: String) -> Vec<ResponseEvent> {
+        let mut events = if self.open.is_none() {
+            self.open_message()
+        } else {
+            Vec::new()
+        };
+        let Some(open) = self.open.as_mut() else {
+            return events;
+        };
+        open.text.push_str(&text);
+        let (item_id, output_index) = (open.id.clone(), open.index);
+        events.push(self.event(ResponseEventBody::OutputTextDelta {
+            item_id,
+            output_index,
+            content_index: 0,
+            delta: text,
+            logprobs: Vec::new(),
+        }));
+        events
+    }
+
+    fn close_message(&mut self) -> Vec<ResponseEvent> {
+        let Some(open) = self.open.take() else {
+            return Vec::new();
+        };
+        let part = OutputText::new(open.text.clone());
+        let status = if self.incomplete {
+            "incomplete"
+        } else {
+            "completed"
+        };
+        let item = OutputItem::Message {
+            id: open.id.clone(),
+            status: status.into(),
+            role: "assistant".into(),
+            content: vec![part.clone()],
+        };
+        self.meta.response.output[open.index] = item.clone();
+        vec![
+            self.event(ResponseEventBody::OutputTextDone {
+                item_id: open.id.clone(),
+                output_index: open.index,
+                content_index: 0,
+                text: open.text,
+                logprobs: Vec::new(),
+            }),
+            self.event(ResponseEventBody::ContentPartDone {
+                item_id: open.id,
+                output_index: open.index,
+                content_index: 0,
+                part,
+            }),
+            self.event(ResponseEventBody::OutputItemDone {
+                output_index: open.index,
+                item,
+            }),
+        ]
+    }
+
+    fn function_call(&mut self, name: String, arguments: String) -> Vec<ResponseEvent> {
+        let index = self.meta.response.output.len();
+        let id = new_id("fc");
+        let call_id = new_id("call");
+        let item = |arguments: String, status: &str| OutputItem::FunctionCall {
+            id: id.clone(),
+            call_id: call_id.clone(),
+            name: name.clone(),
+            arguments,
+            status: status.into(),
+        };
+        let (added, done) = (
+            item(String::new(), "in_progress"),
+            item(arguments.clone(), "completed"),
+        );
+        self.meta.response.output.push(done.clone());
+        vec![
+            self.event(ResponseEventBody::OutputItemAdded {
+                output_index: index,
+                item: added,
+            }),
+            self.event(ResponseEventBody::FunctionCallArgumentsDelta {
+                item_id: id.clone(),
+                output_index: index,
+                delta: arguments.clone(),
+            }),
+            self.event(ResponseEventBody::FunctionCallArgumentsDone {
+                item_id: id.clone(),
+                output_index: index,
+                name: name.clone(),
+                arguments,
+            }),
+            self.event(ResponseEventBody::OutputItemDone {
+                output_index: index,
+                item: done,
+            }),
+        ]
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> Vec<ResponseEvent> {
+        self.incomplete = reason == FinishReason::Length;
+        if !self.meta.tools {
+            return self.close_message();
+        }
+        let text = std::mem::take(&mut self.buffered);
+        let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        let (name, content) = match &parsed {
+            Some(v) => (
+                v["name"].as_str().map(str::to_string),
+                v["content"].as_str().map(str::to_string),
+            ),
+            None => (None, None),
+        };
+        match (name, content) {
+            (Some(name), _) => {
+                let arguments = parsed
+                    .as_ref()
+                    .map(|v| v["arguments"].clone())
+                    .filter(|a| a.is_object())
+                    .unwrap_or_else(|| serde_json::json!({}))
+                    .to_string();
+                self.function_call(name, arguments)
+            }
+            (None, Some(content)) => {
+                let mut events = self.text(content);
+                events.extend(self.close_message());
+                events
+            }
+            _ if !text.is_empty() => {
+                let mut events = self.text(text);
+                events.extend(self.close_message());
+                events
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl super::Renderer for ResponsesRenderer {
+    type Input = TokenEvent;
+    type Chunk = ResponseEvent;
+
+    fn start(&mut self) -> Vec<ResponseEvent> {
+        let response = self.meta.response.clone();
+        vec![
+            self.event(ResponseEventBody::Created {
+                response: response.clone(),
+            }),
+            self.event(ResponseEventBody::InProgress { response }),
+        ]
+    }
+
+    fn complete(&self) -> bool {
+        self.done
+    }
+
+    fn push(&mut self, event: TokenEvent) -> Vec<ResponseEvent> {
+        match event {
+            TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
+            TokenEvent::Text { text, .. } if self.meta.tools => {
+                self.buffered.push_str(&text);
+                Vec::new()
+            }
+            TokenEvent::Text { text, .. } if text.is_empty() => Vec::new(),
+            TokenEvent::Text { text, .. } => self.text(text),
+            TokenEvent::Finished { choice, .. } if choice > 0 => Vec::new(),
+            TokenEvent::Finished { reason, .. } => self.finish(reason),
+            TokenEvent::Done(usage) => {
+                self.done = true;
+                let mut events = self.close_message();
+                let response = &mut self.meta.response;
+                response.usage = Some(ResponseUsage {
+                    input_tokens: usage.prompt_tokens,
+                    input_tokens_details: InputTokensDetails {
+                        cached_tokens: usage.cached_prompt_tokens.min(usage.prompt_tokens),
+                    },
+                    output_tokens: usage.completion_tokens,
+                    output_tokens_details: OutputTokensDetails::default(),
+                    total_tokens: usage.prompt_tokens + usage.completion_tokens,
+                });
+                if self.incomplete {
+                    response.status = "incomplete".into();
+                    response.incomplete_details = Some(IncompleteDetails {
+                        reason: "max_output_tokens".into(),
+                    });
+                } else {
+                    response.status = "completed".into();
+                }
+                let response = response.clone();
+                let body = if self.incomplete {
+                    ResponseEventBody::Incomplete { response }
+                } else {
+                    ResponseEventBody::Completed { response }
+                };
+                events.push(self.event(body));
+                events
+            }
+        }
+    }
+}
+
+/// The non-streamed response: the one the stream's last event carries.
+#[derive(Default)]
+pub struct ResponseAnswer {
+    response: Option<ResponseObject>,
+}
+
+impl ResponseAnswer {
+    /// An empty answer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl super::Fold for ResponseAnswer {
+    type Chunk = ResponseEvent;
+    type Answer = ResponseObject;
+
+    fn absorb(&mut self, event: ResponseEvent) {
+        if let ResponseEventBody::Completed { response }
+        | ResponseEventBody::Incomplete { response } = event.body
+        {
+            self.response = Some(response);
+        }
+    }
+
+    /// `None` when the stream ended before its last event.
+    fn finish(self) -> Option<ResponseObject> {
+        self.response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::TokenUsage;
+    use crate::render::{Fold, Renderer};
+
+    fn response() -> ResponseObject {
+        ResponseObject {
+            id: "resp_1".into(),
+            object: "response".into(),
+            created_at: 1,
+            status: "in_progress".into(),
+            error: None,
+            incomplete_details: None,
+            instructions: None,
+            max_output_tokens: None,
+            model: "m".into(),
+            output: Vec::new(),
+            parallel_tool_calls: true,
+            previous_response_id: None,
+            reasoning: serde_json::json!({"effort": null, "summary": null}),
+            store: true,
+            temperature: 1.0,
+            text: serde_json::json!({"format": {"type": "text"}}),
+            tool_choice: serde_json::json!("auto"),
+            tools: Vec::new(),
+            top_p: 1.0,
+            truncation: "disabled".into(),
+            usage: None,
+            user: None,
+            metadata: serde_json::json!({}),
+        }
+    }
+
+    fn text(t: &str) -> TokenEvent {
+        TokenEvent::Text {
+            choice: 0,
+            text: t.into(),
+            logprobs: Vec::new(),
+        }
+    }
+
+    fn run(tools: bool, events: Vec<TokenEvent>) -> (Vec<ResponseEvent>, Option<ResponseObject>) {
+        let mut r = ResponsesRenderer::new(ResponseMeta {
+            response: response(),
+            tools,
+        });
+        let mut all = r.start();
+        for e in events {
+            all.extend(r.push(e));
+        }
+        let mut answer = ResponseAnswer::new();
+        for e in all.clone() {
+            answer.absorb(e);
+        }
+        (all, answer.finish())
+    }
+
+    fn finished(reason: FinishReason) -> TokenEvent {
+        TokenEvent::Finished { choice: 0, reason }
+    }
+
+    fn done() -> TokenEvent {
+        TokenEvent::Done(TokenUsage {
+            prompt_tokens: 10,
+            completion_tokens: 3,
+            cached_prompt_tokens: 4,
+        })
+    }
+
+    fn types(events: &[ResponseEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                serde_json::to_value(e).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn text_streams_the_full_event_sequence() {
+        let (events, response) = run(
+            false,
+            vec![
+                text("Hel"),
+                text("lo"),
+                finished(FinishReason::Stop),
+                done(),
+            ],
+        );
+        assert_eq!(
+            types(&events),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        let numbers: Vec<usize> = events.iter().map(|e| e.sequence_number).collect();
+        assert_eq!(numbers, (0..events.len()).collect::<Vec<_>>());
+        let r = response.unwrap();
+        assert_eq!(r.status, "completed");
+        let OutputItem::Message {
+            content, status, ..
+        } = &r.output[0]
+        else {
+            panic!()
+        };
+        assert_eq!(content[0].text, "Hello");
+        assert_eq!(status, "completed");
+        let usage = r.usage.unwrap();
+        assert_eq!(
+            (usage.input_tokens, usage.output_tokens, usage.total_tokens),
+            (10, 3, 13)
+        );
+        assert_eq!(usage.input_tokens_details.cached_tokens, 4);
+        let json = serde_json::to_value(&events[4]).unwrap();
+        assert_eq!(json["delta"], "Hel");
+        assert_eq!(json["content_index"], 0);
+    }
+
+    #[test]
+    fn max_tokens_is_incomplete() {
+        let (events, response) = run(
+            false,
+            vec![text("a"), finished(FinishReason::Length), done()],
+        );
+        assert_eq!(types(&events).last().unwrap(), "response.incomplete");
+        let r = response.unwrap();
+        assert_eq!(r.status, "incomplete");
+        assert_eq!(r.incomplete_details.unwrap().reason, "max_output_tokens");
+    }
+
+    #[test]
+    fn a_tool_answer_is_a_function_call_item() {
+        let (events, response) = run(
+            true,
+            vec![
+                text(r#"{"name":"get_weather","arguments":{"city":"Paris"}}"#),
+                finished(FinishReason::Stop),
+                done(),
+            ],
+        );
+        assert_eq!(
+            types(&events)[2..6],
+            [
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done"
+            ]
+        );
+        let r = response.unwrap();
+        let OutputItem::FunctionCall {
+            name,
+            arguments,
+            call_id,
+            id,
+            status,
+        } = &r.output[0]
+        else {
+            panic!()
+        };
+        assert_eq!(name, "get_weather");
+        assert_eq!(arguments, r#"{"city":"Paris"}"#);
+        assert!(call_id.starts_with("call_") && id.starts_with("fc_"));
+        assert_eq!(status, "completed");
+    }
+
+    #[test]
+    fn an_auto_text_answer_is_a_message() {
+        let (_, response) = run(
+            true,
+            vec![
+                text(r#"{"content":"Hi there"}"#),
+                finished(FinishReason::Stop),
+                done(),
+            ],
+        );
+        let r = response.unwrap();
+        let OutputItem::Message { content, .. } = &r.output[0] else {
+            panic!()
+        };
+        assert_eq!(content[0].text, "Hi there");
+    }
+
+    #[test]
+    fn a_stream_cut_short_has_no_answer() {
+        let (_, response) = run(false, vec![text("a")]);
+        assert!(response.is_none());
+    }
+}
