@@ -1281,6 +1281,16 @@ mod fuzz {
         "input",
         "encoding_format",
         "dimensions",
+        "system",
+        "tools",
+        "tool_choice",
+        "stop_sequences",
+        "output_config",
+        "instructions",
+        "max_output_tokens",
+        "text",
+        "reasoning",
+        "truncation",
     ];
 
     fn request_body() -> impl Strategy<Value = Vec<u8>> {
@@ -1311,6 +1321,8 @@ mod fuzz {
             only_request_errors(parse_json::<ChatCompletionRequest>(&bytes))?;
             only_request_errors(parse_json::<CompletionRequest>(&bytes))?;
             only_request_errors(parse_json::<EmbeddingRequest>(&bytes))?;
+            only_request_errors(parse_json::<crate::anthropic::messages::MessagesRequest>(&bytes))?;
+            only_request_errors(parse_json::<crate::openai::responses::ResponseRequest>(&bytes))?;
         }
 
         #[test]
@@ -1319,6 +1331,10 @@ mod fuzz {
             only_request_errors(parse_json::<ChatCompletionRequest>(&body).and_then(|r| validate_chat(r, &limits, true)))?;
             only_request_errors(parse_json::<CompletionRequest>(&body).and_then(|r| validate_completion(r, &limits)))?;
             only_request_errors(parse_json::<EmbeddingRequest>(&body).and_then(|r| validate_embedding(r, &limits)))?;
+            only_request_errors(parse_json::<crate::anthropic::messages::MessagesRequest>(&body)
+                .and_then(|r| anthropic::validate_messages(r, &limits, true)))?;
+            only_request_errors(parse_json::<crate::openai::responses::ResponseRequest>(&body)
+                .and_then(|r| responses::validate_response(&r, &limits, None)))?;
         }
 
         #[test]
