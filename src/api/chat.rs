@@ -96,5 +96,5 @@ pub async fn create_chat_completion(
 
 /// The OpenAPI description of this resource.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(create_chat_completion), components(schemas(ChatCompletionRequest, crate::openai::chat::ChatMessage, crate::openai::chat::ChatRole, crate::openai::common::StreamOptions, ChatCompletionResponse, crate::openai::chat::ChatChoice, AssistantMessage, ChatLogprobs, ChatTokenLogprob, crate::openai::chat::ChatTopLogprob, ToolCall, FunctionCall, ChatCompletionChunk, ChatChunkChoice, ChatDelta, Usage)), tags((name = "chat")))]
+#[openapi(paths(create_chat_completion), components(schemas(ChatCompletionRequest, crate::openai::chat::ChatMessage, crate::openai::chat::ChatRole, crate::openai::common::StreamOptions, ChatCompletionResponse, crate::openai::chat::ChatChoice, AssistantMessage, ChatLogprobs, ChatTokenLogprob, crate::openai::chat::ChatTopLogprob, ToolCall, FunctionCall, ChatCompletionChunk, ChatChunkChoice, ChatDelta, crate::openai::chat::ToolCallDelta, crate::openai::chat::FunctionCallDelta, Usage)), tags((name = "chat")))]
 pub struct ChatApi;

@@ -1,12 +1,16 @@
 //! OpenAI chat completions: [`ChatRenderer`] turns engine events into
 //! `chat.completion.chunk`s (role chunk, content chunks, a finish chunk per choice, an
 //! optional usage chunk), and [`ChatAnswer`] folds those same chunks into the
-//! non-streamed `chat.completion`, so both answers always agree.
+//! non-streamed `chat.completion`, so both answers always agree. A tool call streams as
+//! OpenAI's does: a delta with its id and name as soon as the name is written, then its
+//! arguments piece by piece ([`ToolStream`]).
 
+use super::tool_stream::{ToolPiece, ToolStream};
 use crate::engine::TokenEvent;
 use crate::openai::chat::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
-    ChatDelta, ChatLogprobs, ChatTokenLogprob, FunctionCall, ToolCall,
+    ChatDelta, ChatLogprobs, ChatTokenLogprob, FunctionCall, FunctionCallDelta, ToolCall,
+    ToolCallDelta,
 };
 use crate::openai::common::{system_fingerprint, Usage};
 
@@ -32,14 +36,18 @@ pub struct ChatMeta {
 /// Engine events in, chunks out; no I/O.
 pub struct ChatRenderer {
     meta: ChatMeta,
-    /// Tool answers are JSON under the hood: held until their choice ends.
-    buffered: Vec<String>,
+    /// Tool answers are JSON under the hood: scanned as they come, per choice.
+    tools: Vec<ToolStream>,
     done: bool,
 }
 
-/// What a tool-using answer turned out to be.
+/// What a tool-using answer that was not streamed as a call turned out to be.
 enum ToolAnswer {
-    Call(ToolCall),
+    /// A call whose JSON the scanner could not follow (keys in another order).
+    Call {
+        name: String,
+        arguments: String,
+    },
     Text(String),
 }
 
@@ -49,20 +57,41 @@ fn tool_answer(text: &str) -> ToolAnswer {
         return ToolAnswer::Text(text.to_string());
     };
     match (value["name"].as_str(), value["content"].as_str()) {
-        (Some(name), _) => ToolAnswer::Call(ToolCall {
-            index: Some(0),
-            id: format!("call_{}", uuid::Uuid::new_v4().simple()),
-            kind: "function".into(),
-            function: FunctionCall {
-                name: name.to_string(),
-                arguments: value
-                    .get("arguments")
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "{}".into()),
-            },
-        }),
+        (Some(name), _) => ToolAnswer::Call {
+            name: name.to_string(),
+            arguments: value
+                .get("arguments")
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "{}".into()),
+        },
         (None, Some(content)) => ToolAnswer::Text(content.to_string()),
         _ => ToolAnswer::Text(text.to_string()),
+    }
+}
+
+/// The first delta of a call: its id, type and name.
+fn call_start(name: String, arguments: String) -> ToolCallDelta {
+    ToolCallDelta {
+        index: 0,
+        id: Some(format!("call_{}", uuid::Uuid::new_v4().simple())),
+        kind: Some("function".into()),
+        function: FunctionCallDelta {
+            name: Some(name),
+            arguments: Some(arguments),
+        },
+    }
+}
+
+/// A later delta of a call: more of its arguments.
+fn call_arguments(arguments: String) -> ToolCallDelta {
+    ToolCallDelta {
+        index: 0,
+        id: None,
+        kind: None,
+        function: FunctionCallDelta {
+            name: None,
+            arguments: Some(arguments),
+        },
     }
 }
 
@@ -70,10 +99,22 @@ impl ChatRenderer {
     /// A renderer for one answer.
     pub fn new(meta: ChatMeta) -> Self {
         Self {
-            buffered: vec![String::new(); meta.n],
+            tools: vec![ToolStream::new(); meta.n],
             meta,
             done: false,
         }
+    }
+
+    fn tool_delta(&self, choice: usize, calls: Vec<ToolCallDelta>) -> ChatCompletionChunk {
+        self.one(
+            choice,
+            ChatDelta {
+                role: None,
+                content: None,
+                tool_calls: Some(calls),
+            },
+            None,
+        )
     }
 
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
@@ -142,8 +183,16 @@ impl super::Renderer for ChatRenderer {
         match event {
             TokenEvent::Text { choice, .. } if choice >= self.meta.n => Vec::new(),
             TokenEvent::Text { choice, text, .. } if self.meta.tools => {
-                self.buffered[choice].push_str(&text);
-                Vec::new()
+                let pieces = self.tools[choice].push(&text);
+                pieces
+                    .into_iter()
+                    .map(|piece| match piece {
+                        ToolPiece::Call { name } => {
+                            self.tool_delta(choice, vec![call_start(name, String::new())])
+                        }
+                        ToolPiece::Arguments(a) => self.tool_delta(choice, vec![call_arguments(a)]),
+                    })
+                    .collect()
             }
             TokenEvent::Text {
                 choice,
@@ -169,13 +218,22 @@ impl super::Renderer for ChatRenderer {
             }
             TokenEvent::Finished { choice, .. } if choice >= self.meta.n => Vec::new(),
             TokenEvent::Finished { choice, reason } if self.meta.tools => {
-                let text = std::mem::take(&mut self.buffered[choice]);
-                let (delta, reason) = match tool_answer(&text) {
-                    ToolAnswer::Call(call) => (
+                let scanner = std::mem::take(&mut self.tools[choice]);
+                if scanner.name().is_some() {
+                    // Streamed already; cut short by the token limit it is `length`.
+                    let reason = if scanner.arguments_done() {
+                        "tool_calls"
+                    } else {
+                        reason.as_str()
+                    };
+                    return vec![self.one(choice, ChatDelta::default(), Some(reason.into()))];
+                }
+                let (delta, reason) = match tool_answer(scanner.text()) {
+                    ToolAnswer::Call { name, arguments } => (
                         ChatDelta {
                             role: None,
                             content: None,
-                            tool_calls: Some(vec![call]),
+                            tool_calls: Some(vec![call_start(name, arguments)]),
                         },
                         "tool_calls".to_string(),
                     ),
@@ -258,15 +316,26 @@ impl super::Fold for ChatAnswer {
                     .get_or_insert_with(String::new)
                     .push_str(&text);
             }
-            if let Some(calls) = c.delta.tool_calls {
-                choice
-                    .message
-                    .tool_calls
-                    .get_or_insert_with(Vec::new)
-                    .extend(calls.into_iter().map(|mut call| {
-                        call.index = None;
-                        call
-                    }));
+            if let Some(deltas) = c.delta.tool_calls {
+                let calls = choice.message.tool_calls.get_or_insert_with(Vec::new);
+                for delta in deltas {
+                    // A delta with an id starts a call; the others extend the last one.
+                    if delta.id.is_some() || calls.len() <= delta.index {
+                        calls.push(ToolCall {
+                            index: None,
+                            id: delta.id.unwrap_or_default(),
+                            kind: delta.kind.unwrap_or_else(|| "function".into()),
+                            function: FunctionCall {
+                                name: delta.function.name.unwrap_or_default(),
+                                arguments: delta.function.arguments.unwrap_or_default(),
+                            },
+                        });
+                    } else if let Some(call) = calls.get_mut(delta.index) {
+                        if let Some(more) = delta.function.arguments {
+                            call.function.arguments.push_str(&more);
+                        }
+                    }
+                }
             }
             if let (Some(lps), Some(into)) = (c.logprobs, choice.logprobs.as_mut()) {
                 into.content.extend(lps.content);
@@ -391,10 +460,11 @@ mod tests {
     }
 
     #[test]
-    fn a_tool_call_is_sent_whole_when_its_choice_ends() {
+    fn a_tool_call_streams_its_name_then_its_arguments() {
         let events = vec![
             text(0, r#"{"name":"get_weather","#),
-            text(0, r#""arguments":{"city":"Paris"}}"#),
+            text(0, r#""arguments":{"city":"#),
+            text(0, r#""Paris"}}"#),
             TokenEvent::Finished {
                 choice: 0,
                 reason: FinishReason::Stop,
@@ -402,18 +472,26 @@ mod tests {
             done(),
         ];
         let chunks = run(meta(1, true, true), events.clone());
-        let call = chunks[1].choices[0].delta.tool_calls.as_ref().unwrap();
-        assert_eq!(call[0].index, Some(0));
-        assert_eq!(call[0].function.arguments, r#"{"city":"Paris"}"#);
+        let first = &chunks[1].choices[0].delta.tool_calls.as_ref().unwrap()[0];
+        assert_eq!(first.index, 0);
+        assert!(first.id.as_deref().unwrap().starts_with("call_"));
+        assert_eq!(first.function.name.as_deref(), Some("get_weather"));
+        let json = serde_json::to_value(&chunks[2]).unwrap();
+        let piece = &json["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(piece["function"]["arguments"], r#"{"city":"#);
+        assert!(piece.get("id").is_none() && piece["function"].get("name").is_none());
         assert_eq!(
-            chunks[2].choices[0].finish_reason.as_deref(),
+            chunks[4].choices[0].finish_reason.as_deref(),
             Some("tool_calls")
         );
         let answer = fold(meta(1, true, true), events).unwrap();
         let c = &answer.choices[0];
         assert_eq!(c.finish_reason, "tool_calls");
         assert!(c.message.content.is_none());
-        assert_eq!(c.message.tool_calls.as_ref().unwrap()[0].index, None);
+        let call = &c.message.tool_calls.as_ref().unwrap()[0];
+        assert_eq!(call.index, None);
+        assert_eq!(call.function.name, "get_weather");
+        assert_eq!(call.function.arguments, r#"{"city":"Paris"}"#);
         // `auto` answered with text instead.
         let answer = fold(
             meta(1, true, true),

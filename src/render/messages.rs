@@ -1,9 +1,11 @@
 //! Anthropic Messages: [`MessagesRenderer`] turns engine events into the streamed events
 //! (`message_start`, `content_block_start`, `content_block_delta`, `content_block_stop`,
 //! `message_delta`, `message_stop`), and [`MessageAnswer`] folds those same events into
-//! the non-streamed `Message`. One choice; a tool-using answer is constrained JSON, read
-//! when it ends and sent as a `tool_use` block (or, under `auto`, as text).
+//! the non-streamed `Message`. One choice; a tool-using answer is constrained JSON: a call
+//! streams as a `tool_use` block whose input arrives in `input_json_delta` pieces as it is
+//! generated ([`ToolStream`]); under `auto` a text answer is sent as text when it ends.
 
+use super::tool_stream::{ToolPiece, ToolStream};
 use crate::anthropic::messages::{
     BlockDelta, ContentBlock, DeltaUsage, Message, MessageDeltaBody, MessageUsage, StreamEvent,
 };
@@ -29,8 +31,10 @@ pub struct MessagesRenderer {
     open: Option<usize>,
     /// Blocks started so far.
     blocks: usize,
-    /// A tool-using answer's JSON, held until the answer ends.
-    buffered: String,
+    /// A tool-using answer's JSON, scanned as it comes.
+    tool: ToolStream,
+    /// The index of the open `tool_use` block.
+    tool_block: Option<usize>,
     stop_reason: Option<&'static str>,
     done: bool,
 }
@@ -42,7 +46,8 @@ impl MessagesRenderer {
             meta,
             open: None,
             blocks: 0,
-            buffered: String::new(),
+            tool: ToolStream::new(),
+            tool_block: None,
             stop_reason: None,
             done: false,
         }
@@ -95,7 +100,17 @@ impl MessagesRenderer {
             FinishReason::Stop => "end_turn",
         };
         if self.meta.tools {
-            let text = std::mem::take(&mut self.buffered);
+            let scanner = std::mem::take(&mut self.tool);
+            if let Some(index) = self.tool_block.take() {
+                events.push(StreamEvent::ContentBlockStop { index });
+                self.stop_reason = Some(if scanner.arguments_done() {
+                    "tool_use"
+                } else {
+                    stop
+                });
+                return events;
+            }
+            let text = scanner.text().to_string();
             let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
             match parsed
                 .as_ref()
@@ -180,8 +195,33 @@ impl super::Renderer for MessagesRenderer {
         match event {
             TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
             TokenEvent::Text { text, .. } if self.meta.tools => {
-                self.buffered.push_str(&text);
-                Vec::new()
+                let mut events = Vec::new();
+                for piece in self.tool.push(&text) {
+                    match piece {
+                        ToolPiece::Call { name } => {
+                            let index = self.blocks;
+                            self.blocks += 1;
+                            self.tool_block = Some(index);
+                            events.push(StreamEvent::ContentBlockStart {
+                                index,
+                                content_block: ContentBlock::ToolUse {
+                                    id: format!("toolu_{}", uuid::Uuid::new_v4().simple()),
+                                    name,
+                                    input: serde_json::json!({}),
+                                },
+                            });
+                        }
+                        ToolPiece::Arguments(partial_json) => {
+                            if let Some(index) = self.tool_block {
+                                events.push(StreamEvent::ContentBlockDelta {
+                                    index,
+                                    delta: BlockDelta::InputJsonDelta { partial_json },
+                                });
+                            }
+                        }
+                    }
+                }
+                events
             }
             TokenEvent::Text { text, .. } if text.is_empty() => Vec::new(),
             TokenEvent::Text { text, .. } => self.text(text),
@@ -400,7 +440,8 @@ mod tests {
             true,
             vec![
                 text(r#"{"name": "get_weather", "#),
-                text(r#""arguments": {"city": "Paris"}}"#),
+                text(r#""arguments": {"city": "#),
+                text(r#""Paris"}}"#),
                 TokenEvent::Finished {
                     choice: 0,
                     reason: FinishReason::Stop,

@@ -9,6 +9,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod messages;
 pub mod responses;
+pub mod tool_stream;
 
 /// Events in, a wire format's chunks out.
 pub trait Renderer {

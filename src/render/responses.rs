@@ -5,9 +5,11 @@
 //! `response.output_item.done`, `response.completed` or `response.incomplete`), numbered
 //! by `sequence_number`; [`ResponseAnswer`] keeps the response the last event carries, so
 //! the non-streamed answer is exactly the streamed one. One choice; a tool-using answer is
-//! constrained JSON, read when it ends and sent as a `function_call` item (or, under
-//! `auto`, as a message).
+//! constrained JSON: a call streams as a `function_call` item whose arguments arrive in
+//! `response.function_call_arguments.delta` pieces as they are generated
+//! ([`ToolStream`]); under `auto` a text answer is sent as a message when it ends.
 
+use super::tool_stream::{ToolPiece, ToolStream};
 use crate::engine::{FinishReason, TokenEvent};
 use crate::openai::responses::{
     IncompleteDetails, InputTokensDetails, OutputItem, OutputText, OutputTokensDetails,
@@ -31,12 +33,22 @@ struct OpenMessage {
     text: String,
 }
 
+/// The function call being streamed.
+struct OpenCall {
+    index: usize,
+    id: String,
+    call_id: String,
+    name: String,
+    arguments: String,
+}
+
 /// Engine events in, Responses events out; no I/O.
 pub struct ResponsesRenderer {
     meta: ResponseMeta,
     sequence: usize,
     open: Option<OpenMessage>,
-    buffered: String,
+    tool: ToolStream,
+    call: Option<OpenCall>,
     incomplete: bool,
     done: bool,
 }
@@ -52,7 +64,8 @@ impl ResponsesRenderer {
             meta,
             sequence: 0,
             open: None,
-            buffered: String::new(),
+            tool: ToolStream::new(),
+            call: None,
             incomplete: false,
             done: false,
         }
@@ -194,12 +207,92 @@ impl ResponsesRenderer {
         ]
     }
 
+    /// The events of a call's pieces as they are recognised.
+    fn call_pieces(&mut self, text: &str) -> Vec<ResponseEvent> {
+        let mut events = Vec::new();
+        for piece in self.tool.push(text) {
+            match piece {
+                ToolPiece::Call { name } => {
+                    let index = self.meta.response.output.len();
+                    let call = OpenCall {
+                        index,
+                        id: new_id("fc"),
+                        call_id: new_id("call"),
+                        name,
+                        arguments: String::new(),
+                    };
+                    let item = OutputItem::FunctionCall {
+                        id: call.id.clone(),
+                        call_id: call.call_id.clone(),
+                        name: call.name.clone(),
+                        arguments: String::new(),
+                        status: "in_progress".into(),
+                    };
+                    self.meta.response.output.push(item.clone());
+                    self.call = Some(call);
+                    events.push(self.event(ResponseEventBody::OutputItemAdded {
+                        output_index: index,
+                        item,
+                    }));
+                }
+                ToolPiece::Arguments(delta) => {
+                    let Some(call) = self.call.as_mut() else {
+                        continue;
+                    };
+                    call.arguments.push_str(&delta);
+                    let (item_id, output_index) = (call.id.clone(), call.index);
+                    events.push(self.event(ResponseEventBody::FunctionCallArgumentsDelta {
+                        item_id,
+                        output_index,
+                        delta,
+                    }));
+                }
+            }
+        }
+        events
+    }
+
+    /// The end of a streamed call.
+    fn close_call(&mut self, call: OpenCall) -> Vec<ResponseEvent> {
+        let status = if self.incomplete {
+            "incomplete"
+        } else {
+            "completed"
+        };
+        let item = OutputItem::FunctionCall {
+            id: call.id.clone(),
+            call_id: call.call_id,
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+            status: status.into(),
+        };
+        self.meta.response.output[call.index] = item.clone();
+        vec![
+            self.event(ResponseEventBody::FunctionCallArgumentsDone {
+                item_id: call.id,
+                output_index: call.index,
+                name: call.name,
+                arguments: call.arguments,
+            }),
+            self.event(ResponseEventBody::OutputItemDone {
+                output_index: call.index,
+                item,
+            }),
+        ]
+    }
+
     fn finish(&mut self, reason: FinishReason) -> Vec<ResponseEvent> {
         self.incomplete = reason == FinishReason::Length;
         if !self.meta.tools {
             return self.close_message();
         }
-        let text = std::mem::take(&mut self.buffered);
+        let scanner = std::mem::take(&mut self.tool);
+        if let Some(call) = self.call.take() {
+            // Cut short by the token limit, the call is incomplete.
+            self.incomplete = !scanner.arguments_done();
+            return self.close_call(call);
+        }
+        let text = scanner.text().to_string();
         let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
         let (name, content) = match &parsed {
             Some(v) => (
@@ -254,10 +347,7 @@ impl super::Renderer for ResponsesRenderer {
     fn push(&mut self, event: TokenEvent) -> Vec<ResponseEvent> {
         match event {
             TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
-            TokenEvent::Text { text, .. } if self.meta.tools => {
-                self.buffered.push_str(&text);
-                Vec::new()
-            }
+            TokenEvent::Text { text, .. } if self.meta.tools => self.call_pieces(&text),
             TokenEvent::Text { text, .. } if text.is_empty() => Vec::new(),
             TokenEvent::Text { text, .. } => self.text(text),
             TokenEvent::Finished { choice, .. } if choice > 0 => Vec::new(),

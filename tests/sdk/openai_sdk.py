@@ -128,13 +128,20 @@ def main():
     def streamed_tools():
         s = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Weather?"}],
                                            max_tokens=60, stream=True, tools=WEATHER, tool_choice="required")
-        names, finish = [], None
+        names, pieces, ids, finish = [], [], [], None
         for chunk in s:
             for c in chunk.choices:
                 for tc in c.delta.tool_calls or []:
-                    names.append(tc.function.name)
+                    if tc.function.name:
+                        names.append(tc.function.name)
+                    if tc.id:
+                        ids.append(tc.id)
+                    pieces.append(tc.function.arguments or "")
                 finish = c.finish_reason or finish
-        assert names == ["get_weather"] and finish == "tool_calls"
+        # As OpenAI streams a call: id and name once, then the arguments in pieces.
+        assert names == ["get_weather"] and len(ids) == 1 and finish == "tool_calls"
+        assert len([p for p in pieces if p]) >= 2, pieces
+        assert isinstance(json.loads("".join(pieces)), dict)
 
     def logprobs():
         r = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say yes"}],
