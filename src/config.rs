@@ -605,6 +605,11 @@ pub struct ModelSettings {
     /// repeated temperature-0 answer).
     #[serde(default)]
     pub prefix_cache: Option<bool>,
+    /// The model thinks in `<think>…</think>` before it answers: the thinking is returned
+    /// apart (`reasoning_content`, `reasoning` items, `thinking` blocks). Default: when its
+    /// chat template mentions `</think>` (llama.cpp engine).
+    #[serde(default)]
+    pub reasoning: Option<bool>,
     /// `chat` or `embedding`. Default: read from the GGUF (an encoder architecture such
     /// as BERT, or a file that names a pooling type, is an embedding model); `chat` for a
     /// file not downloaded yet. An upstream serves both.
@@ -664,6 +669,7 @@ impl ModelSettings {
             load_timeout_secs: default_load_timeout(),
             chat_template: None,
             prefix_cache: None,
+            reasoning: None,
             kind: None,
             pooling: None,
             normalize: true,

@@ -120,6 +120,13 @@ pub struct CountTokensResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentBlock {
+    /// A reasoning model's thinking.
+    Thinking {
+        /// The thinking.
+        thinking: String,
+        /// Always empty: local models' thinking is not signed.
+        signature: String,
+    },
     /// Text.
     Text {
         /// The text.
@@ -176,6 +183,11 @@ pub struct Message {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BlockDelta {
+    /// More thinking.
+    ThinkingDelta {
+        /// The text.
+        thinking: String,
+    },
     /// More text.
     TextDelta {
         /// The text.

@@ -67,6 +67,7 @@ pub async fn create_chat_completion(
             tools,
             logprobs,
             include_usage: valid.include_usage,
+            thinking: generation.thinking,
         };
         let model = meta.model.clone();
         let events = generation.map(|e| e.map_err(|e| ApiError::from_engine(e, "messages")));

@@ -80,6 +80,7 @@ pub async fn create_message(
             model: generation.model.clone(),
             input_tokens: generation.prompt_tokens,
             tools,
+            thinking: generation.thinking,
         };
         let model = meta.model.clone();
         let events = generation.map(|e| e.map_err(|e| ApiError::from_engine(e, "messages")));

@@ -66,6 +66,8 @@ fn with_output(mut conversation: Conversation, response: &ResponseObject) -> Con
                 role: Role::Assistant,
                 content: content.iter().map(|p| p.text.as_str()).collect(),
             }),
+            // Earlier thinking is not part of the visible conversation.
+            OutputItem::Reasoning { .. } => {}
             OutputItem::FunctionCall {
                 call_id,
                 name,
@@ -168,6 +170,7 @@ pub async fn create_response(
             .await
             .map_err(|e| ApiError::from_scheduler(e, "input"))?;
         super::middleware::attach_generation(&req, generation.report());
+        let generation_thinking = generation.thinking;
         let sampling = &valid.chat.sampling.settings;
         let response = ResponseObject {
             id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
@@ -204,7 +207,11 @@ pub async fn create_response(
         let model = response.model.clone();
         let events = generation.map(|e| e.map_err(|e| ApiError::from_engine(e, "input")));
         let renderer = Storing {
-            inner: ResponsesRenderer::new(ResponseMeta { response, tools }),
+            inner: ResponsesRenderer::new(ResponseMeta {
+                response,
+                tools,
+                thinking: generation_thinking,
+            }),
             store: valid
                 .store
                 .then(|| (state.responses.clone(), valid.conversation.clone())),
@@ -257,5 +264,5 @@ pub async fn delete_response(
 
 /// The OpenAPI description of these resources.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(create_response, get_response, delete_response), components(schemas(ResponseRequest, ResponseObject, OutputItem, OutputText, ResponseUsage, crate::openai::responses::InputTokensDetails, crate::openai::responses::OutputTokensDetails, crate::openai::responses::IncompleteDetails, ResponseDeleted, ResponseEvent, ResponseEventBody)), tags((name = "responses")))]
+#[openapi(paths(create_response, get_response, delete_response), components(schemas(ResponseRequest, ResponseObject, OutputItem, OutputText, crate::openai::responses::ReasoningText, ResponseUsage, crate::openai::responses::InputTokensDetails, crate::openai::responses::OutputTokensDetails, crate::openai::responses::IncompleteDetails, ResponseDeleted, ResponseEvent, ResponseEventBody)), tags((name = "responses")))]
 pub struct ResponsesApi;

@@ -33,6 +33,11 @@ pub struct FakeEngine {
     pub token_delay: Duration,
     /// The text of every token.
     pub token_text: String,
+    /// When not empty, each choice emits these tokens instead (up to `max_tokens`) and
+    /// ends with `stop`.
+    pub script: Vec<String>,
+    /// Loaded models report a `<think>` chat template (a reasoning model).
+    pub thinks: bool,
     /// Context window of every loaded model.
     pub context_length: usize,
     /// Models whose next load fails (each entry once).
@@ -56,6 +61,8 @@ impl Default for FakeEngine {
             load_delay: Duration::ZERO,
             token_delay: Duration::ZERO,
             token_text: "x".into(),
+            script: Vec::new(),
+            thinks: false,
             context_length: 1024,
             fail_once: Mutex::default(),
             unknown_until_loaded: Mutex::default(),
@@ -83,6 +90,7 @@ struct FakeModel {
     facts: ModelFacts,
     token_delay: Duration,
     token_text: String,
+    script: Vec<String>,
     running: Arc<AtomicUsize>,
     cancelled: Arc<AtomicUsize>,
 }
@@ -115,6 +123,7 @@ impl LoadedModel for FakeModel {
         Ok(PreparedPrompt {
             token_count: prompt.text_bytes().div_ceil(4).max(1),
             tokens: None,
+            opens_thinking: false,
         })
     }
 
@@ -126,6 +135,7 @@ impl LoadedModel for FakeModel {
         Ok(PreparedPrompt {
             token_count: tokens.len().max(1),
             tokens: Some(Arc::new(tokens)),
+            opens_thinking: false,
         })
     }
 
@@ -177,10 +187,12 @@ impl LoadedModel for FakeModel {
         };
         let delay = self.token_delay;
         let text = self.token_text.clone();
+        let script = self.script.clone();
         let s = request.sampling;
         let n = s.n.max(1);
         let constrained = request.json_schema.is_some();
         let max = s.max_tokens.unwrap_or(usize::MAX);
+        let scripted = !constrained && !script.is_empty();
         let prompt_tokens = request.prompt_tokens;
         let on_token = request.on_token;
         let logprobs = s.logprobs;
@@ -189,7 +201,13 @@ impl LoadedModel for FakeModel {
             // The whole guard lives in the stream (not just the field set below).
             let mut guard = guard;
             let mut generated = 0usize;
-            let per_choice = if constrained { 1 } else { max };
+            let per_choice = if constrained {
+                1
+            } else if scripted {
+                max.min(script.len())
+            } else {
+                max
+            };
             for step in 0..per_choice {
                 for choice in 0..n {
                     if !delay.is_zero() {
@@ -201,7 +219,13 @@ impl LoadedModel for FakeModel {
                     if let Some(f) = &on_token {
                         f();
                     }
-                    let token = if constrained { "{}".to_string() } else { text.clone() };
+                    let token = if constrained {
+                        "{}".to_string()
+                    } else if let Some(t) = script.get(step).filter(|_| scripted) {
+                        t.clone()
+                    } else {
+                        text.clone()
+                    };
                     let logprobs = if logprobs {
                         vec![TokenLogprob {
                             token: token.clone(),
@@ -217,7 +241,11 @@ impl LoadedModel for FakeModel {
                 }
             }
             for choice in 0..n {
-                let reason = if constrained { FinishReason::Stop } else { FinishReason::Length };
+                let reason = if constrained || (scripted && per_choice == script.len()) {
+                    FinishReason::Stop
+                } else {
+                    FinishReason::Length
+                };
                 yield Ok(TokenEvent::Finished { choice, reason });
             }
             guard.finished = true;
@@ -261,11 +289,16 @@ impl Engine for FakeEngine {
                     device: "cpu".into(),
                     kind: Some(ModelKind::Embedding),
                     embedding_length: Some(FAKE_EMBEDDING_LENGTH),
+                    thinks: false,
                 },
-                _ => ModelFacts::chat(Some(self.context_length), "cpu"),
+                _ => ModelFacts {
+                    thinks: self.thinks,
+                    ..ModelFacts::chat(Some(self.context_length), "cpu")
+                },
             },
             token_delay: self.token_delay,
             token_text: self.token_text.clone(),
+            script: self.script.clone(),
             running: self.running.clone(),
             cancelled: self.cancelled.clone(),
         }))

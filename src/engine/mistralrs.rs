@@ -230,7 +230,10 @@ impl super::Engine for MistralRsEngine {
         };
         Ok(Arc::new(MistralRsModel {
             model: Arc::new(model),
-            facts: ModelFacts::chat(Some(context_length), device),
+            facts: ModelFacts {
+                thinks: settings.reasoning.unwrap_or(false),
+                ..ModelFacts::chat(Some(context_length), device)
+            },
         }))
     }
 }
@@ -400,6 +403,7 @@ impl LoadedModel for MistralRsModel {
         Ok(super::PreparedPrompt {
             token_count: tokens.len(),
             tokens: Some(Arc::new(tokens)),
+            opens_thinking: false,
         })
     }
 

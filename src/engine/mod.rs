@@ -257,6 +257,9 @@ pub struct PreparedPrompt {
     pub token_count: usize,
     /// The tokens themselves, for engines that take them back in `generate`.
     pub tokens: Option<Arc<Vec<u32>>>,
+    /// The chat template opened a thinking block (`<think>`) at the end of the prompt: the
+    /// output starts inside it.
+    pub opens_thinking: bool,
 }
 
 /// Facts about a loaded model.
@@ -272,6 +275,8 @@ pub struct ModelFacts {
     pub kind: Option<ModelKind>,
     /// Length of its embeddings, for an embedding model.
     pub embedding_length: Option<usize>,
+    /// Its chat template thinks in `<think>…</think>` (a reasoning model).
+    pub thinks: bool,
 }
 
 impl ModelFacts {
@@ -282,6 +287,7 @@ impl ModelFacts {
             device: device.into(),
             kind: Some(ModelKind::Chat),
             embedding_length: None,
+            thinks: false,
         }
     }
 }

@@ -90,6 +90,7 @@ impl super::Engine for UpstreamEngine {
                 // It serves whatever the other server serves.
                 kind: None,
                 embedding_length: None,
+                thinks: false,
             },
         }))
     }

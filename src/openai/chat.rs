@@ -190,6 +190,9 @@ pub struct AssistantMessage {
     pub content: Option<String>,
     /// Always null: this server does not refuse.
     pub refusal: Option<String>,
+    /// A reasoning model's thinking (the `<think>` block), apart from `content`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     /// Function calls, when the model called one (`finish_reason: "tool_calls"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
@@ -313,6 +316,10 @@ pub struct ChatDelta {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// More of a reasoning model's thinking (`reasoning_content`, as llama.cpp's server,
+    /// vLLM and DeepSeek send it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     /// Function calls: the first delta of a call carries its `id`, `type` and name, the
     /// next ones pieces of its `arguments`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -103,10 +103,32 @@ impl OutputText {
     }
 }
 
+/// A piece of a reasoning item.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ReasoningText {
+    /// `reasoning_text`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The thinking.
+    pub text: String,
+}
+
 /// An item of a response's `output`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputItem {
+    /// A reasoning model's thinking.
+    Reasoning {
+        /// `rs_…`.
+        id: String,
+        /// Always empty (no summaries are made).
+        #[schema(value_type = Vec<Object>)]
+        summary: Vec<Value>,
+        /// The thinking.
+        content: Vec<ReasoningText>,
+        /// `in_progress` while streaming, then `completed`.
+        status: String,
+    },
     /// The assistant's text.
     Message {
         /// `msg_…`.
@@ -324,6 +346,30 @@ pub enum ResponseEventBody {
         content_index: usize,
         /// The part.
         part: OutputText,
+    },
+    /// More thinking.
+    #[serde(rename = "response.reasoning_text.delta")]
+    ReasoningTextDelta {
+        /// The reasoning item's id.
+        item_id: String,
+        /// Its position in `output`.
+        output_index: usize,
+        /// The part's position.
+        content_index: usize,
+        /// The text.
+        delta: String,
+    },
+    /// The thinking is complete.
+    #[serde(rename = "response.reasoning_text.done")]
+    ReasoningTextDone {
+        /// The reasoning item's id.
+        item_id: String,
+        /// Its position in `output`.
+        output_index: usize,
+        /// The part's position.
+        content_index: usize,
+        /// All of it.
+        text: String,
     },
     /// More of a function call's arguments.
     #[serde(rename = "response.function_call_arguments.delta")]

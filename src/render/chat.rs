@@ -5,6 +5,7 @@
 //! OpenAI's does: a delta with its id and name as soon as the name is written, then its
 //! arguments piece by piece ([`ToolStream`]).
 
+use super::reasoning::{ThinkPiece, ThinkSplitter};
 use super::tool_stream::{ToolPiece, ToolStream};
 use crate::engine::TokenEvent;
 use crate::openai::chat::{
@@ -31,6 +32,9 @@ pub struct ChatMeta {
     pub logprobs: bool,
     /// Whether a usage chunk ends the stream (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// For a reasoning model: whether the prompt opened the thinking block (its thinking
+    /// goes to `reasoning_content`). `None` for other models.
+    pub thinking: Option<bool>,
 }
 
 /// Engine events in, chunks out; no I/O.
@@ -38,6 +42,8 @@ pub struct ChatRenderer {
     meta: ChatMeta,
     /// Tool answers are JSON under the hood: scanned as they come, per choice.
     tools: Vec<ToolStream>,
+    /// A reasoning model's output, split into thinking and answer per choice.
+    thinking: Vec<ThinkSplitter>,
     done: bool,
 }
 
@@ -100,9 +106,30 @@ impl ChatRenderer {
     pub fn new(meta: ChatMeta) -> Self {
         Self {
             tools: vec![ToolStream::new(); meta.n],
+            thinking: vec![ThinkSplitter::new(meta.thinking.unwrap_or(false)); meta.n],
             meta,
             done: false,
         }
+    }
+
+    /// A chunk per piece: thinking as `reasoning_content`, the answer as `content`.
+    fn text_chunks(&self, choice: usize, pieces: Vec<ThinkPiece>) -> Vec<ChatCompletionChunk> {
+        pieces
+            .into_iter()
+            .map(|piece| {
+                let delta = match piece {
+                    ThinkPiece::Reasoning(t) => ChatDelta {
+                        reasoning_content: Some(t),
+                        ..ChatDelta::default()
+                    },
+                    ThinkPiece::Content(t) => ChatDelta {
+                        content: Some(t),
+                        ..ChatDelta::default()
+                    },
+                };
+                self.one(choice, delta, None)
+            })
+            .collect()
     }
 
     fn tool_delta(&self, choice: usize, calls: Vec<ToolCallDelta>) -> ChatCompletionChunk {
@@ -111,6 +138,7 @@ impl ChatRenderer {
             ChatDelta {
                 role: None,
                 content: None,
+                reasoning_content: None,
                 tool_calls: Some(calls),
             },
             None,
@@ -151,6 +179,7 @@ impl ChatRenderer {
                     delta: ChatDelta {
                         role: Some("assistant".into()),
                         content: Some(String::new()),
+                        reasoning_content: None,
                         tool_calls: None,
                     },
                     logprobs: None,
@@ -199,22 +228,22 @@ impl super::Renderer for ChatRenderer {
                 text,
                 logprobs,
             } => {
-                let mut chunk = self.one(
-                    choice,
-                    ChatDelta {
-                        role: None,
-                        content: Some(text),
-                        tool_calls: None,
-                    },
-                    None,
-                );
+                let pieces = if self.meta.thinking.is_some() {
+                    self.thinking[choice].push(&text)
+                } else {
+                    vec![ThinkPiece::Content(text)]
+                };
+                let mut chunks = self.text_chunks(choice, pieces);
                 if self.meta.logprobs {
-                    chunk.choices[0].logprobs = Some(ChatLogprobs {
+                    if chunks.is_empty() {
+                        chunks.push(self.one(choice, ChatDelta::default(), None));
+                    }
+                    chunks[0].choices[0].logprobs = Some(ChatLogprobs {
                         content: logprobs.iter().map(ChatTokenLogprob::from).collect(),
                         refusal: None,
                     });
                 }
-                vec![chunk]
+                chunks
             }
             TokenEvent::Finished { choice, .. } if choice >= self.meta.n => Vec::new(),
             TokenEvent::Finished { choice, reason } if self.meta.tools => {
@@ -233,6 +262,7 @@ impl super::Renderer for ChatRenderer {
                         ChatDelta {
                             role: None,
                             content: None,
+                            reasoning_content: None,
                             tool_calls: Some(vec![call_start(name, arguments)]),
                         },
                         "tool_calls".to_string(),
@@ -241,6 +271,7 @@ impl super::Renderer for ChatRenderer {
                         ChatDelta {
                             role: None,
                             content: Some(t),
+                            reasoning_content: None,
                             tool_calls: None,
                         },
                         reason.as_str().to_string(),
@@ -252,7 +283,10 @@ impl super::Renderer for ChatRenderer {
                 ]
             }
             TokenEvent::Finished { choice, reason } => {
-                vec![self.one(choice, ChatDelta::default(), Some(reason.as_str().into()))]
+                let held = self.thinking[choice].finish();
+                let mut chunks = self.text_chunks(choice, held);
+                chunks.push(self.one(choice, ChatDelta::default(), Some(reason.as_str().into())));
+                chunks
             }
             TokenEvent::Done(usage) if self.meta.include_usage => {
                 vec![self.chunk(Vec::new(), Some(usage.into()))]
@@ -280,6 +314,7 @@ impl ChatAnswer {
                     role: "assistant".into(),
                     content: None,
                     refusal: None,
+                    reasoning_content: None,
                     tool_calls: None,
                 },
                 logprobs: meta.logprobs.then(|| ChatLogprobs {
@@ -313,6 +348,13 @@ impl super::Fold for ChatAnswer {
                 choice
                     .message
                     .content
+                    .get_or_insert_with(String::new)
+                    .push_str(&text);
+            }
+            if let Some(text) = c.delta.reasoning_content {
+                choice
+                    .message
+                    .reasoning_content
                     .get_or_insert_with(String::new)
                     .push_str(&text);
             }
@@ -386,7 +428,52 @@ mod tests {
             tools,
             logprobs: false,
             include_usage,
+            thinking: None,
         }
+    }
+
+    #[test]
+    fn a_reasoning_model_thinks_apart_from_its_answer() {
+        let events = vec![
+            text(0, "<think>"),
+            text(0, "2+2 is"),
+            text(0, " 4</thi"),
+            text(0, "nk>\n\n"),
+            text(0, "Four."),
+            TokenEvent::Finished {
+                choice: 0,
+                reason: FinishReason::Stop,
+            },
+            done(),
+        ];
+        let m = ChatMeta {
+            thinking: Some(false),
+            ..meta(1, false, true)
+        };
+        let chunks = run(m.clone(), events.clone());
+        let deltas: Vec<&ChatDelta> = chunks
+            .iter()
+            .flat_map(|c| c.choices.iter().map(|c| &c.delta))
+            .collect();
+        assert!(deltas
+            .iter()
+            .all(|d| d.content.as_deref().is_none_or(|t| !t.contains("think"))));
+        let answer = fold(m, events).unwrap();
+        let message = &answer.choices[0].message;
+        assert_eq!(message.reasoning_content.as_deref(), Some("2+2 is 4"));
+        assert_eq!(message.content.as_deref(), Some("Four."));
+        let json = serde_json::to_value(&answer).unwrap();
+        assert_eq!(
+            json["choices"][0]["message"]["reasoning_content"],
+            "2+2 is 4"
+        );
+        // Other models never carry the field.
+        let plain = fold(
+            meta(1, false, true),
+            vec![text(0, "<think>x</think>y"), done()],
+        )
+        .unwrap();
+        assert!(plain.choices[0].message.reasoning_content.is_none());
     }
 
     fn text(choice: usize, t: &str) -> TokenEvent {

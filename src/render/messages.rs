@@ -5,6 +5,7 @@
 //! streams as a `tool_use` block whose input arrives in `input_json_delta` pieces as it is
 //! generated ([`ToolStream`]); under `auto` a text answer is sent as text when it ends.
 
+use super::reasoning::{ThinkPiece, ThinkSplitter};
 use super::tool_stream::{ToolPiece, ToolStream};
 use crate::anthropic::messages::{
     BlockDelta, ContentBlock, DeltaUsage, Message, MessageDeltaBody, MessageUsage, StreamEvent,
@@ -22,6 +23,9 @@ pub struct MessageMeta {
     pub input_tokens: usize,
     /// Whether the output is a tool call (constrained JSON).
     pub tools: bool,
+    /// For a reasoning model: whether the prompt opened the thinking block (its thinking
+    /// goes to `thinking` blocks). `None` for other models.
+    pub thinking: Option<bool>,
 }
 
 /// Engine events in, stream events out; no I/O.
@@ -29,6 +33,10 @@ pub struct MessagesRenderer {
     meta: MessageMeta,
     /// The index of the open text block, if one is open.
     open: Option<usize>,
+    /// The index of the open thinking block, if one is open.
+    open_thinking: Option<usize>,
+    /// A reasoning model's output, split into thinking and answer.
+    splitter: ThinkSplitter,
     /// Blocks started so far.
     blocks: usize,
     /// A tool-using answer's JSON, scanned as it comes.
@@ -43,8 +51,10 @@ impl MessagesRenderer {
     /// A renderer for one answer.
     pub fn new(meta: MessageMeta) -> Self {
         Self {
+            splitter: ThinkSplitter::new(meta.thinking.unwrap_or(false)),
             meta,
             open: None,
+            open_thinking: None,
             blocks: 0,
             tool: ToolStream::new(),
             tool_block: None,
@@ -65,6 +75,48 @@ impl MessagesRenderer {
             events.push(StreamEvent::ContentBlockDelta { index, delta });
         }
         events.push(StreamEvent::ContentBlockStop { index });
+        events
+    }
+
+    /// Thinking and answer pieces as their blocks (a block closes when the other kind
+    /// starts).
+    fn pieces(&mut self, pieces: Vec<ThinkPiece>) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        for piece in pieces {
+            match piece {
+                ThinkPiece::Reasoning(thinking) => {
+                    if let Some(index) = self.open.take() {
+                        events.push(StreamEvent::ContentBlockStop { index });
+                    }
+                    let index = match self.open_thinking {
+                        Some(index) => index,
+                        None => {
+                            let index = self.blocks;
+                            self.blocks += 1;
+                            self.open_thinking = Some(index);
+                            events.push(StreamEvent::ContentBlockStart {
+                                index,
+                                content_block: ContentBlock::Thinking {
+                                    thinking: String::new(),
+                                    signature: String::new(),
+                                },
+                            });
+                            index
+                        }
+                    };
+                    events.push(StreamEvent::ContentBlockDelta {
+                        index,
+                        delta: BlockDelta::ThinkingDelta { thinking },
+                    });
+                }
+                ThinkPiece::Content(text) => {
+                    if let Some(index) = self.open_thinking.take() {
+                        events.push(StreamEvent::ContentBlockStop { index });
+                    }
+                    events.extend(self.text(text));
+                }
+            }
+        }
         events
     }
 
@@ -152,8 +204,15 @@ impl MessagesRenderer {
                 }
                 _ => {}
             }
-        } else if let Some(index) = self.open.take() {
-            events.push(StreamEvent::ContentBlockStop { index });
+        } else {
+            let held = self.splitter.finish();
+            events.extend(self.pieces(held));
+            for index in [self.open_thinking.take(), self.open.take()]
+                .into_iter()
+                .flatten()
+            {
+                events.push(StreamEvent::ContentBlockStop { index });
+            }
         }
         self.stop_reason = Some(stop);
         events
@@ -224,6 +283,10 @@ impl super::Renderer for MessagesRenderer {
                 events
             }
             TokenEvent::Text { text, .. } if text.is_empty() => Vec::new(),
+            TokenEvent::Text { text, .. } if self.meta.thinking.is_some() => {
+                let pieces = self.splitter.push(&text);
+                self.pieces(pieces)
+            }
             TokenEvent::Text { text, .. } => self.text(text),
             TokenEvent::Finished { choice, .. } if choice > 0 => Vec::new(),
             TokenEvent::Finished { reason, .. } => self.finish(reason),
@@ -284,6 +347,10 @@ impl super::Fold for MessageAnswer {
                         text.push_str(&more)
                     }
                     (
+                        Some(ContentBlock::Thinking { thinking, .. }),
+                        BlockDelta::ThinkingDelta { thinking: more },
+                    ) => thinking.push_str(&more),
+                    (
                         Some(ContentBlock::ToolUse { .. }),
                         BlockDelta::InputJsonDelta { partial_json },
                     ) => match self.partial.iter_mut().find(|(i, _)| *i == index) {
@@ -332,7 +399,54 @@ mod tests {
             model: "m".into(),
             input_tokens: 7,
             tools,
+            thinking: None,
         }
+    }
+
+    #[test]
+    fn thinking_comes_in_its_own_block_before_the_text() {
+        let mut r = MessagesRenderer::new(MessageMeta {
+            thinking: Some(true),
+            ..meta(false)
+        });
+        let mut all = r.start();
+        for e in [
+            text("Let me"),
+            text(" see.</think>"),
+            text("\n\nHi!"),
+            TokenEvent::Finished {
+                choice: 0,
+                reason: FinishReason::Stop,
+            },
+            done(4),
+        ] {
+            all.extend(r.push(e));
+        }
+        let mut answer = MessageAnswer::new();
+        for e in all.clone() {
+            answer.absorb(e);
+        }
+        let m = answer.finish().unwrap();
+        assert_eq!(
+            m.content,
+            vec![
+                ContentBlock::Thinking {
+                    thinking: "Let me see.".into(),
+                    signature: String::new()
+                },
+                ContentBlock::Text { text: "Hi!".into() }
+            ]
+        );
+        // Every block that starts stops.
+        let starts = all
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::ContentBlockStart { .. }))
+            .count();
+        let stops = all
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::ContentBlockStop { .. }))
+            .count();
+        assert_eq!((starts, stops), (2, 2));
     }
 
     fn text(t: &str) -> TokenEvent {

@@ -9,11 +9,12 @@
 //! `response.function_call_arguments.delta` pieces as they are generated
 //! ([`ToolStream`]); under `auto` a text answer is sent as a message when it ends.
 
+use super::reasoning::{ThinkPiece, ThinkSplitter};
 use super::tool_stream::{ToolPiece, ToolStream};
 use crate::engine::{FinishReason, TokenEvent};
 use crate::openai::responses::{
     IncompleteDetails, InputTokensDetails, OutputItem, OutputText, OutputTokensDetails,
-    ResponseEvent, ResponseEventBody, ResponseObject, ResponseUsage,
+    ReasoningText, ResponseEvent, ResponseEventBody, ResponseObject, ResponseUsage,
 };
 
 /// What the renderer needs: the response as it starts (status `in_progress`, no output),
@@ -24,6 +25,9 @@ pub struct ResponseMeta {
     pub response: ResponseObject,
     /// Whether the output is constrained tool-call JSON.
     pub tools: bool,
+    /// For a reasoning model: whether the prompt opened the thinking block (its thinking
+    /// goes to a `reasoning` item). `None` for other models.
+    pub thinking: Option<bool>,
 }
 
 /// The message item being streamed.
@@ -47,6 +51,9 @@ pub struct ResponsesRenderer {
     meta: ResponseMeta,
     sequence: usize,
     open: Option<OpenMessage>,
+    /// The reasoning item being streamed.
+    reasoning: Option<OpenMessage>,
+    splitter: ThinkSplitter,
     tool: ToolStream,
     call: Option<OpenCall>,
     incomplete: bool,
@@ -61,9 +68,11 @@ impl ResponsesRenderer {
     /// A renderer for one response.
     pub fn new(meta: ResponseMeta) -> Self {
         Self {
+            splitter: ThinkSplitter::new(meta.thinking.unwrap_or(false)),
             meta,
             sequence: 0,
             open: None,
+            reasoning: None,
             tool: ToolStream::new(),
             call: None,
             incomplete: false,
@@ -128,6 +137,82 @@ impl ResponsesRenderer {
             logprobs: Vec::new(),
         }));
         events
+    }
+
+    /// Thinking and answer pieces: thinking into a `reasoning` item, which closes when the
+    /// answer starts.
+    fn pieces(&mut self, pieces: Vec<ThinkPiece>) -> Vec<ResponseEvent> {
+        let mut events = Vec::new();
+        for piece in pieces {
+            match piece {
+                ThinkPiece::Reasoning(delta) => {
+                    if self.reasoning.is_none() {
+                        let index = self.meta.response.output.len();
+                        let id = new_id("rs");
+                        let item = OutputItem::Reasoning {
+                            id: id.clone(),
+                            summary: Vec::new(),
+                            content: Vec::new(),
+                            status: "in_progress".into(),
+                        };
+                        self.meta.response.output.push(item.clone());
+                        self.reasoning = Some(OpenMessage {
+                            index,
+                            id,
+                            text: String::new(),
+                        });
+                        events.push(self.event(ResponseEventBody::OutputItemAdded {
+                            output_index: index,
+                            item,
+                        }));
+                    }
+                    let Some(open) = self.reasoning.as_mut() else {
+                        continue;
+                    };
+                    open.text.push_str(&delta);
+                    let (item_id, output_index) = (open.id.clone(), open.index);
+                    events.push(self.event(ResponseEventBody::ReasoningTextDelta {
+                        item_id,
+                        output_index,
+                        content_index: 0,
+                        delta,
+                    }));
+                }
+                ThinkPiece::Content(text) => {
+                    events.extend(self.close_reasoning());
+                    events.extend(self.text(text));
+                }
+            }
+        }
+        events
+    }
+
+    fn close_reasoning(&mut self) -> Vec<ResponseEvent> {
+        let Some(open) = self.reasoning.take() else {
+            return Vec::new();
+        };
+        let item = OutputItem::Reasoning {
+            id: open.id.clone(),
+            summary: Vec::new(),
+            content: vec![ReasoningText {
+                kind: "reasoning_text".into(),
+                text: open.text.clone(),
+            }],
+            status: "completed".into(),
+        };
+        self.meta.response.output[open.index] = item.clone();
+        vec![
+            self.event(ResponseEventBody::ReasoningTextDone {
+                item_id: open.id,
+                output_index: open.index,
+                content_index: 0,
+                text: open.text,
+            }),
+            self.event(ResponseEventBody::OutputItemDone {
+                output_index: open.index,
+                item,
+            }),
+        ]
     }
 
     fn close_message(&mut self) -> Vec<ResponseEvent> {
@@ -284,7 +369,11 @@ impl ResponsesRenderer {
     fn finish(&mut self, reason: FinishReason) -> Vec<ResponseEvent> {
         self.incomplete = reason == FinishReason::Length;
         if !self.meta.tools {
-            return self.close_message();
+            let held = self.splitter.finish();
+            let mut events = self.pieces(held);
+            events.extend(self.close_reasoning());
+            events.extend(self.close_message());
+            return events;
         }
         let scanner = std::mem::take(&mut self.tool);
         if let Some(call) = self.call.take() {
@@ -349,6 +438,10 @@ impl super::Renderer for ResponsesRenderer {
             TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
             TokenEvent::Text { text, .. } if self.meta.tools => self.call_pieces(&text),
             TokenEvent::Text { text, .. } if text.is_empty() => Vec::new(),
+            TokenEvent::Text { text, .. } if self.meta.thinking.is_some() => {
+                let pieces = self.splitter.push(&text);
+                self.pieces(pieces)
+            }
             TokenEvent::Text { text, .. } => self.text(text),
             TokenEvent::Finished { choice, .. } if choice > 0 => Vec::new(),
             TokenEvent::Finished { reason, .. } => self.finish(reason),
@@ -460,10 +553,21 @@ mod tests {
     }
 
     fn run(tools: bool, events: Vec<TokenEvent>) -> (Vec<ResponseEvent>, Option<ResponseObject>) {
-        let mut r = ResponsesRenderer::new(ResponseMeta {
-            response: response(),
-            tools,
-        });
+        run_with(
+            ResponseMeta {
+                response: response(),
+                tools,
+                thinking: None,
+            },
+            events,
+        )
+    }
+
+    fn run_with(
+        meta: ResponseMeta,
+        events: Vec<TokenEvent>,
+    ) -> (Vec<ResponseEvent>, Option<ResponseObject>) {
+        let mut r = ResponsesRenderer::new(meta);
         let mut all = r.start();
         for e in events {
             all.extend(r.push(e));
@@ -546,6 +650,49 @@ mod tests {
         let json = serde_json::to_value(&events[4]).unwrap();
         assert_eq!(json["delta"], "Hel");
         assert_eq!(json["content_index"], 0);
+    }
+
+    #[test]
+    fn thinking_is_a_reasoning_item_before_the_message() {
+        let meta = ResponseMeta {
+            response: response(),
+            tools: false,
+            thinking: Some(false),
+        };
+        let (events, r) = run_with(
+            meta,
+            vec![
+                text("<think>Hm"),
+                text("m.</think>"),
+                text("\n\nOK"),
+                finished(FinishReason::Stop),
+                done(),
+            ],
+        );
+        let r = r.unwrap();
+        let OutputItem::Reasoning {
+            content, status, ..
+        } = &r.output[0]
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(content[0].text, "Hmm.");
+        assert_eq!(status, "completed");
+        let OutputItem::Message { content, .. } = &r.output[1] else {
+            panic!()
+        };
+        assert_eq!(content[0].text, "OK");
+        let kinds = types(&events);
+        assert!(kinds.contains(&"response.reasoning_text.delta".to_string()));
+        let done_at = kinds
+            .iter()
+            .position(|k| k == "response.reasoning_text.done")
+            .unwrap();
+        let text_at = kinds
+            .iter()
+            .position(|k| k == "response.output_text.delta")
+            .unwrap();
+        assert!(done_at < text_at);
     }
 
     #[test]

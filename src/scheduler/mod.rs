@@ -153,6 +153,10 @@ impl Scheduler {
                 prompt_tokens,
                 tokens: prepared_prompt.tokens,
                 max_tokens,
+                thinking: model
+                    .facts()
+                    .thinks
+                    .then_some(prepared_prompt.opens_thinking),
             });
         }
         tracing::debug!(
@@ -514,6 +518,8 @@ struct Prepared {
     prompt_tokens: usize,
     tokens: Option<Arc<Vec<u32>>>,
     max_tokens: Option<usize>,
+    /// For a reasoning model: whether the prompt opened the thinking block.
+    thinking: Option<bool>,
 }
 
 /// Starts one generation on a leased model with the slots it holds.
@@ -533,6 +539,7 @@ async fn launch(
         prompt_tokens,
         tokens,
         max_tokens,
+        thinking,
     } = prepared;
     let counter = metrics.generated_tokens.with_label_values(&[name]);
     let mut settings = sampling.settings.clone();
@@ -574,6 +581,7 @@ async fn launch(
         inter_token_latency: metrics.inter_token_latency.with_label_values(&[name]),
         model: name.to_string(),
         prompt_tokens,
+        thinking,
         inner: stream,
         _permit: permit,
         _lease: lease,
@@ -640,6 +648,9 @@ pub struct Generation {
     pub model: String,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// For a reasoning model (its output thinks in `<think>…</think>` first): whether the
+    /// prompt already opened the thinking block. `None` for other models.
+    pub thinking: Option<bool>,
     inner: TokenStream,
     _permit: OwnedSemaphorePermit,
     _lease: Arc<Lease>,

@@ -20,6 +20,7 @@ mod models;
 mod pool;
 mod prometheus;
 mod quantize;
+mod reasoning;
 mod reliability;
 mod responses;
 mod security;

@@ -169,6 +169,7 @@ pub(super) async fn load(
             device: "cpu".into(),
             kind: Some(ModelKind::Embedding),
             embedding_length: Some(length),
+            thinks: false,
         },
         vocabulary,
     })
@@ -371,6 +372,7 @@ impl LoadedModel for EmbedModel {
         Ok(PreparedPrompt {
             token_count: tokens.len(),
             tokens: Some(Arc::new(tokens)),
+            opens_thinking: false,
         })
     }
 

@@ -97,10 +97,13 @@ pub(crate) struct Shared {
     add_bos: bool,
     bos_text: String,
     grammar: OnceLock<Result<Arc<llguidance::ParserFactory>, String>>,
+    /// The chat template thinks in `<think>…</think>`.
+    thinks: bool,
 }
 
 impl Shared {
-    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>, EngineError> {
+    /// The prompt's tokens, and whether its chat template opened a thinking block at its end.
+    fn tokenize(&self, prompt: &Prompt) -> Result<(Vec<LlamaToken>, bool), EngineError> {
         let text = match prompt {
             Prompt::Chat(turns) => self
                 .template
@@ -116,7 +119,9 @@ impl Shared {
                 "the prompt is empty once tokenized".into(),
             ));
         }
-        Ok(tokens)
+        let opens_thinking =
+            matches!(prompt, Prompt::Chat(_)) && text.trim_end().ends_with("<think>");
+        Ok((tokens, opens_thinking))
     }
 
     /// The grammar compiler for this vocabulary, built on first use (it walks the vocabulary).
@@ -273,10 +278,14 @@ impl super::Engine for LlamaCppEngine {
             context = ready.context_per_sequence,
             "llama.cpp model ready"
         );
+        let thinks = settings.reasoning.unwrap_or(shared.thinks);
         Ok(Arc::new(LlamaCppModel {
             shared,
             jobs: jobs_tx,
-            facts: ModelFacts::chat(Some(ready.context_per_sequence), "cpu"),
+            facts: ModelFacts {
+                thinks,
+                ..ModelFacts::chat(Some(ready.context_per_sequence), "cpu")
+            },
         }))
     }
 }
@@ -327,6 +336,7 @@ fn load_on_this_thread(
             .meta_val_str("tokenizer.chat_template")
             .unwrap_or_else(|_| CHATML.to_string()),
     };
+    let thinks = source.contains("</think>");
     let template = ChatTemplate::new(&source, bos_text.clone(), eos_text)
         .map_err(|e| EngineError::Load(format!("chat template: {e}")))?;
     Ok((
@@ -336,6 +346,7 @@ fn load_on_this_thread(
             add_bos,
             bos_text,
             grammar: OnceLock::new(),
+            thinks,
         }),
         params,
         per_sequence,
@@ -343,7 +354,7 @@ fn load_on_this_thread(
 }
 
 impl LlamaCppModel {
-    async fn tokenize(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>, EngineError> {
+    async fn tokenize(&self, prompt: &Prompt) -> Result<(Vec<LlamaToken>, bool), EngineError> {
         let shared = self.shared.clone();
         let prompt = prompt.clone();
         tokio::task::spawn_blocking(move || shared.tokenize(&prompt))
@@ -359,18 +370,19 @@ impl LoadedModel for LlamaCppModel {
     }
 
     async fn prepare(&self, prompt: &Prompt) -> Result<super::PreparedPrompt, EngineError> {
-        let tokens = self.tokenize(prompt).await?;
+        let (tokens, opens_thinking) = self.tokenize(prompt).await?;
         Ok(super::PreparedPrompt {
             token_count: tokens.len(),
             // llama.cpp token ids are non-negative `i32`s.
             tokens: Some(Arc::new(tokens.iter().map(|t| t.0 as u32).collect())),
+            opens_thinking,
         })
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
         let tokens = match &request.tokens {
             Some(tokens) => tokens.iter().map(|&t| LlamaToken(t as i32)).collect(),
-            None => self.tokenize(&request.prompt).await?,
+            None => self.tokenize(&request.prompt).await?.0,
         };
         let n = request.sampling.n.max(1);
         let matchers = match &request.json_schema {
