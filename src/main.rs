@@ -87,6 +87,19 @@ enum Command {
     },
 }
 
+/// Runs `work` on an actix system; its error, if any, is printed and the exit code says it.
+fn run_to_exit(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    match actix_web::rt::System::new().block_on(work) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_tracing(to_stderr: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("LLAMAGATE_LOG").unwrap_or_else(|_| {
@@ -143,29 +156,15 @@ fn main() -> std::process::ExitCode {
                     concurrency: concurrency.first().copied().unwrap_or(1),
                     requests,
                 };
-                return match actix_web::rt::System::new()
-                    .block_on(run_embed_bench(plan, spawn, out))
-                {
-                    Ok(()) => std::process::ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        std::process::ExitCode::FAILURE
-                    }
-                };
+                return run_to_exit(run_embed_bench(plan, spawn, out));
             }
             if overhead {
                 let config = spawn.unwrap_or_default();
                 let words = prompt_words.first().copied().unwrap_or(0);
                 let model = models.first().cloned();
-                return match actix_web::rt::System::new().block_on(run_overhead(
+                return run_to_exit(run_overhead(
                     config, model, requests, max_tokens, words, out,
-                )) {
-                    Ok(()) => std::process::ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        std::process::ExitCode::FAILURE
-                    }
-                };
+                ));
             }
             let plan = llamagate::bench::BenchPlan {
                 base_url: url,
@@ -176,13 +175,7 @@ fn main() -> std::process::ExitCode {
                 max_tokens,
                 requests,
             };
-            match actix_web::rt::System::new().block_on(run_bench(plan, spawn, out)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            run_to_exit(run_bench(plan, spawn, out))
         }
         Command::Openapi => {
             print!("{}", llamagate::api::openapi::document_json());
@@ -196,13 +189,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
-            match actix_web::rt::System::new().block_on(serve(settings)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            run_to_exit(serve(settings))
         }
     }
 }

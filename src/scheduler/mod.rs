@@ -96,21 +96,22 @@ impl Scheduler {
         }
     }
 
-    /// Routes to the model, takes a queue place, leases the loaded model and checks every
-    /// prompt against its context window: all before any sequence slot is taken.
-    async fn admit(
+    /// Routes `model_id` to a model that serves `kind`, takes a queue place and leases the
+    /// loaded model (loading it if needed); refusals are counted.
+    async fn lease(
         &self,
         model_id: &str,
-        prompts: Vec<Prompt>,
-        sampling: &Sampling,
-    ) -> Result<Admitted, SchedulerError> {
-        let started = Instant::now();
+        kind: ModelKind,
+    ) -> Result<(Arc<registry::ModelSlot>, admission::QueueTicket, Lease), SchedulerError> {
         let slot = self.registry.resolve(model_id)?;
         let name = slot.settings.name.clone();
-        if !slot.serves(ModelKind::Chat) {
+        if !slot.serves(kind) {
             return Err(SchedulerError::WrongKind {
                 model: name,
-                serves: ModelKind::Embedding,
+                serves: match kind {
+                    ModelKind::Chat => ModelKind::Embedding,
+                    ModelKind::Embedding => ModelKind::Chat,
+                },
             });
         }
         let counted = |e: SchedulerError| {
@@ -123,6 +124,24 @@ impl Scheduler {
             .acquire(slot.index, ticket.deadline())
             .await
             .map_err(counted)?;
+        Ok((slot, ticket, lease))
+    }
+
+    /// Routes to the model, takes a queue place, leases the loaded model and checks every
+    /// prompt against its context window: all before any sequence slot is taken.
+    async fn admit(
+        &self,
+        model_id: &str,
+        prompts: Vec<Prompt>,
+        sampling: &Sampling,
+    ) -> Result<Admitted, SchedulerError> {
+        let started = Instant::now();
+        let (slot, ticket, lease) = self.lease(model_id, ModelKind::Chat).await?;
+        let name = slot.settings.name.clone();
+        let counted = |e: SchedulerError| {
+            count_rejection(&self.metrics, &name, &e);
+            e
+        };
         let model = lease.model().clone();
         let context = model.facts().context_length;
         let mut prepared = Vec::with_capacity(prompts.len());
@@ -327,16 +346,8 @@ impl Scheduler {
         model_id: &str,
         prompt: &Prompt,
     ) -> Result<(String, usize), SchedulerError> {
-        let slot = self.registry.resolve(model_id)?;
+        let (slot, _ticket, lease) = self.lease(model_id, ModelKind::Chat).await?;
         let name = slot.settings.name.clone();
-        if !slot.serves(ModelKind::Chat) {
-            return Err(SchedulerError::WrongKind {
-                model: name,
-                serves: ModelKind::Embedding,
-            });
-        }
-        let ticket = slot.admission.enter()?;
-        let lease = self.pool.acquire(slot.index, ticket.deadline()).await?;
         let prepared = lease
             .model()
             .prepare(prompt)
@@ -356,24 +367,12 @@ impl Scheduler {
         dimensions: Option<usize>,
     ) -> Result<EmbeddingOutcome, SchedulerError> {
         let started = Instant::now();
-        let slot = self.registry.resolve(model_id)?;
+        let (slot, ticket, lease) = self.lease(model_id, ModelKind::Embedding).await?;
         let name = slot.settings.name.clone();
-        if !slot.serves(ModelKind::Embedding) {
-            return Err(SchedulerError::WrongKind {
-                model: name,
-                serves: ModelKind::Chat,
-            });
-        }
         let counted = |e: SchedulerError| {
             count_rejection(&self.metrics, &name, &e);
             e
         };
-        let ticket = slot.admission.enter().map_err(counted)?;
-        let lease = self
-            .pool
-            .acquire(slot.index, ticket.deadline())
-            .await
-            .map_err(counted)?;
         let model = lease.model().clone();
         let facts = model.facts().clone();
         if let (Some(asked), Some(length)) = (dimensions, facts.embedding_length) {

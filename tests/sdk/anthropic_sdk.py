@@ -10,48 +10,28 @@ envelope (bad request naming the field, unknown model, wrong key). Prints
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 import traceback
 
 import anthropic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-BINARY = os.environ.get("LLAMAGATE_BIN", os.path.join(TARGET, "debug", "llamagate"))
-MODEL_FILE = os.environ.get("LLAMAGATE_TEST_MODEL", os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+import server
+
 KEY = "sdk-test-key"
+# The 2.x SDK has no `temperature` argument; the server still takes it (older clients send
+# it): greedy decoding keeps the tool and JSON checks deterministic.
+GREEDY = {"temperature": 0}
 
 WEATHER = [{"name": "get_weather", "description": "Weather in a city.",
             "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
                              "required": ["city"], "additionalProperties": False}}]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server():
-    port = free_port()
-    config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    config.write(f'[server]\nbind = "127.0.0.1:{port}"\n[auth]\napi_keys = ["{KEY}"]\n'
-                 f'[[models]]\nname = "smollm2"\nsource = "{MODEL_FILE}"\nengine = "llama.cpp"\npinned = true\n')
-    config.close()
-    proc = subprocess.Popen([BINARY, "serve", "--config", config.name],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return proc, config.name, base
+    return server.start_server(
+        f'[auth]\napi_keys = ["{KEY}"]\n'
+        f'[[models]]\nname = "smollm2"\nsource = "{server.MODEL_FILE}"\nengine = "llama.cpp"\npinned = true\n')
+
 
 
 def main():
@@ -93,7 +73,7 @@ def main():
         assert "content_block_delta" in kinds and "message_delta" in kinds, kinds
 
     def tool_round_trip():
-        first = client.messages.create(model="smollm2", max_tokens=60, tools=WEATHER,
+        first = client.messages.create(model="smollm2", max_tokens=120, tools=WEATHER, extra_body=GREEDY,
                                        tool_choice={"type": "tool", "name": "get_weather"},
                                        messages=[{"role": "user", "content": "Weather in Paris?"}])
         assert first.stop_reason == "tool_use", first
@@ -109,7 +89,7 @@ def main():
         assert second.content[0].type == "text" and second.content[0].text
 
     def streamed_tool_use():
-        with client.messages.stream(model="smollm2", max_tokens=60, tools=WEATHER,
+        with client.messages.stream(model="smollm2", max_tokens=120, tools=WEATHER, extra_body=GREEDY,
                                     tool_choice={"type": "any"},
                                     messages=[{"role": "user", "content": "Weather in Rome?"}]) as s:
             final = s.get_final_message()
@@ -117,7 +97,8 @@ def main():
         assert final.stop_reason == "tool_use" and call.name == "get_weather" and "city" in call.input
 
     def structured_output():
-        m = client.messages.create(model="smollm2", max_tokens=80, messages=[{"role": "user", "content": "A cat"}],
+        m = client.messages.create(model="smollm2", max_tokens=120, messages=[{"role": "user", "content": "A cat"}],
+                                   extra_body=GREEDY,
                                    output_config={"format": {"type": "json_schema", "schema": {
                                        "type": "object", "properties": {"name": {"type": "string"}},
                                        "required": ["name"], "additionalProperties": False}}})

@@ -11,52 +11,28 @@ previous_response_id, retrieve/delete, structured output) and prints "N passed, 
 import json
 import math
 import os
-import socket
 import struct
-import subprocess
 import sys
-import tempfile
-import time
 import traceback
 
 import openai
 from pydantic import BaseModel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-BINARY = os.environ.get("LLAMAGATE_BIN", os.path.join(TARGET, "debug", "llamagate"))
-MODEL_FILE = os.environ.get("LLAMAGATE_TEST_MODEL", os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
-EMBED_FILE = os.path.join(ROOT, "models", "all-MiniLM-L6-v2.F16.gguf")
-REFERENCE = os.path.join(ROOT, "tests", "fixtures", "minilm_reference.json")
+import server
+
+EMBED_FILE = os.path.join(server.ROOT, "models", "all-MiniLM-L6-v2.F16.gguf")
+REFERENCE = os.path.join(server.ROOT, "tests", "fixtures", "minilm_reference.json")
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                            "required": ["city"], "additionalProperties": False}}}]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server():
-    port = free_port()
-    config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    config.write(f'[server]\nbind = "127.0.0.1:{port}"\n[[models]]\nname = "smollm2"\n'
-                 f'source = "{MODEL_FILE}"\ndevice = "cpu"\npinned = true\n'
-                 f'[[models]]\nname = "minilm"\nsource = "{EMBED_FILE}"\nengine = "llama.cpp"\n')
-    config.close()
-    proc = subprocess.Popen([BINARY, "serve", "--config", config.name],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return proc, config.name, base
+    return server.start_server(
+        f'[[models]]\nname = "smollm2"\nsource = "{server.MODEL_FILE}"\ndevice = "cpu"\npinned = true\n'
+        f'[[models]]\nname = "minilm"\nsource = "{EMBED_FILE}"\nengine = "llama.cpp"\n')
+
 
 
 class Cat(BaseModel):
