@@ -459,9 +459,14 @@ pub fn validate_chat(
         turns.insert(0, tool_instructions(tools, mode));
     }
     let stream = req.stream.unwrap_or(false);
+    let options = chat_options(
+        req.reasoning_effort.as_deref(),
+        &req.chat_template_kwargs,
+        "reasoning_effort",
+    )?;
     Ok(ValidChatRequest {
         model: req.model,
-        prompt: Prompt::Chat(turns),
+        prompt: Prompt::Chat(turns, options),
         sampling,
         stream,
         include_usage: stream
@@ -472,6 +477,63 @@ pub fn validate_chat(
         output,
         ignored_params,
     })
+}
+
+/// The chat template's variables from a reasoning effort (named `field` in the request)
+/// and `chat_template_kwargs`: the effort goes to templates as `reasoning_effort`, and
+/// `none` also turns `enable_thinking` off; the kwargs pass as given (they win).
+fn chat_options(
+    effort: Option<&str>,
+    kwargs: &Option<Value>,
+    field: &str,
+) -> Result<crate::engine::ChatOptions, ApiError> {
+    let mut options = crate::engine::ChatOptions::default();
+    if let Some(effort) = effort {
+        if !matches!(
+            effort,
+            "none" | "minimal" | "low" | "medium" | "high" | "xhigh" | "max"
+        ) {
+            return Err(ApiError::invalid(
+                field,
+                format!("`{field}` must be `none`, `minimal`, `low`, `medium`, `high`, `xhigh` or `max`."),
+            ));
+        }
+        options.reasoning_effort = Some(effort.to_string());
+        if effort == "none" {
+            options.enable_thinking = Some(false);
+        }
+    }
+    match kwargs {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("enable_thinking", Value::Bool(on)) => options.enable_thinking = Some(*on),
+                    ("enable_thinking", _) => {
+                        return Err(ApiError::invalid(
+                            "chat_template_kwargs.enable_thinking",
+                            "`chat_template_kwargs.enable_thinking` must be a boolean.",
+                        ))
+                    }
+                    // The template's own variables cannot be replaced.
+                    ("messages" | "add_generation_prompt" | "bos_token" | "eos_token", _) => {
+                        return Err(ApiError::invalid(
+                            format!("chat_template_kwargs.{key}"),
+                            format!("`chat_template_kwargs.{key}` is set by the server."),
+                        ))
+                    }
+                    _ => options.extra.push((key.clone(), value.clone())),
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "chat_template_kwargs",
+                "`chat_template_kwargs` must be an object.",
+            ))
+        }
+    }
+    Ok(options)
 }
 
 /// Parameters this server cannot honour: 400 when `strict`, else the list to report.
@@ -992,6 +1054,45 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_effort_and_template_kwargs_reach_the_prompt() {
+        let v = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"none","chat_template_kwargs":{"foo":1}}"#).unwrap();
+        let Prompt::Chat(_, options) = &v.prompt else {
+            panic!()
+        };
+        assert_eq!(options.enable_thinking, Some(false));
+        assert_eq!(options.reasoning_effort.as_deref(), Some("none"));
+        assert_eq!(
+            options.extra,
+            vec![("foo".to_string(), serde_json::json!(1))]
+        );
+        let v = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"none","chat_template_kwargs":{"enable_thinking":true}}"#).unwrap();
+        let Prompt::Chat(_, options) = &v.prompt else {
+            panic!()
+        };
+        assert_eq!(options.enable_thinking, Some(true), "kwargs win");
+        for (body, field) in [
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"huge"}"#,
+                "reasoning_effort",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"chat_template_kwargs":[1]}"#,
+                "chat_template_kwargs",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"messages":[]}}"#,
+                "chat_template_kwargs.messages",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"enable_thinking":"no"}}"#,
+                "chat_template_kwargs.enable_thinking",
+            ),
+        ] {
+            assert_eq!(param_of(chat(body).unwrap_err()), field, "{body}");
+        }
+    }
+
+    #[test]
     fn embedding_inputs_in_every_form() {
         let one = embedding(r#"{"model":"m","input":"hi"}"#).unwrap();
         assert_eq!(one.inputs, vec![EmbedInput::Text("hi".into())]);
@@ -1068,7 +1169,7 @@ mod tests {
         let v = chat(r#"{"model":"m","messages":[{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#).unwrap();
         assert_eq!(
             v.prompt,
-            Prompt::Chat(vec![ChatTurn {
+            Prompt::chat(vec![ChatTurn {
                 role: Role::System,
                 content: "ab".into()
             }])

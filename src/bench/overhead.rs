@@ -84,7 +84,7 @@ async fn in_process(
 ) -> Result<Sample, BenchError> {
     let fail = |e: EngineError| BenchError(format!("in-process generation failed: {e}"));
     let started = Instant::now();
-    let prompt = Prompt::Chat(vec![ChatTurn {
+    let prompt = Prompt::chat(vec![ChatTurn {
         role: Role::User,
         content: prompt.to_string(),
     }]);

@@ -95,6 +95,17 @@ impl ChatTemplate {
         turns: &[ChatTurn],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
+        self.render_with(turns, add_generation_prompt, &super::ChatOptions::default())
+    }
+
+    /// [`render`](Self::render) with the template's other variables (`enable_thinking`,
+    /// `reasoning_effort`, `chat_template_kwargs`).
+    pub fn render_with(
+        &self,
+        turns: &[ChatTurn],
+        add_generation_prompt: bool,
+        options: &super::ChatOptions,
+    ) -> Result<String, String> {
         let messages: Vec<_> = turns
             .iter()
             .map(|t| {
@@ -114,6 +125,7 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
+                ..minijinja::Value::from_serialize(options.variables())
             })
             .map_err(|e| format!("the chat template failed on these messages: {e}"))
     }
@@ -144,6 +156,27 @@ mod tests {
             text,
             "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    /// The end of Qwen3's template: thinking off closes an empty block in the prompt; on
+    /// (its default) the model opens it itself.
+    const QWEN3_TAIL: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}\
+{% if reasoning_effort is defined %}[{{ reasoning_effort }}]{% endif %}{{ custom | default('') }}";
+
+    #[test]
+    fn template_variables_reach_the_template() {
+        let t = ChatTemplate::new(QWEN3_TAIL, String::new(), String::new()).unwrap();
+        let turns = [turn(Role::User, "hi")];
+        let plain = t.render(&turns, true).unwrap();
+        assert!(plain.ends_with("<|im_start|>assistant\n"), "{plain}");
+        let options = crate::engine::ChatOptions {
+            enable_thinking: Some(false),
+            reasoning_effort: Some("low".into()),
+            extra: vec![("custom".into(), serde_json::json!("!"))],
+        };
+        let off = t.render_with(&turns, true, &options).unwrap();
+        assert!(off.ends_with("<think>\n\n</think>\n\n[low]!"), "{off}");
     }
 
     #[test]

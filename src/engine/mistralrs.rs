@@ -271,12 +271,29 @@ fn describe_load_error(e: &anyhow::Error) -> String {
     }
 }
 
+fn chat_options(prompt: &Prompt) -> super::ChatOptions {
+    match prompt {
+        Prompt::Chat(_, options) => options.clone(),
+        Prompt::Text(_) => super::ChatOptions::default(),
+    }
+}
+
+/// The prompt's `reasoning_effort`, as mistral.rs takes it.
+fn reasoning_effort(prompt: &Prompt) -> Option<mistralrs::core::ReasoningEffort> {
+    match chat_options(prompt).reasoning_effort.as_deref() {
+        Some("low") => Some(mistralrs::core::ReasoningEffort::Low),
+        Some("medium") => Some(mistralrs::core::ReasoningEffort::Medium),
+        Some("high") => Some(mistralrs::core::ReasoningEffort::High),
+        _ => None,
+    }
+}
+
 fn to_mistral_messages(
     prompt: &Prompt,
 ) -> Either<Vec<IndexMap<String, mistralrs::MessageContent>>, String> {
     match prompt {
         Prompt::Text(text) => Either::Right(text.clone()),
-        Prompt::Chat(turns) => Either::Left(
+        Prompt::Chat(turns, _) => Either::Left(
             turns
                 .iter()
                 .map(|t| {
@@ -369,10 +386,10 @@ impl MistralRsModel {
         let request = Request::Tokenize(mistralrs::core::TokenizationRequest {
             text: to_mistral_messages(prompt),
             tools: None,
-            add_generation_prompt: matches!(prompt, Prompt::Chat(_)),
+            add_generation_prompt: matches!(prompt, Prompt::Chat(..)),
             add_special_tokens: true,
-            enable_thinking: None,
-            reasoning_effort: None,
+            enable_thinking: chat_options(prompt).enable_thinking,
+            reasoning_effort: reasoning_effort(prompt),
             response: tx,
         });
         let task = tokio::spawn(async move {
@@ -435,8 +452,8 @@ impl LoadedModel for MistralRsModel {
             (Some(tokens), _) => RequestMessage::CompletionTokens(tokens.to_vec()),
             (None, Either::Left(messages)) => RequestMessage::Chat {
                 messages,
-                enable_thinking: None,
-                reasoning_effort: None,
+                enable_thinking: chat_options(&request.prompt).enable_thinking,
+                reasoning_effort: reasoning_effort(&request.prompt),
             },
             (None, Either::Right(text)) => RequestMessage::Completion {
                 text,

@@ -53,20 +53,52 @@ pub struct ChatTurn {
     pub content: String,
 }
 
+/// Variables a chat template reads besides the messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatOptions {
+    /// Thinking on or off, for templates that take `enable_thinking` (Qwen3, SmolLM3).
+    pub enable_thinking: Option<bool>,
+    /// `low`, `medium`, `high`, ... for templates that take `reasoning_effort` (gpt-oss).
+    pub reasoning_effort: Option<String>,
+    /// Any other variables (`chat_template_kwargs`), as JSON values.
+    pub extra: Vec<(String, serde_json::Value)>,
+}
+
+impl ChatOptions {
+    /// Every variable, as template context.
+    pub fn variables(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut vars: serde_json::Map<String, serde_json::Value> =
+            self.extra.iter().cloned().collect();
+        if let Some(on) = self.enable_thinking {
+            vars.insert("enable_thinking".into(), on.into());
+        }
+        if let Some(effort) = &self.reasoning_effort {
+            vars.insert("reasoning_effort".into(), effort.clone().into());
+        }
+        vars
+    }
+}
+
 /// What the model continues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
-    /// A conversation rendered through the model's chat template.
-    Chat(Vec<ChatTurn>),
+    /// A conversation rendered through the model's chat template, with the template's
+    /// other variables.
+    Chat(Vec<ChatTurn>, ChatOptions),
     /// Raw text, no template (legacy completions).
     Text(String),
 }
 
 impl Prompt {
+    /// A conversation with no template variables.
+    pub fn chat(turns: Vec<ChatTurn>) -> Self {
+        Self::Chat(turns, ChatOptions::default())
+    }
+
     /// Bytes of text in the prompt.
     pub fn text_bytes(&self) -> usize {
         match self {
-            Self::Chat(turns) => turns.iter().map(|t| t.content.len()).sum(),
+            Self::Chat(turns, _) => turns.iter().map(|t| t.content.len()).sum(),
             Self::Text(t) => t.len(),
         }
     }

@@ -99,7 +99,7 @@ impl super::Engine for UpstreamEngine {
 /// The request body sent upstream: always streamed, usage included.
 fn request_body(model: &str, request: &GenerationRequest) -> (&'static str, Value) {
     let s = &request.sampling;
-    let chat = matches!(request.prompt, Prompt::Chat(_));
+    let chat = matches!(request.prompt, Prompt::Chat(..));
     let mut fields = serde_json::Map::new();
     for (key, value) in [
         ("model", json!(model)),
@@ -112,12 +112,20 @@ fn request_body(model: &str, request: &GenerationRequest) -> (&'static str, Valu
         fields.insert(key.into(), value);
     }
     match &request.prompt {
-        Prompt::Chat(turns) => {
+        Prompt::Chat(turns, options) => {
             let messages: Vec<Value> = turns
                 .iter()
                 .map(|t| json!({"role": t.role.as_str(), "content": t.content}))
                 .collect();
             fields.insert("messages".into(), Value::Array(messages));
+            // The upstream's template takes the same variables (vLLM, llama.cpp's server).
+            let variables = options.variables();
+            if !variables.is_empty() {
+                fields.insert("chat_template_kwargs".into(), Value::Object(variables));
+            }
+            if let Some(effort) = &options.reasoning_effort {
+                fields.insert("reasoning_effort".into(), json!(effort));
+            }
         }
         Prompt::Text(text) => {
             fields.insert("prompt".into(), Value::String(text.clone()));

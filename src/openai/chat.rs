@@ -65,6 +65,15 @@ pub struct ChatCompletionRequest {
     /// An end-user id; accepted and ignored.
     #[serde(default)]
     pub user: Option<String>,
+    /// For reasoning models whose template takes it (`none` turns thinking off for
+    /// templates with `enable_thinking`).
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+    /// Extra variables for the chat template, e.g. `{"enable_thinking": false}` (vLLM's and
+    /// llama.cpp's server's extension).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub chat_template_kwargs: Option<Value>,
     /// `{"type":"text"}`, `{"type":"json_object"}` or
     /// `{"type":"json_schema","json_schema":{"name":...,"schema":{...},"strict":true}}`.
     #[serde(default)]

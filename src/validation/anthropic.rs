@@ -5,8 +5,9 @@
 use serde_json::Value;
 
 use super::{
-    check_model, check_range, is_function_name, positive, sampling, tool_instructions, tool_schema,
-    CommonSampling, OutputMode, ToolMode, ToolSpec, ValidChatRequest,
+    chat_options, check_model, check_range, is_function_name, positive, sampling,
+    tool_instructions, tool_schema, CommonSampling, OutputMode, ToolMode, ToolSpec,
+    ValidChatRequest,
 };
 use crate::anthropic::messages::MessagesRequest;
 use crate::config::LimitSettings;
@@ -394,9 +395,26 @@ pub fn validate_messages(
         OutputMode::Json(schema) => sampling.json_schema = Some(schema.clone()),
         OutputMode::Text => {}
     }
+    let effort = req
+        .output_config
+        .as_ref()
+        .and_then(|c| c.get("effort"))
+        .and_then(Value::as_str);
+    let mut options = chat_options(effort, &None, "output_config.effort")?;
+    // `thinking: {"type": "enabled" | "disabled"}` switches templates that can.
+    match req
+        .thinking
+        .as_ref()
+        .and_then(|t| t.get("type"))
+        .and_then(Value::as_str)
+    {
+        Some("enabled" | "adaptive") => options.enable_thinking = Some(true),
+        Some("disabled") => options.enable_thinking = Some(false),
+        _ => {}
+    }
     Ok(ValidChatRequest {
         model: req.model,
-        prompt: Prompt::Chat(turns),
+        prompt: Prompt::Chat(turns, options),
         sampling,
         stream: req.stream.unwrap_or(false),
         include_usage: true,
@@ -433,7 +451,7 @@ mod tests {
             "tool_choice":{"type":"any"},"stop_sequences":["END"],"temperature":0.5,"metadata":{"user_id":"u"}}"#,
         )
         .unwrap();
-        let Prompt::Chat(turns) = &v.prompt else {
+        let Prompt::Chat(turns, _) = &v.prompt else {
             panic!()
         };
         assert_eq!(turns[0].role, Role::System); // tool instructions
@@ -518,6 +536,23 @@ mod tests {
             r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"output_config":{"format":{"type":"xml"}}}"#,
         );
         assert_eq!(param(bad.unwrap_err()), "output_config.format");
+    }
+
+    #[test]
+    fn thinking_switches_the_template() {
+        let v = check(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"thinking":{"type":"disabled"}}"#).unwrap();
+        let Prompt::Chat(_, options) = &v.prompt else {
+            panic!()
+        };
+        assert_eq!(options.enable_thinking, Some(false));
+        let v = check(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"thinking":{"type":"enabled","budget_tokens":1024},"output_config":{"effort":"high"}}"#).unwrap();
+        let Prompt::Chat(_, options) = &v.prompt else {
+            panic!()
+        };
+        assert_eq!(
+            (options.enable_thinking, options.reasoning_effort.as_deref()),
+            (Some(true), Some("high"))
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::{
-    check_model, content_text, is_function_name, positive, sampling, tool_instructions,
-    tool_schema, CommonSampling, OutputMode, ToolMode, ToolSpec, ValidChatRequest,
+    chat_options, check_model, content_text, is_function_name, positive, sampling,
+    tool_instructions, tool_schema, CommonSampling, OutputMode, ToolMode, ToolSpec,
+    ValidChatRequest,
 };
 use crate::config::LimitSettings;
 use crate::engine::{ChatTurn, Prompt, Role};
@@ -395,10 +396,16 @@ pub fn validate_response(
         OutputMode::Json(schema) => sampling.json_schema = Some(schema.clone()),
         OutputMode::Text => {}
     }
+    let effort = req
+        .reasoning
+        .as_ref()
+        .and_then(|r| r.get("effort"))
+        .and_then(Value::as_str);
+    let options = chat_options(effort, &None, "reasoning.effort")?;
     Ok(ValidResponseRequest {
         chat: ValidChatRequest {
             model: req.model.clone(),
-            prompt: Prompt::Chat(turns),
+            prompt: Prompt::Chat(turns, options),
             sampling,
             stream: req.stream.unwrap_or(false),
             include_usage: true,
@@ -459,7 +466,7 @@ mod tests {
             "Result of get_weather (call call_1): 18 C"
         );
         assert!(!v.store);
-        let Prompt::Chat(prompt) = &v.chat.prompt else {
+        let Prompt::Chat(prompt, _) = &v.chat.prompt else {
             panic!()
         };
         assert_eq!(prompt[1].content, "Be brief.");
@@ -477,7 +484,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(next.conversation.turns.len(), 5);
-        let Prompt::Chat(prompt) = &next.chat.prompt else {
+        let Prompt::Chat(prompt, _) = &next.chat.prompt else {
             panic!()
         };
         assert_eq!(prompt[0].content, "Weather in Paris?");

@@ -105,9 +105,9 @@ impl Shared {
     /// The prompt's tokens, and whether its chat template opened a thinking block at its end.
     fn tokenize(&self, prompt: &Prompt) -> Result<(Vec<LlamaToken>, bool), EngineError> {
         let text = match prompt {
-            Prompt::Chat(turns) => self
+            Prompt::Chat(turns, options) => self
                 .template
-                .render(turns, true)
+                .render_with(turns, true, options)
                 .map_err(EngineError::Rejected)?,
             Prompt::Text(text) => text.clone(),
         };
@@ -120,7 +120,7 @@ impl Shared {
             ));
         }
         let opens_thinking =
-            matches!(prompt, Prompt::Chat(_)) && text.trim_end().ends_with("<think>");
+            matches!(prompt, Prompt::Chat(..)) && text.trim_end().ends_with("<think>");
         Ok((tokens, opens_thinking))
     }
 
