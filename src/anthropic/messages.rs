@@ -171,9 +171,9 @@ pub struct Message {
     pub model: String,
     /// Text and tool-use blocks.
     pub content: Vec<ContentBlock>,
-    /// `end_turn`, `max_tokens` or `tool_use` (null while streaming).
+    /// `end_turn`, `max_tokens`, `stop_sequence` or `tool_use` (null while streaming).
     pub stop_reason: Option<String>,
-    /// The stop sequence that ended the answer (not reported by the engines: null).
+    /// The stop sequence that ended the answer, if one did.
     pub stop_sequence: Option<String>,
     /// Token counts.
     pub usage: MessageUsage,
@@ -205,7 +205,7 @@ pub enum BlockDelta {
 pub struct MessageDeltaBody {
     /// Why it ended.
     pub stop_reason: Option<String>,
-    /// The stop sequence that ended it (null).
+    /// The stop sequence that ended it, if one did.
     pub stop_sequence: Option<String>,
 }
 

@@ -68,6 +68,7 @@ pub async fn create_message(
         state.settings.server.strict_params,
     )?;
     let tools = matches!(valid.output, OutputMode::Tools { .. });
+    let stop_sequences = valid.sampling.settings.stop.clone();
     let work = async {
         let generation = state
             .scheduler
@@ -81,6 +82,7 @@ pub async fn create_message(
             input_tokens: generation.prompt_tokens,
             tools,
             thinking: generation.thinking,
+            stop_sequences: stop_sequences.clone(),
         };
         let model = meta.model.clone();
         let events = generation.map(|e| e.map_err(|e| ApiError::from_engine(e, "messages")));

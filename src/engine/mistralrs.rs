@@ -599,7 +599,9 @@ impl LoadedModel for MistralRsModel {
                             logprobs: logprob.unwrap_or_default(),
                         });
                     }
-                    let end = if outcome.stopped || json_done {
+                    let end = if outcome.stopped {
+                        Some(matchers[choice].reason())
+                    } else if json_done {
                         Some(FinishReason::Stop)
                     } else {
                         reason.as_deref().map(finish_reason)

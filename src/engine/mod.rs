@@ -169,17 +169,19 @@ pub struct GenerationRequest {
 /// Why a choice ended, in OpenAI's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// End of sequence or a stop sequence.
+    /// End of sequence (or a complete constrained value).
     Stop,
+    /// The request's stop sequence at this position in its list.
+    StopSequence(usize),
     /// `max_tokens` or the context window was reached.
     Length,
 }
 
 impl FinishReason {
-    /// The wire name.
+    /// The wire name (OpenAI's: a stop sequence is `stop`).
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Stop => "stop",
+            Self::Stop | Self::StopSequence(_) => "stop",
             Self::Length => "length",
         }
     }

@@ -5,9 +5,11 @@
 /// Stop-sequence state of one choice.
 #[derive(Debug, Clone)]
 pub struct StopMatcher {
-    stops: Vec<String>,
+    /// The stop sequences and their positions in the request's list.
+    stops: Vec<(usize, String)>,
     pending: String,
     stopped: bool,
+    matched: Option<usize>,
 }
 
 /// What to do with a piece of generated text.
@@ -23,15 +25,34 @@ impl StopMatcher {
     /// A matcher for these stop sequences (empty strings are ignored).
     pub fn new(stops: &[String]) -> Self {
         Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            stops: stops
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(i, s)| (i, s.clone()))
+                .collect(),
             pending: String::new(),
             stopped: false,
+            matched: None,
         }
     }
 
     /// Whether a stop sequence already ended this choice.
     pub fn stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// The position, in the request's list, of the stop sequence that ended the choice.
+    pub fn matched(&self) -> Option<usize> {
+        self.matched
+    }
+
+    /// Why the choice ends when this matcher stopped it.
+    pub fn reason(&self) -> super::FinishReason {
+        match self.matched {
+            Some(i) => super::FinishReason::StopSequence(i),
+            None => super::FinishReason::Stop,
+        }
     }
 
     /// Feeds new text; returns what may be sent and whether the choice stopped.
@@ -52,11 +73,12 @@ impl StopMatcher {
         let first_match = self
             .stops
             .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
+            .filter_map(|(i, s)| self.pending.find(s.as_str()).map(|pos| (pos, *i)))
             .min();
-        if let Some(pos) = first_match {
+        if let Some((pos, index)) = first_match {
             self.pending.truncate(pos);
             self.stopped = true;
+            self.matched = Some(index);
             return StopOutcome {
                 emit: std::mem::take(&mut self.pending),
                 stopped: true,
@@ -65,7 +87,7 @@ impl StopMatcher {
         let hold = self
             .stops
             .iter()
-            .map(|s| longest_suffix_prefix(&self.pending, s))
+            .map(|(_, s)| longest_suffix_prefix(&self.pending, s))
             .max()
             .unwrap_or(0);
         let split = self.pending.len() - hold;
@@ -147,5 +169,16 @@ mod tests {
     #[test]
     fn no_stops_passes_through() {
         assert_eq!(feed(&[], &["a", "b"]), ("ab".into(), false));
+    }
+
+    #[test]
+    fn the_matching_stop_is_named_by_its_position_in_the_request() {
+        let stops = vec![String::new(), "END".to_string(), "!".to_string()];
+        let mut m = StopMatcher::new(&stops);
+        assert!(!m.push("wow EN").stopped);
+        assert_eq!(m.reason(), crate::engine::FinishReason::Stop);
+        assert!(m.push("D!").stopped);
+        assert_eq!(m.matched(), Some(1), "the earliest match in the text wins");
+        assert_eq!(m.reason(), crate::engine::FinishReason::StopSequence(1));
     }
 }

@@ -26,6 +26,8 @@ pub struct MessageMeta {
     /// For a reasoning model: whether the prompt opened the thinking block (its thinking
     /// goes to `thinking` blocks). `None` for other models.
     pub thinking: Option<bool>,
+    /// The request's `stop_sequences` (the one that ends the answer is named).
+    pub stop_sequences: Vec<String>,
 }
 
 /// Engine events in, stream events out; no I/O.
@@ -44,6 +46,7 @@ pub struct MessagesRenderer {
     /// The index of the open `tool_use` block.
     tool_block: Option<usize>,
     stop_reason: Option<&'static str>,
+    stop_sequence: Option<String>,
     done: bool,
 }
 
@@ -59,6 +62,7 @@ impl MessagesRenderer {
             tool: ToolStream::new(),
             tool_block: None,
             stop_reason: None,
+            stop_sequence: None,
             done: false,
         }
     }
@@ -150,6 +154,10 @@ impl MessagesRenderer {
         let mut stop = match reason {
             FinishReason::Length => "max_tokens",
             FinishReason::Stop => "end_turn",
+            FinishReason::StopSequence(i) => {
+                self.stop_sequence = self.meta.stop_sequences.get(i).cloned();
+                "stop_sequence"
+            }
         };
         if self.meta.tools {
             let scanner = std::mem::take(&mut self.tool);
@@ -299,7 +307,7 @@ impl super::Renderer for MessagesRenderer {
                 events.push(StreamEvent::MessageDelta {
                     delta: MessageDeltaBody {
                         stop_reason: self.stop_reason.map(str::to_string),
-                        stop_sequence: None,
+                        stop_sequence: self.stop_sequence.clone(),
                     },
                     usage: DeltaUsage {
                         output_tokens: usage.completion_tokens,
@@ -400,7 +408,26 @@ mod tests {
             input_tokens: 7,
             tools,
             thinking: None,
+            stop_sequences: vec!["END".into()],
         }
+    }
+
+    #[test]
+    fn a_stop_sequence_is_named() {
+        let (_, m) = run(
+            false,
+            vec![
+                text("a"),
+                TokenEvent::Finished {
+                    choice: 0,
+                    reason: FinishReason::StopSequence(0),
+                },
+                done(1),
+            ],
+        );
+        let m = m.unwrap();
+        assert_eq!(m.stop_reason.as_deref(), Some("stop_sequence"));
+        assert_eq!(m.stop_sequence.as_deref(), Some("END"));
     }
 
     #[test]

@@ -128,6 +128,20 @@ async fn a_message_streamed_and_not() {
 }
 
 #[tokio::test]
+async fn a_stop_sequence_is_named() {
+    // Any answer of a few words has a space or an `e` in it.
+    let body = json!({"model": "claude-local", "max_tokens": 40, "stop_sequences": ["e", " "],
+        "messages": [{"role": "user", "content": "Describe the sea in a sentence."}]});
+    let (status, text) = post("/v1/messages", &body, Some(KEY)).await;
+    assert_eq!(status, 200, "{text}");
+    let m: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(m["stop_reason"], "stop_sequence", "{m}");
+    assert!(["e", " "].contains(&m["stop_sequence"].as_str().unwrap()));
+    let answer = m["content"][0]["text"].as_str().unwrap_or("");
+    assert!(!answer.contains(' ') && !answer.contains('e'), "{answer:?}");
+}
+
+#[tokio::test]
 async fn a_forced_tool_call_is_a_tool_use_block() {
     let body = json!({"model": "claude-local", "max_tokens": 60,
         "tools": [{"name": "get_weather", "description": "Weather in a city",

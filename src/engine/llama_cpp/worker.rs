@@ -443,7 +443,12 @@ fn step(
     }
     if outcome.stopped || json_done {
         choice.partial_utf8.clear();
-        return finish(choice, FinishReason::Stop);
+        let reason = if outcome.stopped {
+            choice.stop.reason()
+        } else {
+            FinishReason::Stop
+        };
+        return finish(choice, reason);
     }
     if sampling.max_tokens.is_some_and(|m| choice.generated >= m)
         || r.cached.len() + 1 >= context_per_sequence
