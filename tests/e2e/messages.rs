@@ -130,7 +130,7 @@ async fn a_message_streamed_and_not() {
 #[tokio::test]
 async fn a_stop_sequence_is_named() {
     // Any answer of a few words has a space or an `e` in it.
-    let body = json!({"model": "claude-local", "max_tokens": 40, "stop_sequences": ["e", " "],
+    let body = json!({"model": "claude-local", "max_tokens": 40, "temperature": 0, "stop_sequences": ["e", " "],
         "messages": [{"role": "user", "content": "Describe the sea in a sentence."}]});
     let (status, text) = post("/v1/messages", &body, Some(KEY)).await;
     assert_eq!(status, 200, "{text}");
@@ -143,7 +143,8 @@ async fn a_stop_sequence_is_named() {
 
 #[tokio::test]
 async fn a_forced_tool_call_is_a_tool_use_block() {
-    let body = json!({"model": "claude-local", "max_tokens": 60,
+    // Greedy, with room: at temperature 1 the city string may ramble past the limit.
+    let body = json!({"model": "claude-local", "max_tokens": 120, "temperature": 0,
         "tools": [{"name": "get_weather", "description": "Weather in a city",
             "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
         "tool_choice": {"type": "tool", "name": "get_weather"},
