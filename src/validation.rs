@@ -450,14 +450,7 @@ pub fn validate_chat(
     let ignored_params = unsupported_params(&req, strict)?;
     let output = output_mode(&req, limits)?;
     let mut sampling = sampling;
-    sampling.json_schema = match &output {
-        OutputMode::Text => None,
-        OutputMode::Json(schema) => Some(schema.clone()),
-        OutputMode::Tools { tools, mode } => Some(tool_schema(tools, mode)),
-    };
-    if let OutputMode::Tools { tools, mode } = &output {
-        turns.insert(0, tool_instructions(tools, mode));
-    }
+    constrain(&output, &mut sampling, &mut turns);
     let stream = req.stream.unwrap_or(false);
     let options = chat_options(
         req.reasoning_effort.as_deref(),
@@ -747,6 +740,19 @@ fn parse_tools(tools: &Option<Value>, max_tools: usize) -> Result<Vec<ToolSpec>,
             })
         })
         .collect()
+}
+
+/// Applies an output mode to a request: the schema that constrains decoding, and for tools
+/// the system turn that describes them (first). Shared by every chat-like API.
+fn constrain(output: &OutputMode, sampling: &mut ValidSampling, turns: &mut Vec<ChatTurn>) {
+    sampling.json_schema = match output {
+        OutputMode::Text => None,
+        OutputMode::Json(schema) => Some(schema.clone()),
+        OutputMode::Tools { tools, mode } => Some(tool_schema(tools, mode)),
+    };
+    if let OutputMode::Tools { tools, mode } = output {
+        turns.insert(0, tool_instructions(tools, mode));
+    }
 }
 
 /// The system turn that tells the model about the tools and the JSON it must write.

@@ -104,8 +104,9 @@ impl StopMatcher {
     }
 }
 
-/// Length of the longest proper prefix of `stop` that `text` ends with.
-fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
+/// Length of the longest proper prefix of `stop` that `text` ends with (what to hold back
+/// while `stop` may still be completing).
+pub fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let mut best = 0;
     for (k, _) in stop.char_indices().skip(1) {
         if text.ends_with(&stop[..k]) {

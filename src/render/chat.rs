@@ -6,7 +6,7 @@
 //! arguments piece by piece ([`ToolStream`]).
 
 use super::reasoning::{ThinkPiece, ThinkSplitter};
-use super::tool_stream::{ToolPiece, ToolStream};
+use super::tool_stream::{tool_answer, ToolAnswer, ToolPiece, ToolStream};
 use crate::engine::TokenEvent;
 use crate::openai::chat::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
@@ -45,34 +45,6 @@ pub struct ChatRenderer {
     /// A reasoning model's output, split into thinking and answer per choice.
     thinking: Vec<ThinkSplitter>,
     done: bool,
-}
-
-/// What a tool-using answer that was not streamed as a call turned out to be.
-enum ToolAnswer {
-    /// A call whose JSON the scanner could not follow (keys in another order).
-    Call {
-        name: String,
-        arguments: String,
-    },
-    Text(String),
-}
-
-/// Reads the constrained JSON of a tool-using answer: a call, or (with `auto`) text.
-fn tool_answer(text: &str) -> ToolAnswer {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-        return ToolAnswer::Text(text.to_string());
-    };
-    match (value["name"].as_str(), value["content"].as_str()) {
-        (Some(name), _) => ToolAnswer::Call {
-            name: name.to_string(),
-            arguments: value
-                .get("arguments")
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "{}".into()),
-        },
-        (None, Some(content)) => ToolAnswer::Text(content.to_string()),
-        _ => ToolAnswer::Text(text.to_string()),
-    }
 }
 
 /// The first delta of a call: its id, type and name.
@@ -258,16 +230,19 @@ impl super::Renderer for ChatRenderer {
                     return vec![self.one(choice, ChatDelta::default(), Some(reason.into()))];
                 }
                 let (delta, reason) = match tool_answer(scanner.text()) {
-                    ToolAnswer::Call { name, arguments } => (
-                        ChatDelta {
-                            role: None,
-                            content: None,
-                            reasoning_content: None,
-                            tool_calls: Some(vec![call_start(name, arguments)]),
-                        },
-                        "tool_calls".to_string(),
-                    ),
-                    ToolAnswer::Text(t) => (
+                    ToolAnswer::Call { name, arguments } => {
+                        let arguments = arguments.map_or_else(|| "{}".into(), |a| a.to_string());
+                        (
+                            ChatDelta {
+                                role: None,
+                                content: None,
+                                reasoning_content: None,
+                                tool_calls: Some(vec![call_start(name, arguments)]),
+                            },
+                            "tool_calls".to_string(),
+                        )
+                    }
+                    ToolAnswer::Content(t) | ToolAnswer::Raw(t) => (
                         ChatDelta {
                             role: None,
                             content: Some(t),

@@ -6,7 +6,7 @@
 //! generated ([`ToolStream`]); under `auto` a text answer is sent as text when it ends.
 
 use super::reasoning::{ThinkPiece, ThinkSplitter};
-use super::tool_stream::{ToolPiece, ToolStream};
+use super::tool_stream::{tool_answer, ToolAnswer, ToolPiece, ToolStream};
 use crate::anthropic::messages::{
     BlockDelta, ContentBlock, DeltaUsage, Message, MessageDeltaBody, MessageUsage, StreamEvent,
 };
@@ -170,21 +170,14 @@ impl MessagesRenderer {
                 });
                 return events;
             }
-            let text = scanner.text().to_string();
-            let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-            match parsed
-                .as_ref()
-                .map(|v| (v["name"].as_str(), v["content"].as_str()))
-            {
-                Some((Some(name), _)) => {
-                    let input = parsed
-                        .as_ref()
-                        .map(|v| v["arguments"].clone())
-                        .filter(|a| a.is_object())
+            match tool_answer(scanner.text()) {
+                ToolAnswer::Call { name, arguments } => {
+                    let input = arguments
+                        .filter(serde_json::Value::is_object)
                         .unwrap_or_else(|| serde_json::json!({}));
                     let block = ContentBlock::ToolUse {
                         id: format!("toolu_{}", uuid::Uuid::new_v4().simple()),
-                        name: name.to_string(),
+                        name,
                         input: serde_json::json!({}),
                     };
                     let delta = BlockDelta::InputJsonDelta {
@@ -193,16 +186,8 @@ impl MessagesRenderer {
                     events.extend(self.block(block, Some(delta)));
                     stop = "tool_use";
                 }
-                Some((None, Some(content))) => {
-                    let content = content.to_string();
-                    events.extend(self.block(
-                        ContentBlock::Text {
-                            text: String::new(),
-                        },
-                        Some(BlockDelta::TextDelta { text: content }),
-                    ));
-                }
-                _ if !text.is_empty() => {
+                ToolAnswer::Raw(text) if text.is_empty() => {}
+                ToolAnswer::Content(text) | ToolAnswer::Raw(text) => {
                     events.extend(self.block(
                         ContentBlock::Text {
                             text: String::new(),
@@ -210,7 +195,6 @@ impl MessagesRenderer {
                         Some(BlockDelta::TextDelta { text }),
                     ));
                 }
-                _ => {}
             }
         } else {
             let held = self.splitter.finish();

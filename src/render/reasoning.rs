@@ -38,18 +38,6 @@ pub struct ThinkSplitter {
     held: String,
 }
 
-/// The length of the longest suffix of `text` that is a proper prefix of `tag`.
-fn partial_tag(text: &str, tag: &str) -> usize {
-    (1..tag.len())
-        .rev()
-        .find(|&n| {
-            text.len() >= n
-                && text.is_char_boundary(text.len() - n)
-                && tag.starts_with(&text[text.len() - n..])
-        })
-        .unwrap_or(0)
-}
-
 impl ThinkSplitter {
     /// A splitter; `opened` when the prompt already opened the thinking tag.
     pub fn new(opened: bool) -> Self {
@@ -92,7 +80,7 @@ impl ThinkSplitter {
                         self.state = State::AfterThinking;
                         continue;
                     }
-                    let keep = partial_tag(&self.held, CLOSE);
+                    let keep = crate::engine::stop::longest_suffix_prefix(&self.held, CLOSE);
                     let ready = self.held.len() - keep;
                     if ready > 0 {
                         out.push(ThinkPiece::Reasoning(self.held.drain(..ready).collect()));

@@ -10,7 +10,7 @@
 //! ([`ToolStream`]); under `auto` a text answer is sent as a message when it ends.
 
 use super::reasoning::{ThinkPiece, ThinkSplitter};
-use super::tool_stream::{ToolPiece, ToolStream};
+use super::tool_stream::{tool_answer, ToolAnswer, ToolPiece, ToolStream};
 use crate::engine::{FinishReason, TokenEvent};
 use crate::openai::responses::{
     IncompleteDetails, InputTokensDetails, OutputItem, OutputText, OutputTokensDetails,
@@ -381,36 +381,20 @@ impl ResponsesRenderer {
             self.incomplete = !scanner.arguments_done();
             return self.close_call(call);
         }
-        let text = scanner.text().to_string();
-        let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-        let (name, content) = match &parsed {
-            Some(v) => (
-                v["name"].as_str().map(str::to_string),
-                v["content"].as_str().map(str::to_string),
-            ),
-            None => (None, None),
-        };
-        match (name, content) {
-            (Some(name), _) => {
-                let arguments = parsed
-                    .as_ref()
-                    .map(|v| v["arguments"].clone())
-                    .filter(|a| a.is_object())
+        match tool_answer(scanner.text()) {
+            ToolAnswer::Call { name, arguments } => {
+                let arguments = arguments
+                    .filter(serde_json::Value::is_object)
                     .unwrap_or_else(|| serde_json::json!({}))
                     .to_string();
                 self.function_call(name, arguments)
             }
-            (None, Some(content)) => {
-                let mut events = self.text(content);
-                events.extend(self.close_message());
-                events
-            }
-            _ if !text.is_empty() => {
+            ToolAnswer::Raw(text) if text.is_empty() => Vec::new(),
+            ToolAnswer::Content(text) | ToolAnswer::Raw(text) => {
                 let mut events = self.text(text);
                 events.extend(self.close_message());
                 events
             }
-            _ => Vec::new(),
         }
     }
 }

@@ -252,6 +252,39 @@ impl ToolStream {
     }
 }
 
+/// What a tool-using answer whose call was not streamed turned out to be, read whole when
+/// it ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolAnswer {
+    /// A call the scanner could not follow (keys in another order): its name and its
+    /// `arguments` value, if any.
+    Call {
+        /// The tool's name.
+        name: String,
+        /// Its arguments, as written.
+        arguments: Option<serde_json::Value>,
+    },
+    /// Under `auto`, the answer's `content`.
+    Content(String),
+    /// Not the constrained JSON at all (a generation cut short): the text as it is.
+    Raw(String),
+}
+
+/// Reads the constrained JSON of a tool-using answer: a call, or (with `auto`) text.
+pub fn tool_answer(text: &str) -> ToolAnswer {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return ToolAnswer::Raw(text.to_string());
+    };
+    match (value["name"].as_str(), value["content"].as_str()) {
+        (Some(name), _) => ToolAnswer::Call {
+            name: name.to_string(),
+            arguments: value.get("arguments").cloned(),
+        },
+        (None, Some(content)) => ToolAnswer::Content(content.to_string()),
+        _ => ToolAnswer::Raw(text.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,8 @@
 use serde_json::Value;
 
 use super::{
-    chat_options, check_model, check_range, is_function_name, positive, sampling,
-    tool_instructions, tool_schema, CommonSampling, OutputMode, ToolMode, ToolSpec,
-    ValidChatRequest,
+    chat_options, check_model, check_range, constrain, is_function_name, positive, sampling,
+    CommonSampling, OutputMode, ToolMode, ToolSpec, ValidChatRequest,
 };
 use crate::anthropic::messages::MessagesRequest;
 use crate::config::LimitSettings;
@@ -387,14 +386,7 @@ pub fn validate_messages(
             None => OutputMode::Text,
         },
     };
-    match &output {
-        OutputMode::Tools { tools, mode } => {
-            sampling.json_schema = Some(tool_schema(tools, mode));
-            turns.insert(0, tool_instructions(tools, mode));
-        }
-        OutputMode::Json(schema) => sampling.json_schema = Some(schema.clone()),
-        OutputMode::Text => {}
-    }
+    constrain(&output, &mut sampling, &mut turns);
     let effort = req
         .output_config
         .as_ref()

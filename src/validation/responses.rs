@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::{
-    chat_options, check_model, content_text, is_function_name, positive, sampling,
-    tool_instructions, tool_schema, CommonSampling, OutputMode, ToolMode, ToolSpec,
-    ValidChatRequest,
+    chat_options, check_model, constrain, content_text, is_function_name, positive, sampling,
+    CommonSampling, OutputMode, ToolMode, ToolSpec, ValidChatRequest,
 };
 use crate::config::LimitSettings;
 use crate::engine::{ChatTurn, Prompt, Role};
@@ -388,14 +387,7 @@ pub fn validate_response(
             ))
         }
     };
-    match &output {
-        OutputMode::Tools { tools, mode } => {
-            sampling.json_schema = Some(tool_schema(tools, mode));
-            turns.insert(0, tool_instructions(tools, mode));
-        }
-        OutputMode::Json(schema) => sampling.json_schema = Some(schema.clone()),
-        OutputMode::Text => {}
-    }
+    constrain(&output, &mut sampling, &mut turns);
     let effort = req
         .reasoning
         .as_ref()

@@ -285,15 +285,7 @@ fn run(mut context: LlamaContext<'_>, pass: usize, jobs: std::sync::mpsc::Receiv
                 continue;
             }
         }
-        while running
-            .front()
-            .is_some_and(|r| r.next == r.job.inputs.len())
-        {
-            if let Some(done) = running.pop_front() {
-                let _ = done.job.out.send(Ok(done.vectors));
-            }
-        }
-        // A request finished behind an unfinished one is answered too.
+        // Every request whose inputs are all done is answered, wherever it is in the queue.
         let mut i = 0;
         while i < running.len() {
             if running[i].next == running[i].job.inputs.len() {
