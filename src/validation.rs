@@ -20,27 +20,7 @@ pub use crate::scheduler::Sampling as ValidSampling;
 pub mod anthropic;
 pub mod responses;
 
-/// A function the model may call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ToolSpec {
-    /// Its name.
-    pub name: String,
-    /// What it does.
-    pub description: String,
-    /// JSON schema of its arguments.
-    pub parameters: Value,
-}
-
-/// How the tools may be used.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ToolMode {
-    /// The model chooses between answering and calling a tool.
-    Auto,
-    /// The model must call one of the tools.
-    Required,
-    /// The model must call this tool.
-    Named(String),
-}
+pub use crate::engine::tools::{ToolMode, ToolSpec};
 
 /// What shape the answer must take.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,12 +29,14 @@ pub enum OutputMode {
     Text,
     /// JSON matching this schema (`json_object` is `{"type":"object"}`).
     Json(Value),
-    /// A tool call (or, with `Auto`, a text answer), produced by constrained decoding.
+    /// Tool calls (or, with `Auto`, a text answer).
     Tools {
         /// The functions.
         tools: Vec<ToolSpec>,
         /// How they may be used.
         mode: ToolMode,
+        /// Several calls in one turn are allowed.
+        parallel: bool,
     },
 }
 
@@ -276,7 +258,7 @@ fn role(raw: &str, i: usize) -> Result<Role, ApiError> {
         "system" | "developer" => Ok(Role::System),
         "user" => Ok(Role::User),
         "assistant" => Ok(Role::Assistant),
-        "tool" => Ok(Role::User),
+        "tool" => Ok(Role::Tool),
         "function" => Err(ApiError::invalid(
             format!("messages[{i}].role"),
             format!("`messages[{i}].role` `function` is deprecated by OpenAI and not supported; use `tool`."),
@@ -378,26 +360,29 @@ pub fn validate_chat(
     let mut call_names: std::collections::HashMap<String, String> = Default::default();
     for (i, m) in req.messages.iter().enumerate() {
         let role = role(&m.role, i)?;
-        let mut content = content_text(&m.content, role, i)?;
-        if m.role == "assistant" {
+        let content = content_text(&m.content, role, i)?;
+        let mut turn = ChatTurn::new(role, content);
+        if role == Role::Assistant {
             if let Some(calls) = &m.tool_calls {
-                content.push_str(&render_tool_calls(calls, i, &mut call_names)?);
+                turn.tool_calls = tool_calls(calls, i, &mut call_names)?;
             }
         }
-        if m.role == "tool" {
+        if role == Role::Tool {
             let id = m.tool_call_id.as_deref().ok_or_else(|| {
                 ApiError::invalid(
                     format!("messages[{i}].tool_call_id"),
                     format!("`messages[{i}].tool_call_id` is required for a `tool` message."),
                 )
             })?;
-            let name = call_names
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| "the tool".into());
-            content = format!("Result of {name} (call {id}): {content}");
+            turn.name = call_names.get(id).cloned();
+            turn.tool_call_id = Some(id.to_string());
         }
-        bytes += content.len();
+        bytes += turn.content.len()
+            + turn
+                .tool_calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.to_string().len())
+                .sum::<usize>();
         if bytes > limits.max_prompt_bytes {
             return Err(ApiError::invalid(
                 "messages",
@@ -407,7 +392,7 @@ pub fn validate_chat(
                 ),
             ));
         }
-        turns.push(ChatTurn { role, content });
+        turns.push(turn);
     }
     let max_completion = positive("max_completion_tokens", req.max_completion_tokens)?;
     let max_tokens = positive("max_tokens", req.max_tokens)?;
@@ -450,13 +435,13 @@ pub fn validate_chat(
     let ignored_params = unsupported_params(&req, strict)?;
     let output = output_mode(&req, limits)?;
     let mut sampling = sampling;
-    constrain(&output, &mut sampling, &mut turns);
     let stream = req.stream.unwrap_or(false);
-    let options = chat_options(
+    let mut options = chat_options(
         req.reasoning_effort.as_deref(),
         &req.chat_template_kwargs,
         "reasoning_effort",
     )?;
+    constrain(&output, &mut sampling, &mut options);
     Ok(ValidChatRequest {
         model: req.model,
         prompt: Prompt::Chat(turns, options),
@@ -573,33 +558,45 @@ fn unsupported_params(
     }
 }
 
-fn render_tool_calls(
+/// An assistant message's `tool_calls`, checked.
+fn tool_calls(
     calls: &Value,
     i: usize,
     names: &mut std::collections::HashMap<String, String>,
-) -> Result<String, ApiError> {
+) -> Result<Vec<crate::engine::tools::TurnCall>, ApiError> {
     let field = format!("messages[{i}].tool_calls");
     let calls = calls
         .as_array()
         .ok_or_else(|| ApiError::invalid(&field, format!("`{field}` must be a list.")))?;
-    let mut out = String::new();
-    for (j, call) in calls.iter().enumerate() {
-        let name = call["function"]["name"].as_str().ok_or_else(|| {
-            ApiError::invalid(
-                format!("{field}[{j}].function.name"),
-                format!("`{field}[{j}].function.name` must be a string."),
-            )
-        })?;
-        let arguments = match &call["function"]["arguments"] {
-            Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
-            other => other.clone(),
-        };
-        if let Some(id) = call["id"].as_str() {
-            names.insert(id.to_string(), name.to_string());
-        }
-        out.push_str(&serde_json::json!({"name": name, "arguments": arguments}).to_string());
+    calls
+        .iter()
+        .enumerate()
+        .map(|(j, call)| {
+            let name = call["function"]["name"].as_str().ok_or_else(|| {
+                ApiError::invalid(
+                    format!("{field}[{j}].function.name"),
+                    format!("`{field}[{j}].function.name` must be a string."),
+                )
+            })?;
+            let id = call["id"].as_str().unwrap_or_default().to_string();
+            names.insert(id.clone(), name.to_string());
+            Ok(crate::engine::tools::TurnCall {
+                id,
+                name: name.to_string(),
+                arguments: call_arguments(&call["function"]["arguments"]),
+            })
+        })
+        .collect()
+}
+
+/// A call's arguments as sent (a JSON string, usually) made a value: the object it holds,
+/// or the text itself when it is not JSON.
+pub fn call_arguments(arguments: &Value) -> Value {
+    match arguments {
+        Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
+        Value::Null => serde_json::json!({}),
+        other => other.clone(),
     }
-    Ok(out)
 }
 
 fn output_mode(
@@ -607,6 +604,7 @@ fn output_mode(
     limits: &LimitSettings,
 ) -> Result<OutputMode, ApiError> {
     let tools = parse_tools(&req.tools, limits.max_tools)?;
+    let parallel = req.parallel_tool_calls.unwrap_or(true);
     let choice = match &req.tool_choice {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match s.as_str() {
@@ -639,11 +637,18 @@ fn output_mode(
     if !tools.is_empty() {
         match choice {
             Some(None) => {}
-            Some(Some(mode)) => return Ok(OutputMode::Tools { tools, mode }),
+            Some(Some(mode)) => {
+                return Ok(OutputMode::Tools {
+                    tools,
+                    mode,
+                    parallel,
+                })
+            }
             None => {
                 return Ok(OutputMode::Tools {
                     tools,
                     mode: ToolMode::Auto,
+                    parallel,
                 })
             }
         }
@@ -742,65 +747,30 @@ fn parse_tools(tools: &Option<Value>, max_tools: usize) -> Result<Vec<ToolSpec>,
         .collect()
 }
 
-/// Applies an output mode to a request: the schema that constrains decoding, and for tools
-/// the system turn that describes them (first). Shared by every chat-like API.
-fn constrain(output: &OutputMode, sampling: &mut ValidSampling, turns: &mut Vec<ChatTurn>) {
+/// Applies an output mode to a request: the JSON schema that constrains decoding, or the
+/// tools the model may call (the engine renders them in the model's own syntax, or in the
+/// portable form). Shared by every chat-like API.
+fn constrain(
+    output: &OutputMode,
+    sampling: &mut ValidSampling,
+    options: &mut crate::engine::ChatOptions,
+) {
     sampling.json_schema = match output {
-        OutputMode::Text => None,
         OutputMode::Json(schema) => Some(schema.clone()),
-        OutputMode::Tools { tools, mode } => Some(tool_schema(tools, mode)),
+        OutputMode::Text | OutputMode::Tools { .. } => None,
     };
-    if let OutputMode::Tools { tools, mode } = output {
-        turns.insert(0, tool_instructions(tools, mode));
-    }
-}
-
-/// The system turn that tells the model about the tools and the JSON it must write.
-fn tool_instructions(tools: &[ToolSpec], mode: &ToolMode) -> ChatTurn {
-    let mut text = String::from("You can call these functions:\n");
-    for t in tools {
-        text.push_str(&format!(
-            "- {}: {} Arguments (JSON Schema): {}\n",
-            t.name, t.description, t.parameters
-        ));
-    }
-    text.push_str(match mode {
-        ToolMode::Auto => "To call a function, reply with {\"name\": ..., \"arguments\": {...}}; otherwise reply with {\"content\": \"your answer\"}.",
-        _ => "Reply with {\"name\": ..., \"arguments\": {...}} to call a function.",
-    });
-    ChatTurn {
-        role: Role::System,
-        content: text,
-    }
-}
-
-/// The JSON schema that constrains the answer of a tool-using request.
-pub fn tool_schema(tools: &[ToolSpec], mode: &ToolMode) -> Value {
-    let call = |t: &ToolSpec| {
-        serde_json::json!({
-            "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-            "required": ["name", "arguments"],
-            "additionalProperties": false
-        })
+    options.tools = match output {
+        OutputMode::Tools {
+            tools,
+            mode,
+            parallel,
+        } => Some(std::sync::Arc::new(crate::engine::tools::ToolChoice {
+            tools: tools.clone(),
+            mode: mode.clone(),
+            parallel: *parallel,
+        })),
+        _ => None,
     };
-    let mut options: Vec<Value> = match mode {
-        ToolMode::Named(name) => tools.iter().filter(|t| &t.name == name).map(call).collect(),
-        _ => tools.iter().map(call).collect(),
-    };
-    if *mode == ToolMode::Auto {
-        options.push(serde_json::json!({
-            "type": "object",
-            "properties": {"content": {"type": "string"}},
-            "required": ["content"],
-            "additionalProperties": false
-        }));
-    }
-    if options.len() == 1 {
-        options.remove(0)
-    } else {
-        serde_json::json!({"anyOf": options})
-    }
 }
 
 /// A checked embeddings request.
@@ -1175,10 +1145,7 @@ mod tests {
         let v = chat(r#"{"model":"m","messages":[{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#).unwrap();
         assert_eq!(
             v.prompt,
-            Prompt::chat(vec![ChatTurn {
-                role: Role::System,
-                content: "ab".into()
-            }])
+            Prompt::chat(vec![ChatTurn::new(Role::System, "ab".into())])
         );
     }
 

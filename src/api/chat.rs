@@ -15,7 +15,7 @@ use crate::openai::chat::{
 };
 use crate::openai::common::{new_id, unix_now, Usage};
 use crate::render::chat::{ChatAnswer, ChatMeta, ChatRenderer};
-use crate::validation::{parse_json, validate_chat, OutputMode};
+use crate::validation::{parse_json, validate_chat};
 
 /// Mounts `/chat/completions` (inside the `/v1` scope).
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -50,7 +50,6 @@ pub async fn create_chat_completion(
     )?;
     let n = valid.sampling.settings.n;
     let logprobs = valid.sampling.settings.logprobs;
-    let tools = matches!(valid.output, OutputMode::Tools { .. });
     let ignored = valid.ignored_params.join(",");
     let work = async {
         let generation = state
@@ -64,7 +63,7 @@ pub async fn create_chat_completion(
             created: unix_now(),
             model: generation.model.clone(),
             n,
-            tools,
+            tools: generation.tool_syntax,
             logprobs,
             include_usage: valid.include_usage,
             thinking: generation.thinking,

@@ -18,7 +18,7 @@ use crate::anthropic::messages::{
 use crate::error::{AnthropicError, ApiError};
 use crate::render::messages::{MessageAnswer, MessageMeta, MessagesRenderer};
 use crate::validation::anthropic::validate_messages;
-use crate::validation::{parse_json, OutputMode};
+use crate::validation::parse_json;
 
 /// Mounts `/messages` and `/messages/count_tokens` (inside the `/v1/messages` scope's
 /// parent: paths here are relative to `/v1/messages`).
@@ -67,7 +67,6 @@ pub async fn create_message(
         &state.settings.limits,
         state.settings.server.strict_params,
     )?;
-    let tools = matches!(valid.output, OutputMode::Tools { .. });
     let stop_sequences = valid.sampling.settings.stop.clone();
     let work = async {
         let generation = state
@@ -80,7 +79,7 @@ pub async fn create_message(
             id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
             model: generation.model.clone(),
             input_tokens: generation.prompt_tokens,
-            tools,
+            tools: generation.tool_syntax,
             thinking: generation.thinking,
             stop_sequences: stop_sequences.clone(),
         };

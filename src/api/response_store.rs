@@ -143,10 +143,10 @@ mod tests {
         Stored {
             response,
             conversation: Conversation {
-                turns: vec![crate::engine::ChatTurn {
-                    role: crate::engine::Role::User,
-                    content: text.into(),
-                }],
+                turns: vec![crate::engine::ChatTurn::new(
+                    crate::engine::Role::User,
+                    text.into(),
+                )],
                 calls: Default::default(),
             },
         }

@@ -23,8 +23,8 @@ use crate::openai::responses::{
 };
 use crate::render::responses::{ResponseAnswer, ResponseMeta, ResponsesRenderer};
 use crate::render::Renderer;
+use crate::validation::parse_json;
 use crate::validation::responses::{validate_response, Conversation};
-use crate::validation::{parse_json, OutputMode};
 
 /// Mounts `/responses` and `/responses/{id}` (inside the `/v1` scope).
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -62,10 +62,10 @@ fn not_found(id: &str, param: Option<&str>) -> ApiError {
 fn with_output(mut conversation: Conversation, response: &ResponseObject) -> Conversation {
     for item in &response.output {
         match item {
-            OutputItem::Message { content, .. } => conversation.turns.push(ChatTurn {
-                role: Role::Assistant,
-                content: content.iter().map(|p| p.text.as_str()).collect(),
-            }),
+            OutputItem::Message { content, .. } => conversation.turns.push(ChatTurn::new(
+                Role::Assistant,
+                content.iter().map(|p| p.text.as_str()).collect(),
+            )),
             // Earlier thinking is not part of the visible conversation.
             OutputItem::Reasoning { .. } => {}
             OutputItem::FunctionCall {
@@ -74,13 +74,10 @@ fn with_output(mut conversation: Conversation, response: &ResponseObject) -> Con
                 arguments,
                 ..
             } => {
-                let arguments: serde_json::Value =
-                    serde_json::from_str(arguments).unwrap_or(serde_json::Value::Null);
-                conversation.calls.insert(call_id.clone(), name.clone());
-                conversation.turns.push(ChatTurn {
-                    role: Role::Assistant,
-                    content: serde_json::json!({"name": name, "arguments": arguments}).to_string(),
-                });
+                let arguments = crate::validation::call_arguments(&serde_json::Value::String(
+                    arguments.clone(),
+                ));
+                conversation.add_call(call_id, name, arguments);
             }
         }
     }
@@ -158,7 +155,6 @@ pub async fn create_response(
         ),
     };
     let valid = validate_response(&request, &state.settings.limits, previous)?;
-    let tools = matches!(valid.chat.output, OutputMode::Tools { .. });
     let work = async {
         let generation = state
             .scheduler
@@ -171,6 +167,7 @@ pub async fn create_response(
             .map_err(|e| ApiError::from_scheduler(e, "input"))?;
         super::middleware::attach_generation(&req, generation.report());
         let generation_thinking = generation.thinking;
+        let tool_syntax = generation.tool_syntax;
         let sampling = &valid.chat.sampling.settings;
         let response = ResponseObject {
             id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
@@ -209,7 +206,7 @@ pub async fn create_response(
         let renderer = Storing {
             inner: ResponsesRenderer::new(ResponseMeta {
                 response,
-                tools,
+                tools: tool_syntax,
                 thinking: generation_thinking,
             }),
             store: valid

@@ -84,10 +84,7 @@ async fn in_process(
 ) -> Result<Sample, BenchError> {
     let fail = |e: EngineError| BenchError(format!("in-process generation failed: {e}"));
     let started = Instant::now();
-    let prompt = Prompt::chat(vec![ChatTurn {
-        role: Role::User,
-        content: prompt.to_string(),
-    }]);
+    let prompt = Prompt::chat(vec![ChatTurn::new(Role::User, prompt.to_string())]);
     let prepared = model.prepare(&prompt).await.map_err(fail)?;
     let prompt_tokens = prepared.token_count;
     let request = GenerationRequest {

@@ -2,7 +2,8 @@
 //! one from the config), the way Hugging Face's `apply_chat_template` does, for engines
 //! that take plain text. mistral.rs renders its own templates.
 
-use minijinja::{context, Environment, Error, ErrorKind};
+use minijinja::value::Kwargs;
+use minijinja::{context, Environment, Error, ErrorKind, Value};
 
 use super::{neutralize_special_tokens, ChatTurn};
 
@@ -55,6 +56,92 @@ fn strftime_now(format: String) -> String {
         .replace("%b", &MONTHS[(m - 1) as usize][..3])
 }
 
+/// Jinja's `tojson` as Hugging Face's templates get it (Python's `json.dumps` with
+/// `ensure_ascii=False`): `", "` and `": "` between items, keys in their order, no HTML
+/// escaping, `indent` honoured. Models were trained on prompts written this way.
+fn tojson(value: Value, kwargs: Kwargs) -> Result<String, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    let _: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let mut out = String::new();
+    python_json(&json, indent, 0, &mut out);
+    Ok(out)
+}
+
+fn python_json(value: &serde_json::Value, indent: Option<usize>, level: usize, out: &mut String) {
+    use serde_json::Value as J;
+    let newline = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    };
+    let item_separator = if indent.is_some() { "," } else { ", " };
+    match value {
+        J::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_separator);
+                }
+                newline(out, level + 1);
+                python_json(item, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        J::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_separator);
+                }
+                newline(out, level + 1);
+                out.push_str(&J::String(key.clone()).to_string());
+                out.push_str(": ");
+                python_json(item, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// One turn as templates read it (Hugging Face's message dicts): `tool_calls`,
+/// `tool_call_id` and `name` only where the turn has them.
+fn message(turn: &ChatTurn) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("role".into(), turn.role.as_str().into());
+    m.insert(
+        "content".into(),
+        neutralize_special_tokens(&turn.content).into_owned().into(),
+    );
+    if !turn.tool_calls.is_empty() {
+        let calls = turn
+            .tool_calls
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments}
+                })
+            })
+            .collect();
+        m.insert("tool_calls".into(), serde_json::Value::Array(calls));
+    }
+    if let Some(id) = &turn.tool_call_id {
+        m.insert("tool_call_id".into(), id.clone().into());
+    }
+    if let Some(name) = &turn.name {
+        m.insert("name".into(), name.clone().into());
+    }
+    serde_json::Value::Object(m)
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -78,6 +165,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
         // Python's reversed slice is not Jinja.
         let source = source.replace("[::-1]", "|reverse");
         env.add_template_owned("chat", source)
@@ -98,23 +186,19 @@ impl ChatTemplate {
         self.render_with(turns, add_generation_prompt, &super::ChatOptions::default())
     }
 
-    /// [`render`](Self::render) with the template's other variables (`enable_thinking`,
-    /// `reasoning_effort`, `chat_template_kwargs`).
+    /// [`render`](Self::render) with the template's other variables (`tools`,
+    /// `enable_thinking`, `reasoning_effort`, `chat_template_kwargs`).
     pub fn render_with(
         &self,
         turns: &[ChatTurn],
         add_generation_prompt: bool,
         options: &super::ChatOptions,
     ) -> Result<String, String> {
-        let messages: Vec<_> = turns
-            .iter()
-            .map(|t| {
-                context! {
-                    role => t.role.as_str(),
-                    content => neutralize_special_tokens(&t.content).into_owned(),
-                }
-            })
-            .collect();
+        let messages: Vec<_> = turns.iter().map(message).collect();
+        let mut variables = options.variables();
+        if let Some(tools) = &options.tools {
+            variables.insert("tools".into(), tools.template_value());
+        }
         let template = self
             .env
             .get_template("chat")
@@ -125,7 +209,7 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
-                ..minijinja::Value::from_serialize(options.variables())
+                ..Value::from_serialize(variables)
             })
             .map_err(|e| format!("the chat template failed on these messages: {e}"))
     }
@@ -137,10 +221,7 @@ mod tests {
     use crate::engine::Role;
 
     fn turn(role: Role, content: &str) -> ChatTurn {
-        ChatTurn {
-            role,
-            content: content.into(),
-        }
+        ChatTurn::new(role, content.into())
     }
 
     #[test]
@@ -174,6 +255,7 @@ mod tests {
             enable_thinking: Some(false),
             reasoning_effort: Some("low".into()),
             extra: vec![("custom".into(), serde_json::json!("!"))],
+            tools: None,
         };
         let off = t.render_with(&turns, true, &options).unwrap();
         assert!(off.ends_with("<think>\n\n</think>\n\n[low]!"), "{off}");
@@ -199,6 +281,76 @@ mod tests {
         .unwrap();
         let e = t.render(&[turn(Role::User, "x")], true).unwrap_err();
         assert!(e.contains("roles must alternate"), "{e}");
+    }
+
+    #[test]
+    fn tools_and_tool_turns_reach_a_hermes_template() {
+        use crate::engine::tools::{ToolChoice, ToolMode, ToolSpec, TurnCall};
+        let source = include_str!("../../tests/fixtures/hermes_tools.jinja");
+        let t = ChatTemplate::new(source, String::new(), String::new()).unwrap();
+        let mut call = turn(Role::Assistant, "");
+        call.tool_calls.push(TurnCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: serde_json::json!({"city": "Paris", "unit": "°C"}),
+        });
+        let mut result = turn(Role::Tool, "18");
+        result.tool_call_id = Some("call_1".into());
+        let options = crate::engine::ChatOptions {
+            tools: Some(std::sync::Arc::new(ToolChoice {
+                tools: vec![ToolSpec {
+                    name: "get_weather".into(),
+                    description: "Weather <now>".into(),
+                    parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                }],
+                mode: ToolMode::Auto,
+                parallel: true,
+            })),
+            ..Default::default()
+        };
+        let text = t
+            .render_with(
+                &[
+                    turn(Role::System, "Be brief."),
+                    turn(Role::User, "Weather?"),
+                    call,
+                    result,
+                ],
+                true,
+                &options,
+            )
+            .unwrap();
+        let want = "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n\
+{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Weather <now>\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}}}}\n</tools>";
+        assert!(text.starts_with(want), "{text}");
+        assert!(
+            text.ends_with("<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"°C\"}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n18\n</tool_response><|im_end|>\n<|im_start|>assistant\n"),
+            "{text}"
+        );
+        assert_eq!(
+            crate::engine::tools::ToolSyntax::of_template(source),
+            Some(crate::engine::tools::ToolSyntax::Hermes)
+        );
+    }
+
+    #[test]
+    fn tojson_writes_what_python_writes() {
+        let t = ChatTemplate::new(
+            "{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ [] | tojson }}",
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        let env = &t.env;
+        let out = env
+            .get_template("chat")
+            .unwrap()
+            .render(context! { x => serde_json::json!({"b": [1, "é<"], "a": {}}) })
+            .unwrap();
+        assert_eq!(
+            out,
+            "{\"b\": [1, \"é<\"], \"a\": {}}|{\n  \"b\": [\n    1,\n    \"é<\"\n  ],\n  \"a\": {}\n}|[]"
+        );
     }
 
     #[test]

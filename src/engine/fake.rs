@@ -38,6 +38,8 @@ pub struct FakeEngine {
     pub script: Vec<String>,
     /// Loaded models report a `<think>` chat template (a reasoning model).
     pub thinks: bool,
+    /// Loaded models report a chat template that renders tools in this syntax.
+    pub tool_syntax: Option<crate::engine::tools::ToolSyntax>,
     /// Context window of every loaded model.
     pub context_length: usize,
     /// Models whose next load fails (each entry once).
@@ -63,6 +65,7 @@ impl Default for FakeEngine {
             token_text: "x".into(),
             script: Vec::new(),
             thinks: false,
+            tool_syntax: None,
             context_length: 1024,
             fail_once: Mutex::default(),
             unknown_until_loaded: Mutex::default(),
@@ -290,9 +293,11 @@ impl Engine for FakeEngine {
                     kind: Some(ModelKind::Embedding),
                     embedding_length: Some(FAKE_EMBEDDING_LENGTH),
                     thinks: false,
+                    tool_syntax: None,
                 },
                 _ => ModelFacts {
                     thinks: self.thinks,
+                    tool_syntax: self.tool_syntax,
                     ..ModelFacts::chat(Some(self.context_length), "cpu")
                 },
             },

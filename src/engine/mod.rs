@@ -11,6 +11,7 @@ pub mod mistralrs;
 pub mod probe;
 pub mod router;
 pub mod stop;
+pub mod tools;
 pub mod upstream;
 
 use std::pin::Pin;
@@ -31,6 +32,8 @@ pub enum Role {
     User,
     /// The model.
     Assistant,
+    /// The result of a tool call.
+    Tool,
 }
 
 impl Role {
@@ -40,17 +43,37 @@ impl Role {
             Self::System => "system",
             Self::User => "user",
             Self::Assistant => "assistant",
+            Self::Tool => "tool",
         }
     }
 }
 
-/// One turn of a conversation, text only.
+/// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatTurn {
     /// Who said it.
     pub role: Role,
     /// What was said.
     pub content: String,
+    /// The calls an assistant turn made.
+    pub tool_calls: Vec<tools::TurnCall>,
+    /// For a tool turn: the call it answers.
+    pub tool_call_id: Option<String>,
+    /// For a tool turn: the function that answered, when known.
+    pub name: Option<String>,
+}
+
+impl ChatTurn {
+    /// A turn of text.
+    pub fn new(role: Role, content: String) -> Self {
+        Self {
+            role,
+            content,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
 }
 
 /// Variables a chat template reads besides the messages.
@@ -62,6 +85,8 @@ pub struct ChatOptions {
     pub reasoning_effort: Option<String>,
     /// Any other variables (`chat_template_kwargs`), as JSON values.
     pub extra: Vec<(String, serde_json::Value)>,
+    /// The tools the model may call (rendered by templates with a tool section).
+    pub tools: Option<Arc<tools::ToolChoice>>,
 }
 
 impl ChatOptions {
@@ -296,6 +321,16 @@ pub struct PreparedPrompt {
     pub opens_thinking: bool,
 }
 
+impl Prompt {
+    /// The tools the prompt offers.
+    pub fn tools(&self) -> Option<&tools::ToolChoice> {
+        match self {
+            Self::Chat(_, options) => options.tools.as_deref(),
+            Self::Text(_) => None,
+        }
+    }
+}
+
 /// Facts about a loaded model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelFacts {
@@ -311,6 +346,9 @@ pub struct ModelFacts {
     pub embedding_length: Option<usize>,
     /// Its chat template thinks in `<think>…</think>` (a reasoning model).
     pub thinks: bool,
+    /// The syntax its chat template renders tools for, when this engine renders them
+    /// natively; `None`: tools are offered in the portable form.
+    pub tool_syntax: Option<tools::ToolSyntax>,
 }
 
 impl ModelFacts {
@@ -322,6 +360,7 @@ impl ModelFacts {
             kind: Some(ModelKind::Chat),
             embedding_length: None,
             thinks: false,
+            tool_syntax: None,
         }
     }
 }

@@ -91,6 +91,7 @@ impl super::Engine for UpstreamEngine {
                 kind: None,
                 embedding_length: None,
                 thinks: false,
+                tool_syntax: None,
             },
         }))
     }

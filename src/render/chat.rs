@@ -1,12 +1,13 @@
 //! OpenAI chat completions: [`ChatRenderer`] turns engine events into
 //! `chat.completion.chunk`s (role chunk, content chunks, a finish chunk per choice, an
 //! optional usage chunk), and [`ChatAnswer`] folds those same chunks into the
-//! non-streamed `chat.completion`, so both answers always agree. A tool call streams as
-//! OpenAI's does: a delta with its id and name as soon as the name is written, then its
-//! arguments piece by piece ([`ToolStream`]).
+//! non-streamed `chat.completion`, so both answers always agree. Tool calls stream as
+//! OpenAI's do: a delta with the call's index, id and name as soon as the name is
+//! written, then its arguments piece by piece ([`AnswerReader`]); thinking goes to
+//! `reasoning_content`.
 
-use super::reasoning::{ThinkPiece, ThinkSplitter};
-use super::tool_stream::{tool_answer, ToolAnswer, ToolPiece, ToolStream};
+use super::answer::{AnswerPiece, AnswerReader};
+use crate::engine::tools::ToolSyntax;
 use crate::engine::TokenEvent;
 use crate::openai::chat::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
@@ -26,8 +27,8 @@ pub struct ChatMeta {
     pub model: String,
     /// Choices.
     pub n: usize,
-    /// Whether the output is a tool call (constrained JSON, sent whole per choice).
-    pub tools: bool,
+    /// How the output writes tool calls, when the request offers tools.
+    pub tools: Option<ToolSyntax>,
     /// Whether log-probabilities are returned.
     pub logprobs: bool,
     /// Whether a usage chunk ends the stream (`stream_options.include_usage`).
@@ -40,30 +41,28 @@ pub struct ChatMeta {
 /// Engine events in, chunks out; no I/O.
 pub struct ChatRenderer {
     meta: ChatMeta,
-    /// Tool answers are JSON under the hood: scanned as they come, per choice.
-    tools: Vec<ToolStream>,
-    /// A reasoning model's output, split into thinking and answer per choice.
-    thinking: Vec<ThinkSplitter>,
+    /// Each choice's text, split into thinking, answer and tool calls.
+    readers: Vec<AnswerReader>,
     done: bool,
 }
 
-/// The first delta of a call: its id, type and name.
-fn call_start(name: String, arguments: String) -> ToolCallDelta {
+/// The first delta of a call: its index, id, type and name.
+fn call_start(index: usize, name: String) -> ToolCallDelta {
     ToolCallDelta {
-        index: 0,
+        index,
         id: Some(format!("call_{}", uuid::Uuid::new_v4().simple())),
         kind: Some("function".into()),
         function: FunctionCallDelta {
             name: Some(name),
-            arguments: Some(arguments),
+            arguments: Some(String::new()),
         },
     }
 }
 
 /// A later delta of a call: more of its arguments.
-fn call_arguments(arguments: String) -> ToolCallDelta {
+fn call_arguments(index: usize, arguments: String) -> ToolCallDelta {
     ToolCallDelta {
-        index: 0,
+        index,
         id: None,
         kind: None,
         function: FunctionCallDelta {
@@ -77,44 +76,39 @@ impl ChatRenderer {
     /// A renderer for one answer.
     pub fn new(meta: ChatMeta) -> Self {
         Self {
-            tools: vec![ToolStream::new(); meta.n],
-            thinking: vec![ThinkSplitter::new(meta.thinking.unwrap_or(false)); meta.n],
+            readers: vec![AnswerReader::new(meta.thinking, meta.tools); meta.n],
             meta,
             done: false,
         }
     }
 
-    /// A chunk per piece: thinking as `reasoning_content`, the answer as `content`.
-    fn text_chunks(&self, choice: usize, pieces: Vec<ThinkPiece>) -> Vec<ChatCompletionChunk> {
+    /// A chunk per piece: thinking as `reasoning_content`, the answer as `content`, calls
+    /// as `tool_calls` deltas.
+    fn piece_chunks(&self, choice: usize, pieces: Vec<AnswerPiece>) -> Vec<ChatCompletionChunk> {
         pieces
             .into_iter()
             .map(|piece| {
                 let delta = match piece {
-                    ThinkPiece::Reasoning(t) => ChatDelta {
+                    AnswerPiece::Reasoning(t) => ChatDelta {
                         reasoning_content: Some(t),
                         ..ChatDelta::default()
                     },
-                    ThinkPiece::Content(t) => ChatDelta {
+                    AnswerPiece::Content(t) => ChatDelta {
                         content: Some(t),
+                        ..ChatDelta::default()
+                    },
+                    AnswerPiece::Call { index, name } => ChatDelta {
+                        tool_calls: Some(vec![call_start(index, name)]),
+                        ..ChatDelta::default()
+                    },
+                    AnswerPiece::Arguments { index, text } => ChatDelta {
+                        tool_calls: Some(vec![call_arguments(index, text)]),
                         ..ChatDelta::default()
                     },
                 };
                 self.one(choice, delta, None)
             })
             .collect()
-    }
-
-    fn tool_delta(&self, choice: usize, calls: Vec<ToolCallDelta>) -> ChatCompletionChunk {
-        self.one(
-            choice,
-            ChatDelta {
-                role: None,
-                content: None,
-                reasoning_content: None,
-                tool_calls: Some(calls),
-            },
-            None,
-        )
     }
 
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
@@ -183,29 +177,13 @@ impl super::Renderer for ChatRenderer {
         }
         match event {
             TokenEvent::Text { choice, .. } if choice >= self.meta.n => Vec::new(),
-            TokenEvent::Text { choice, text, .. } if self.meta.tools => {
-                let pieces = self.tools[choice].push(&text);
-                pieces
-                    .into_iter()
-                    .map(|piece| match piece {
-                        ToolPiece::Call { name } => {
-                            self.tool_delta(choice, vec![call_start(name, String::new())])
-                        }
-                        ToolPiece::Arguments(a) => self.tool_delta(choice, vec![call_arguments(a)]),
-                    })
-                    .collect()
-            }
             TokenEvent::Text {
                 choice,
                 text,
                 logprobs,
             } => {
-                let pieces = if self.meta.thinking.is_some() {
-                    self.thinking[choice].push(&text)
-                } else {
-                    vec![ThinkPiece::Content(text)]
-                };
-                let mut chunks = self.text_chunks(choice, pieces);
+                let pieces = self.readers[choice].push(&text);
+                let mut chunks = self.piece_chunks(choice, pieces);
                 if self.meta.logprobs {
                     if chunks.is_empty() {
                         chunks.push(self.one(choice, ChatDelta::default(), None));
@@ -218,49 +196,16 @@ impl super::Renderer for ChatRenderer {
                 chunks
             }
             TokenEvent::Finished { choice, .. } if choice >= self.meta.n => Vec::new(),
-            TokenEvent::Finished { choice, reason } if self.meta.tools => {
-                let scanner = std::mem::take(&mut self.tools[choice]);
-                if scanner.name().is_some() {
-                    // Streamed already; cut short by the token limit it is `length`.
-                    let reason = if scanner.arguments_done() {
-                        "tool_calls"
-                    } else {
-                        reason.as_str()
-                    };
-                    return vec![self.one(choice, ChatDelta::default(), Some(reason.into()))];
-                }
-                let (delta, reason) = match tool_answer(scanner.text()) {
-                    ToolAnswer::Call { name, arguments } => {
-                        let arguments = arguments.map_or_else(|| "{}".into(), |a| a.to_string());
-                        (
-                            ChatDelta {
-                                role: None,
-                                content: None,
-                                reasoning_content: None,
-                                tool_calls: Some(vec![call_start(name, arguments)]),
-                            },
-                            "tool_calls".to_string(),
-                        )
-                    }
-                    ToolAnswer::Content(t) | ToolAnswer::Raw(t) => (
-                        ChatDelta {
-                            role: None,
-                            content: Some(t),
-                            reasoning_content: None,
-                            tool_calls: None,
-                        },
-                        reason.as_str().to_string(),
-                    ),
-                };
-                vec![
-                    self.one(choice, delta, None),
-                    self.one(choice, ChatDelta::default(), Some(reason)),
-                ]
-            }
             TokenEvent::Finished { choice, reason } => {
-                let held = self.thinking[choice].finish();
-                let mut chunks = self.text_chunks(choice, held);
-                chunks.push(self.one(choice, ChatDelta::default(), Some(reason.as_str().into())));
+                let held = self.readers[choice].finish();
+                let mut chunks = self.piece_chunks(choice, held);
+                // Calls cut short by the token limit end in `length`.
+                let reason = if self.readers[choice].called() {
+                    "tool_calls"
+                } else {
+                    reason.as_str()
+                };
+                chunks.push(self.one(choice, ChatDelta::default(), Some(reason.into())));
                 chunks
             }
             TokenEvent::Done(usage) if self.meta.include_usage => {
@@ -400,7 +345,7 @@ mod tests {
             created: 1,
             model: "m".into(),
             n,
-            tools,
+            tools: tools.then_some(ToolSyntax::Json),
             logprobs: false,
             include_usage,
             thinking: None,

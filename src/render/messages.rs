@@ -1,15 +1,15 @@
 //! Anthropic Messages: [`MessagesRenderer`] turns engine events into the streamed events
 //! (`message_start`, `content_block_start`, `content_block_delta`, `content_block_stop`,
 //! `message_delta`, `message_stop`), and [`MessageAnswer`] folds those same events into
-//! the non-streamed `Message`. One choice; a tool-using answer is constrained JSON: a call
-//! streams as a `tool_use` block whose input arrives in `input_json_delta` pieces as it is
-//! generated ([`ToolStream`]); under `auto` a text answer is sent as text when it ends.
+//! the non-streamed `Message`. One choice, read by an [`AnswerReader`]: thinking in
+//! `thinking` blocks, text in `text` blocks, each tool call a `tool_use` block whose input
+//! arrives in `input_json_delta` pieces as it is generated.
 
-use super::reasoning::{ThinkPiece, ThinkSplitter};
-use super::tool_stream::{tool_answer, ToolAnswer, ToolPiece, ToolStream};
+use super::answer::{AnswerPiece, AnswerReader};
 use crate::anthropic::messages::{
     BlockDelta, ContentBlock, DeltaUsage, Message, MessageDeltaBody, MessageUsage, StreamEvent,
 };
+use crate::engine::tools::ToolSyntax;
 use crate::engine::{FinishReason, TokenEvent};
 
 /// What every event of one answer shares.
@@ -21,8 +21,8 @@ pub struct MessageMeta {
     pub model: String,
     /// Prompt tokens (known when the generation starts).
     pub input_tokens: usize,
-    /// Whether the output is a tool call (constrained JSON).
-    pub tools: bool,
+    /// How the output writes tool calls, when the request offers tools.
+    pub tools: Option<ToolSyntax>,
     /// For a reasoning model: whether the prompt opened the thinking block (its thinking
     /// goes to `thinking` blocks). `None` for other models.
     pub thinking: Option<bool>,
@@ -37,14 +37,12 @@ pub struct MessagesRenderer {
     open: Option<usize>,
     /// The index of the open thinking block, if one is open.
     open_thinking: Option<usize>,
-    /// A reasoning model's output, split into thinking and answer.
-    splitter: ThinkSplitter,
+    /// The index of the open `tool_use` block, if one is open.
+    tool_block: Option<usize>,
+    /// The answer, split into thinking, text and tool calls.
+    reader: AnswerReader,
     /// Blocks started so far.
     blocks: usize,
-    /// A tool-using answer's JSON, scanned as it comes.
-    tool: ToolStream,
-    /// The index of the open `tool_use` block.
-    tool_block: Option<usize>,
     stop_reason: Option<&'static str>,
     stop_sequence: Option<String>,
     done: bool,
@@ -54,57 +52,59 @@ impl MessagesRenderer {
     /// A renderer for one answer.
     pub fn new(meta: MessageMeta) -> Self {
         Self {
-            splitter: ThinkSplitter::new(meta.thinking.unwrap_or(false)),
+            reader: AnswerReader::new(meta.thinking, meta.tools),
             meta,
             open: None,
             open_thinking: None,
-            blocks: 0,
-            tool: ToolStream::new(),
             tool_block: None,
+            blocks: 0,
             stop_reason: None,
             stop_sequence: None,
             done: false,
         }
     }
 
-    /// A whole block: start, one delta, stop.
-    fn block(&mut self, block: ContentBlock, delta: Option<BlockDelta>) -> Vec<StreamEvent> {
+    /// Starts a block, closing whichever block is open.
+    fn start_block(&mut self, block: ContentBlock, events: &mut Vec<StreamEvent>) -> usize {
+        self.close_blocks(events);
         let index = self.blocks;
         self.blocks += 1;
-        let mut events = vec![StreamEvent::ContentBlockStart {
+        events.push(StreamEvent::ContentBlockStart {
             index,
             content_block: block,
-        }];
-        if let Some(delta) = delta {
-            events.push(StreamEvent::ContentBlockDelta { index, delta });
-        }
-        events.push(StreamEvent::ContentBlockStop { index });
-        events
+        });
+        index
     }
 
-    /// Thinking and answer pieces as their blocks (a block closes when the other kind
-    /// starts).
-    fn pieces(&mut self, pieces: Vec<ThinkPiece>) -> Vec<StreamEvent> {
+    fn close_blocks(&mut self, events: &mut Vec<StreamEvent>) {
+        for index in [
+            self.open_thinking.take(),
+            self.open.take(),
+            self.tool_block.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            events.push(StreamEvent::ContentBlockStop { index });
+        }
+    }
+
+    /// The answer's pieces as blocks: thinking, text and `tool_use` blocks, each closed
+    /// when another begins.
+    fn pieces(&mut self, pieces: Vec<AnswerPiece>) -> Vec<StreamEvent> {
         let mut events = Vec::new();
         for piece in pieces {
             match piece {
-                ThinkPiece::Reasoning(thinking) => {
-                    if let Some(index) = self.open.take() {
-                        events.push(StreamEvent::ContentBlockStop { index });
-                    }
+                AnswerPiece::Reasoning(thinking) => {
                     let index = match self.open_thinking {
                         Some(index) => index,
                         None => {
-                            let index = self.blocks;
-                            self.blocks += 1;
+                            let block = ContentBlock::Thinking {
+                                thinking: String::new(),
+                                signature: String::new(),
+                            };
+                            let index = self.start_block(block, &mut events);
                             self.open_thinking = Some(index);
-                            events.push(StreamEvent::ContentBlockStart {
-                                index,
-                                content_block: ContentBlock::Thinking {
-                                    thinking: String::new(),
-                                    signature: String::new(),
-                                },
-                            });
                             index
                         }
                     };
@@ -113,100 +113,62 @@ impl MessagesRenderer {
                         delta: BlockDelta::ThinkingDelta { thinking },
                     });
                 }
-                ThinkPiece::Content(text) => {
-                    if let Some(index) = self.open_thinking.take() {
-                        events.push(StreamEvent::ContentBlockStop { index });
-                    }
-                    events.extend(self.text(text));
+                AnswerPiece::Content(text) => {
+                    let index = match self.open {
+                        Some(index) => index,
+                        None => {
+                            let block = ContentBlock::Text {
+                                text: String::new(),
+                            };
+                            let index = self.start_block(block, &mut events);
+                            self.open = Some(index);
+                            index
+                        }
+                    };
+                    events.push(StreamEvent::ContentBlockDelta {
+                        index,
+                        delta: BlockDelta::TextDelta { text },
+                    });
                 }
-            }
-        }
-        events
-    }
-
-    fn text(&mut self, text: String) -> Vec<StreamEvent> {
-        let mut events = Vec::new();
-        let index = match self.open {
-            Some(index) => index,
-            None => {
-                let index = self.blocks;
-                self.blocks += 1;
-                self.open = Some(index);
-                events.push(StreamEvent::ContentBlockStart {
-                    index,
-                    content_block: ContentBlock::Text {
-                        text: String::new(),
-                    },
-                });
-                index
-            }
-        };
-        events.push(StreamEvent::ContentBlockDelta {
-            index,
-            delta: BlockDelta::TextDelta { text },
-        });
-        events
-    }
-
-    /// The end of the answer's content: the open block closed, or the tool answer read.
-    fn finish(&mut self, reason: FinishReason) -> Vec<StreamEvent> {
-        let mut events = Vec::new();
-        let mut stop = match reason {
-            FinishReason::Length => "max_tokens",
-            FinishReason::Stop => "end_turn",
-            FinishReason::StopSequence(i) => {
-                self.stop_sequence = self.meta.stop_sequences.get(i).cloned();
-                "stop_sequence"
-            }
-        };
-        if self.meta.tools {
-            let scanner = std::mem::take(&mut self.tool);
-            if let Some(index) = self.tool_block.take() {
-                events.push(StreamEvent::ContentBlockStop { index });
-                self.stop_reason = Some(if scanner.arguments_done() {
-                    "tool_use"
-                } else {
-                    stop
-                });
-                return events;
-            }
-            match tool_answer(scanner.text()) {
-                ToolAnswer::Call { name, arguments } => {
-                    let input = arguments
-                        .filter(serde_json::Value::is_object)
-                        .unwrap_or_else(|| serde_json::json!({}));
+                AnswerPiece::Call { name, .. } => {
                     let block = ContentBlock::ToolUse {
                         id: format!("toolu_{}", uuid::Uuid::new_v4().simple()),
                         name,
                         input: serde_json::json!({}),
                     };
-                    let delta = BlockDelta::InputJsonDelta {
-                        partial_json: input.to_string(),
-                    };
-                    events.extend(self.block(block, Some(delta)));
-                    stop = "tool_use";
+                    let index = self.start_block(block, &mut events);
+                    self.tool_block = Some(index);
                 }
-                ToolAnswer::Raw(text) if text.is_empty() => {}
-                ToolAnswer::Content(text) | ToolAnswer::Raw(text) => {
-                    events.extend(self.block(
-                        ContentBlock::Text {
-                            text: String::new(),
-                        },
-                        Some(BlockDelta::TextDelta { text }),
-                    ));
+                AnswerPiece::Arguments { text, .. } => {
+                    if let Some(index) = self.tool_block {
+                        events.push(StreamEvent::ContentBlockDelta {
+                            index,
+                            delta: BlockDelta::InputJsonDelta { partial_json: text },
+                        });
+                    }
                 }
-            }
-        } else {
-            let held = self.splitter.finish();
-            events.extend(self.pieces(held));
-            for index in [self.open_thinking.take(), self.open.take()]
-                .into_iter()
-                .flatten()
-            {
-                events.push(StreamEvent::ContentBlockStop { index });
             }
         }
-        self.stop_reason = Some(stop);
+        events
+    }
+
+    /// The end of the answer's content: what was held back, the open block closed.
+    fn finish(&mut self, reason: FinishReason) -> Vec<StreamEvent> {
+        let held = self.reader.finish();
+        let mut events = self.pieces(held);
+        self.close_blocks(&mut events);
+        self.stop_reason = Some(if self.reader.called() {
+            "tool_use"
+        } else {
+            match reason {
+                FinishReason::Length => "max_tokens",
+                FinishReason::Stop => "end_turn",
+                FinishReason::StopSequence(i) => {
+                    self.stop_sequence = self.meta.stop_sequences.get(i).cloned();
+                    "stop_sequence"
+                }
+            }
+        });
         events
     }
 }
@@ -245,41 +207,10 @@ impl super::Renderer for MessagesRenderer {
     fn push(&mut self, event: TokenEvent) -> Vec<StreamEvent> {
         match event {
             TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
-            TokenEvent::Text { text, .. } if self.meta.tools => {
-                let mut events = Vec::new();
-                for piece in self.tool.push(&text) {
-                    match piece {
-                        ToolPiece::Call { name } => {
-                            let index = self.blocks;
-                            self.blocks += 1;
-                            self.tool_block = Some(index);
-                            events.push(StreamEvent::ContentBlockStart {
-                                index,
-                                content_block: ContentBlock::ToolUse {
-                                    id: format!("toolu_{}", uuid::Uuid::new_v4().simple()),
-                                    name,
-                                    input: serde_json::json!({}),
-                                },
-                            });
-                        }
-                        ToolPiece::Arguments(partial_json) => {
-                            if let Some(index) = self.tool_block {
-                                events.push(StreamEvent::ContentBlockDelta {
-                                    index,
-                                    delta: BlockDelta::InputJsonDelta { partial_json },
-                                });
-                            }
-                        }
-                    }
-                }
-                events
-            }
-            TokenEvent::Text { text, .. } if text.is_empty() => Vec::new(),
-            TokenEvent::Text { text, .. } if self.meta.thinking.is_some() => {
-                let pieces = self.splitter.push(&text);
+            TokenEvent::Text { text, .. } => {
+                let pieces = self.reader.push(&text);
                 self.pieces(pieces)
             }
-            TokenEvent::Text { text, .. } => self.text(text),
             TokenEvent::Finished { choice, .. } if choice > 0 => Vec::new(),
             TokenEvent::Finished { reason, .. } => self.finish(reason),
             TokenEvent::Done(usage) => {
@@ -390,7 +321,7 @@ mod tests {
             id: "msg_1".into(),
             model: "m".into(),
             input_tokens: 7,
-            tools,
+            tools: tools.then_some(ToolSyntax::Json),
             thinking: None,
             stop_sequences: vec!["END".into()],
         }

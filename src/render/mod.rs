@@ -4,6 +4,7 @@
 //! every case is a unit test over a scripted event sequence; `api/` only writes the
 //! results as JSON or SSE.
 
+pub mod answer;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;

@@ -4,13 +4,13 @@
 //! `response.function_call_arguments.delta`/`.done`, `response.content_part.done`,
 //! `response.output_item.done`, `response.completed` or `response.incomplete`), numbered
 //! by `sequence_number`; [`ResponseAnswer`] keeps the response the last event carries, so
-//! the non-streamed answer is exactly the streamed one. One choice; a tool-using answer is
-//! constrained JSON: a call streams as a `function_call` item whose arguments arrive in
-//! `response.function_call_arguments.delta` pieces as they are generated
-//! ([`ToolStream`]); under `auto` a text answer is sent as a message when it ends.
+//! the non-streamed answer is exactly the streamed one. One choice, read by an
+//! [`AnswerReader`]: thinking is a `reasoning` item, text a `message`, each tool call a
+//! `function_call` item whose arguments arrive in `response.function_call_arguments.delta`
+//! pieces as they are generated.
 
-use super::reasoning::{ThinkPiece, ThinkSplitter};
-use super::tool_stream::{tool_answer, ToolAnswer, ToolPiece, ToolStream};
+use super::answer::{AnswerPiece, AnswerReader};
+use crate::engine::tools::ToolSyntax;
 use crate::engine::{FinishReason, TokenEvent};
 use crate::openai::responses::{
     IncompleteDetails, InputTokensDetails, OutputItem, OutputText, OutputTokensDetails,
@@ -23,8 +23,8 @@ use crate::openai::responses::{
 pub struct ResponseMeta {
     /// The response object to fill in.
     pub response: ResponseObject,
-    /// Whether the output is constrained tool-call JSON.
-    pub tools: bool,
+    /// How the output writes tool calls, when the request offers tools.
+    pub tools: Option<ToolSyntax>,
     /// For a reasoning model: whether the prompt opened the thinking block (its thinking
     /// goes to a `reasoning` item). `None` for other models.
     pub thinking: Option<bool>,
@@ -53,8 +53,8 @@ pub struct ResponsesRenderer {
     open: Option<OpenMessage>,
     /// The reasoning item being streamed.
     reasoning: Option<OpenMessage>,
-    splitter: ThinkSplitter,
-    tool: ToolStream,
+    /// The answer, split into thinking, text and tool calls.
+    reader: AnswerReader,
     call: Option<OpenCall>,
     incomplete: bool,
     done: bool,
@@ -68,12 +68,11 @@ impl ResponsesRenderer {
     /// A renderer for one response.
     pub fn new(meta: ResponseMeta) -> Self {
         Self {
-            splitter: ThinkSplitter::new(meta.thinking.unwrap_or(false)),
+            reader: AnswerReader::new(meta.thinking, meta.tools),
             meta,
             sequence: 0,
             open: None,
             reasoning: None,
-            tool: ToolStream::new(),
             call: None,
             incomplete: false,
             done: false,
@@ -139,13 +138,15 @@ impl ResponsesRenderer {
         events
     }
 
-    /// Thinking and answer pieces: thinking into a `reasoning` item, which closes when the
-    /// answer starts.
-    fn pieces(&mut self, pieces: Vec<ThinkPiece>) -> Vec<ResponseEvent> {
+    /// The answer's pieces as output items: thinking into a `reasoning` item, text into a
+    /// `message`, each call a `function_call`; an item closes when another begins.
+    fn pieces(&mut self, pieces: Vec<AnswerPiece>) -> Vec<ResponseEvent> {
         let mut events = Vec::new();
         for piece in pieces {
             match piece {
-                ThinkPiece::Reasoning(delta) => {
+                AnswerPiece::Reasoning(delta) => {
+                    events.extend(self.close_message());
+                    events.extend(self.close_call());
                     if self.reasoning.is_none() {
                         let index = self.meta.response.output.len();
                         let id = new_id("rs");
@@ -178,9 +179,48 @@ impl ResponsesRenderer {
                         delta,
                     }));
                 }
-                ThinkPiece::Content(text) => {
+                AnswerPiece::Content(text) => {
                     events.extend(self.close_reasoning());
+                    events.extend(self.close_call());
                     events.extend(self.text(text));
+                }
+                AnswerPiece::Call { name, .. } => {
+                    events.extend(self.close_reasoning());
+                    events.extend(self.close_message());
+                    events.extend(self.close_call());
+                    let index = self.meta.response.output.len();
+                    let call = OpenCall {
+                        index,
+                        id: new_id("fc"),
+                        call_id: new_id("call"),
+                        name,
+                        arguments: String::new(),
+                    };
+                    let item = OutputItem::FunctionCall {
+                        id: call.id.clone(),
+                        call_id: call.call_id.clone(),
+                        name: call.name.clone(),
+                        arguments: String::new(),
+                        status: "in_progress".into(),
+                    };
+                    self.meta.response.output.push(item.clone());
+                    self.call = Some(call);
+                    events.push(self.event(ResponseEventBody::OutputItemAdded {
+                        output_index: index,
+                        item,
+                    }));
+                }
+                AnswerPiece::Arguments { text: delta, .. } => {
+                    let Some(call) = self.call.as_mut() else {
+                        continue;
+                    };
+                    call.arguments.push_str(&delta);
+                    let (item_id, output_index) = (call.id.clone(), call.index);
+                    events.push(self.event(ResponseEventBody::FunctionCallArgumentsDelta {
+                        item_id,
+                        output_index,
+                        delta,
+                    }));
                 }
             }
         }
@@ -253,92 +293,11 @@ impl ResponsesRenderer {
         ]
     }
 
-    fn function_call(&mut self, name: String, arguments: String) -> Vec<ResponseEvent> {
-        let index = self.meta.response.output.len();
-        let id = new_id("fc");
-        let call_id = new_id("call");
-        let item = |arguments: String, status: &str| OutputItem::FunctionCall {
-            id: id.clone(),
-            call_id: call_id.clone(),
-            name: name.clone(),
-            arguments,
-            status: status.into(),
+    /// The end of the call being streamed, if one is.
+    fn close_call(&mut self) -> Vec<ResponseEvent> {
+        let Some(call) = self.call.take() else {
+            return Vec::new();
         };
-        let (added, done) = (
-            item(String::new(), "in_progress"),
-            item(arguments.clone(), "completed"),
-        );
-        self.meta.response.output.push(done.clone());
-        vec![
-            self.event(ResponseEventBody::OutputItemAdded {
-                output_index: index,
-                item: added,
-            }),
-            self.event(ResponseEventBody::FunctionCallArgumentsDelta {
-                item_id: id.clone(),
-                output_index: index,
-                delta: arguments.clone(),
-            }),
-            self.event(ResponseEventBody::FunctionCallArgumentsDone {
-                item_id: id.clone(),
-                output_index: index,
-                name: name.clone(),
-                arguments,
-            }),
-            self.event(ResponseEventBody::OutputItemDone {
-                output_index: index,
-                item: done,
-            }),
-        ]
-    }
-
-    /// The events of a call's pieces as they are recognised.
-    fn call_pieces(&mut self, text: &str) -> Vec<ResponseEvent> {
-        let mut events = Vec::new();
-        for piece in self.tool.push(text) {
-            match piece {
-                ToolPiece::Call { name } => {
-                    let index = self.meta.response.output.len();
-                    let call = OpenCall {
-                        index,
-                        id: new_id("fc"),
-                        call_id: new_id("call"),
-                        name,
-                        arguments: String::new(),
-                    };
-                    let item = OutputItem::FunctionCall {
-                        id: call.id.clone(),
-                        call_id: call.call_id.clone(),
-                        name: call.name.clone(),
-                        arguments: String::new(),
-                        status: "in_progress".into(),
-                    };
-                    self.meta.response.output.push(item.clone());
-                    self.call = Some(call);
-                    events.push(self.event(ResponseEventBody::OutputItemAdded {
-                        output_index: index,
-                        item,
-                    }));
-                }
-                ToolPiece::Arguments(delta) => {
-                    let Some(call) = self.call.as_mut() else {
-                        continue;
-                    };
-                    call.arguments.push_str(&delta);
-                    let (item_id, output_index) = (call.id.clone(), call.index);
-                    events.push(self.event(ResponseEventBody::FunctionCallArgumentsDelta {
-                        item_id,
-                        output_index,
-                        delta,
-                    }));
-                }
-            }
-        }
-        events
-    }
-
-    /// The end of a streamed call.
-    fn close_call(&mut self, call: OpenCall) -> Vec<ResponseEvent> {
         let status = if self.incomplete {
             "incomplete"
         } else {
@@ -366,36 +325,15 @@ impl ResponsesRenderer {
         ]
     }
 
+    /// The end of the answer: what was held back, every open item closed.
     fn finish(&mut self, reason: FinishReason) -> Vec<ResponseEvent> {
         self.incomplete = reason == FinishReason::Length;
-        if !self.meta.tools {
-            let held = self.splitter.finish();
-            let mut events = self.pieces(held);
-            events.extend(self.close_reasoning());
-            events.extend(self.close_message());
-            return events;
-        }
-        let scanner = std::mem::take(&mut self.tool);
-        if let Some(call) = self.call.take() {
-            // Cut short by the token limit, the call is incomplete.
-            self.incomplete = !scanner.arguments_done();
-            return self.close_call(call);
-        }
-        match tool_answer(scanner.text()) {
-            ToolAnswer::Call { name, arguments } => {
-                let arguments = arguments
-                    .filter(serde_json::Value::is_object)
-                    .unwrap_or_else(|| serde_json::json!({}))
-                    .to_string();
-                self.function_call(name, arguments)
-            }
-            ToolAnswer::Raw(text) if text.is_empty() => Vec::new(),
-            ToolAnswer::Content(text) | ToolAnswer::Raw(text) => {
-                let mut events = self.text(text);
-                events.extend(self.close_message());
-                events
-            }
-        }
+        let held = self.reader.finish();
+        let mut events = self.pieces(held);
+        events.extend(self.close_reasoning());
+        events.extend(self.close_message());
+        events.extend(self.close_call());
+        events
     }
 }
 
@@ -420,13 +358,10 @@ impl super::Renderer for ResponsesRenderer {
     fn push(&mut self, event: TokenEvent) -> Vec<ResponseEvent> {
         match event {
             TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
-            TokenEvent::Text { text, .. } if self.meta.tools => self.call_pieces(&text),
-            TokenEvent::Text { text, .. } if text.is_empty() => Vec::new(),
-            TokenEvent::Text { text, .. } if self.meta.thinking.is_some() => {
-                let pieces = self.splitter.push(&text);
+            TokenEvent::Text { text, .. } => {
+                let pieces = self.reader.push(&text);
                 self.pieces(pieces)
             }
-            TokenEvent::Text { text, .. } => self.text(text),
             TokenEvent::Finished { choice, .. } if choice > 0 => Vec::new(),
             TokenEvent::Finished { reason, .. } => self.finish(reason),
             TokenEvent::Done(usage) => {
@@ -540,7 +475,7 @@ mod tests {
         run_with(
             ResponseMeta {
                 response: response(),
-                tools,
+                tools: tools.then_some(ToolSyntax::Json),
                 thinking: None,
             },
             events,
@@ -640,7 +575,7 @@ mod tests {
     fn thinking_is_a_reasoning_item_before_the_message() {
         let meta = ResponseMeta {
             response: response(),
-            tools: false,
+            tools: None,
             thinking: Some(false),
         };
         let (events, r) = run_with(

@@ -162,7 +162,8 @@ impl ToolStream {
         pieces
     }
 
-    /// Matches `{"name": "<name>", "arguments":` at the start of the text.
+    /// Matches `{"name": "<name>", "arguments":` (or `"parameters":`) at the start of the
+    /// text.
     fn head(&self) -> Result<Option<(String, usize)>, ()> {
         let s = self.text.as_bytes();
         let Some(at) = expect(s, 0, b"{")? else {
@@ -180,8 +181,14 @@ impl ToolStream {
         let Some(at) = expect(s, at, b",")? else {
             return Ok(None);
         };
-        let Some(at) = expect(s, at, b"\"arguments\"")? else {
-            return Ok(None);
+        // `parameters` in Llama 3's syntax.
+        let at = match (
+            expect(s, at, b"\"arguments\""),
+            expect(s, at, b"\"parameters\""),
+        ) {
+            (Ok(Some(at)), _) | (_, Ok(Some(at))) => at,
+            (Err(()), _) | (_, Err(())) => return Err(()),
+            _ => return Ok(None),
         };
         let Some(at) = expect(s, at, b":")? else {
             return Ok(None);

@@ -145,7 +145,23 @@ impl Scheduler {
         let model = lease.model().clone();
         let context = model.facts().context_length;
         let mut prepared = Vec::with_capacity(prompts.len());
+        let native_tools = model.facts().tool_syntax;
         for prompt in prompts {
+            // Tools: in the model's own syntax when its engine renders them, else in the
+            // portable form (described in the prompt, the answer constrained to JSON).
+            let (prompt, json_schema, tool_syntax) = match (native_tools, prompt.tools()) {
+                (Some(syntax), Some(_)) => (prompt, sampling.json_schema.clone(), Some(syntax)),
+                (Some(_), None) => (prompt, sampling.json_schema.clone(), None),
+                (None, choice) => {
+                    let schema = choice.map(crate::engine::tools::portable_schema);
+                    let syntax = choice.map(|_| crate::engine::tools::ToolSyntax::Json);
+                    (
+                        crate::engine::tools::portable_prompt(&prompt),
+                        schema.or_else(|| sampling.json_schema.clone()),
+                        syntax,
+                    )
+                }
+            };
             let prepared_prompt = model
                 .prepare(&prompt)
                 .await
@@ -176,6 +192,8 @@ impl Scheduler {
                     .facts()
                     .thinks
                     .then_some(prepared_prompt.opens_thinking),
+                json_schema,
+                tool_syntax,
             });
         }
         tracing::debug!(
@@ -519,6 +537,10 @@ struct Prepared {
     max_tokens: Option<usize>,
     /// For a reasoning model: whether the prompt opened the thinking block.
     thinking: Option<bool>,
+    /// The JSON schema the output must match (structured output, portable tool calls).
+    json_schema: Option<serde_json::Value>,
+    /// How the output writes tool calls, when the prompt offers tools.
+    tool_syntax: Option<crate::engine::tools::ToolSyntax>,
 }
 
 /// Starts one generation on a leased model with the slots it holds.
@@ -539,6 +561,8 @@ async fn launch(
         tokens,
         max_tokens,
         thinking,
+        json_schema,
+        tool_syntax,
     } = prepared;
     let counter = metrics.generated_tokens.with_label_values(&[name]);
     let mut settings = sampling.settings.clone();
@@ -549,7 +573,7 @@ async fn launch(
         prompt_tokens,
         tokens,
         on_token: Some(Arc::new(move || counter.inc())),
-        json_schema: sampling.json_schema.clone(),
+        json_schema,
     };
     let stream = lease
         .model()
@@ -581,6 +605,7 @@ async fn launch(
         model: name.to_string(),
         prompt_tokens,
         thinking,
+        tool_syntax,
         inner: stream,
         _permit: permit,
         _lease: lease,
@@ -650,6 +675,8 @@ pub struct Generation {
     /// For a reasoning model (its output thinks in `<think>…</think>` first): whether the
     /// prompt already opened the thinking block. `None` for other models.
     pub thinking: Option<bool>,
+    /// How the output writes tool calls, when the prompt offers tools.
+    pub tool_syntax: Option<crate::engine::tools::ToolSyntax>,
     inner: TokenStream,
     _permit: OwnedSemaphorePermit,
     _lease: Arc<Lease>,

@@ -64,13 +64,14 @@ fn tool_result_text(content: &Value, field: &str) -> Result<String, ApiError> {
     }
 }
 
-/// One turn of the conversation, as text the chat template renders; tool calls and their
-/// results are written as chat's are (`{"name", "arguments"}` and "Result of …").
-fn turn(
+/// One message of the conversation as chat turns: text, the assistant's `tool_use`
+/// blocks as its calls, and each `tool_result` block as a tool turn (before the user's
+/// text, as chat templates expect results right after the calls).
+fn turns(
     message: &Value,
     i: usize,
     names: &mut std::collections::HashMap<String, String>,
-) -> Result<ChatTurn, ApiError> {
+) -> Result<Vec<ChatTurn>, ApiError> {
     let role = match message["role"].as_str() {
         Some("user") => Role::User,
         Some("assistant") => Role::Assistant,
@@ -83,12 +84,7 @@ fn turn(
     };
     let field = format!("messages[{i}].content");
     let blocks = match &message["content"] {
-        Value::String(s) => {
-            return Ok(ChatTurn {
-                role,
-                content: s.clone(),
-            })
-        }
+        Value::String(s) => return Ok(vec![ChatTurn::new(role, s.clone())]),
         Value::Array(blocks) => blocks,
         _ => {
             return Err(ApiError::invalid(
@@ -97,11 +93,12 @@ fn turn(
             ))
         }
     };
-    let mut content = String::new();
+    let mut turn = ChatTurn::new(role, String::new());
+    let mut results = Vec::new();
     for (j, block) in blocks.iter().enumerate() {
         let bfield = format!("{field}[{j}]");
         match (block["type"].as_str().unwrap_or(""), role) {
-            ("text", _) => content.push_str(block["text"].as_str().ok_or_else(|| {
+            ("text", _) => turn.content.push_str(block["text"].as_str().ok_or_else(|| {
                 ApiError::invalid(&bfield, format!("`{bfield}.text` must be a string."))
             })?),
             ("tool_use", Role::Assistant) => {
@@ -111,12 +108,13 @@ fn turn(
                         format!("`{bfield}.name` must be a string."),
                     )
                 })?;
-                if let Some(id) = block["id"].as_str() {
-                    names.insert(id.to_string(), name.to_string());
-                }
-                content.push_str(
-                    &serde_json::json!({"name": name, "arguments": block["input"]}).to_string(),
-                );
+                let id = block["id"].as_str().unwrap_or_default().to_string();
+                names.insert(id.clone(), name.to_string());
+                turn.tool_calls.push(crate::engine::tools::TurnCall {
+                    id,
+                    name: name.to_string(),
+                    arguments: crate::validation::call_arguments(&block["input"]),
+                });
             }
             ("tool_result", Role::User) => {
                 let id = block["tool_use_id"].as_str().ok_or_else(|| {
@@ -125,10 +123,16 @@ fn turn(
                         format!("`{bfield}.tool_use_id` is required."),
                     )
                 })?;
-                let name = names.get(id).cloned().unwrap_or_else(|| "the tool".into());
                 let text = tool_result_text(&block["content"], &bfield)?;
-                let error = if block["is_error"] == true { " (error)" } else { "" };
-                content.push_str(&format!("Result of {name} (call {id}){error}: {text}"));
+                let error = if block["is_error"] == true {
+                    "Error: "
+                } else {
+                    ""
+                };
+                let mut result = ChatTurn::new(Role::Tool, format!("{error}{text}"));
+                result.tool_call_id = Some(id.to_string());
+                result.name = names.get(id).cloned();
+                results.push(result);
             }
             // Earlier thinking is not part of the visible conversation.
             ("thinking" | "redacted_thinking", Role::Assistant) => {}
@@ -144,7 +148,10 @@ fn turn(
             }
         }
     }
-    Ok(ChatTurn { role, content })
+    if !turn.content.is_empty() || !turn.tool_calls.is_empty() || results.is_empty() {
+        results.push(turn);
+    }
+    Ok(results)
 }
 
 /// Tools in Anthropic's form: `{"name", "description", "input_schema"}`; server tools
@@ -293,16 +300,22 @@ pub fn validate_messages(
     }
     let mut turns = Vec::with_capacity(req.messages.len() + 2);
     if let Some(system) = system_text(&req.system)? {
-        turns.push(ChatTurn {
-            role: Role::System,
-            content: system,
-        });
+        turns.push(ChatTurn::new(Role::System, system));
     }
     let mut names = std::collections::HashMap::new();
     for (i, message) in req.messages.iter().enumerate() {
-        turns.push(turn(message, i, &mut names)?);
+        turns.extend(self::turns(message, i, &mut names)?);
     }
-    let bytes: usize = turns.iter().map(|t| t.content.len()).sum();
+    let bytes: usize = turns
+        .iter()
+        .map(|t| {
+            t.content.len()
+                + t.tool_calls
+                    .iter()
+                    .map(|c| c.name.len() + c.arguments.to_string().len())
+                    .sum::<usize>()
+        })
+        .sum();
     if bytes > limits.max_prompt_bytes {
         return Err(ApiError::invalid(
             "messages",
@@ -380,13 +393,21 @@ pub fn validate_messages(
     let specs = tools(&req.tools, limits)?;
     let format = output_format(&req.output_config)?;
     let output = match tool_mode(&req.tool_choice, &specs)? {
-        Some(mode) if !specs.is_empty() => OutputMode::Tools { tools: specs, mode },
+        Some(mode) if !specs.is_empty() => OutputMode::Tools {
+            tools: specs,
+            mode,
+            parallel: req
+                .tool_choice
+                .as_ref()
+                .and_then(|c| c.get("disable_parallel_tool_use"))
+                .and_then(Value::as_bool)
+                != Some(true),
+        },
         _ => match format {
             Some(schema) => OutputMode::Json(schema),
             None => OutputMode::Text,
         },
     };
-    constrain(&output, &mut sampling, &mut turns);
     let effort = req
         .output_config
         .as_ref()
@@ -404,6 +425,7 @@ pub fn validate_messages(
         Some("disabled") => options.enable_thinking = Some(false),
         _ => {}
     }
+    constrain(&output, &mut sampling, &mut options);
     Ok(ValidChatRequest {
         model: req.model,
         prompt: Prompt::Chat(turns, options),
@@ -446,13 +468,19 @@ mod tests {
         let Prompt::Chat(turns, _) = &v.prompt else {
             panic!()
         };
-        assert_eq!(turns[0].role, Role::System); // tool instructions
-        assert_eq!(turns[1].content, "Be brief.");
-        assert!(turns[3].content.contains(r#""name":"get_weather""#));
+        assert_eq!(turns[0].content, "Be brief.");
+        assert_eq!(turns[2].content, "Checking.");
+        assert_eq!(turns[2].tool_calls[0].name, "get_weather");
+        assert_eq!(turns[2].tool_calls[0].id, "toolu_1");
         assert_eq!(
-            turns[4].content,
-            "Result of get_weather (call toolu_1): 18 C"
+            turns[2].tool_calls[0].arguments,
+            serde_json::json!({"city": "Paris"})
         );
+        assert_eq!(turns[3].role, Role::Tool);
+        assert_eq!(turns[3].content, "18 C");
+        assert_eq!(turns[3].tool_call_id.as_deref(), Some("toolu_1"));
+        assert_eq!(turns[3].name.as_deref(), Some("get_weather"));
+        assert_eq!(turns.len(), 4);
         assert!(matches!(
             v.output,
             OutputMode::Tools {

@@ -25,6 +25,27 @@ pub struct Conversation {
     pub calls: HashMap<String, String>,
 }
 
+impl Conversation {
+    /// A function call by the assistant: added to its turn when the last turn is the
+    /// assistant's (several calls in one turn), else as a new assistant turn.
+    pub fn add_call(&mut self, call_id: &str, name: &str, arguments: Value) {
+        self.calls.insert(call_id.to_string(), name.to_string());
+        let call = crate::engine::tools::TurnCall {
+            id: call_id.to_string(),
+            name: name.to_string(),
+            arguments,
+        };
+        match self.turns.last_mut() {
+            Some(turn) if turn.role == Role::Assistant => turn.tool_calls.push(call),
+            _ => {
+                let mut turn = ChatTurn::new(Role::Assistant, String::new());
+                turn.tool_calls.push(call);
+                self.turns.push(turn);
+            }
+        }
+    }
+}
+
 /// A checked Responses request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidResponseRequest {
@@ -46,10 +67,9 @@ pub struct ValidResponseRequest {
 fn items_to_turns(input: &Value, conversation: &mut Conversation) -> Result<(), ApiError> {
     let items = match input {
         Value::String(s) => {
-            conversation.turns.push(ChatTurn {
-                role: Role::User,
-                content: s.clone(),
-            });
+            conversation
+                .turns
+                .push(ChatTurn::new(Role::User, s.clone()));
             return Ok(());
         }
         Value::Array(items) if !items.is_empty() => items,
@@ -90,7 +110,7 @@ fn items_to_turns(input: &Value, conversation: &mut Conversation) -> Result<(), 
                 };
                 let content = content_text(&Some(item["content"].clone()), role, i)
                     .map_err(|e| rename_field(e, &format!("messages[{i}]"), &field))?;
-                conversation.turns.push(ChatTurn { role, content });
+                conversation.turns.push(ChatTurn::new(role, content));
             }
             "function_call" => {
                 let name = item["name"].as_str().ok_or_else(|| {
@@ -99,15 +119,8 @@ fn items_to_turns(input: &Value, conversation: &mut Conversation) -> Result<(), 
                 let call_id = item["call_id"].as_str().ok_or_else(|| {
                     ApiError::invalid(format!("{field}.call_id"), format!("`{field}.call_id` must be a string."))
                 })?;
-                let arguments = match &item["arguments"] {
-                    Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
-                    other => other.clone(),
-                };
-                conversation.calls.insert(call_id.to_string(), name.to_string());
-                conversation.turns.push(ChatTurn {
-                    role: Role::Assistant,
-                    content: serde_json::json!({"name": name, "arguments": arguments}).to_string(),
-                });
+                let arguments = crate::validation::call_arguments(&item["arguments"]);
+                conversation.add_call(call_id, name, arguments);
             }
             "function_call_output" => {
                 let call_id = item["call_id"].as_str().ok_or_else(|| {
@@ -118,15 +131,10 @@ fn items_to_turns(input: &Value, conversation: &mut Conversation) -> Result<(), 
                     Value::Null => String::new(),
                     other => other.to_string(),
                 };
-                let name = conversation
-                    .calls
-                    .get(call_id)
-                    .cloned()
-                    .unwrap_or_else(|| "the tool".into());
-                conversation.turns.push(ChatTurn {
-                    role: Role::User,
-                    content: format!("Result of {name} (call {call_id}): {output}"),
-                });
+                let mut result = ChatTurn::new(Role::Tool, output);
+                result.name = conversation.calls.get(call_id).cloned();
+                result.tool_call_id = Some(call_id.to_string());
+                conversation.turns.push(result);
             }
             // Earlier reasoning is not part of the visible conversation.
             "reasoning" => {}
@@ -338,15 +346,18 @@ pub fn validate_response(
     }
     let mut turns = conversation.turns.clone();
     if let Some(instructions) = req.instructions.as_ref().filter(|i| !i.is_empty()) {
-        turns.insert(
-            0,
-            ChatTurn {
-                role: Role::System,
-                content: instructions.clone(),
-            },
-        );
+        turns.insert(0, ChatTurn::new(Role::System, instructions.clone()));
     }
-    let bytes: usize = turns.iter().map(|t| t.content.len()).sum();
+    let bytes: usize = turns
+        .iter()
+        .map(|t| {
+            t.content.len()
+                + t.tool_calls
+                    .iter()
+                    .map(|c| c.name.len() + c.arguments.to_string().len())
+                    .sum::<usize>()
+        })
+        .sum();
     if bytes > limits.max_prompt_bytes {
         return Err(ApiError::invalid(
             "input",
@@ -375,7 +386,11 @@ pub fn validate_response(
     let (specs, raw_tools) = tools(&req.tools, limits)?;
     let format = text_format(&req.text)?;
     let output = match tool_mode(&req.tool_choice, &specs)? {
-        Some(mode) if !specs.is_empty() => OutputMode::Tools { tools: specs, mode },
+        Some(mode) if !specs.is_empty() => OutputMode::Tools {
+            tools: specs,
+            mode,
+            parallel: req.parallel_tool_calls.unwrap_or(true),
+        },
         Some(ToolMode::Auto) | None => match format {
             Some(schema) => OutputMode::Json(schema),
             None => OutputMode::Text,
@@ -387,13 +402,13 @@ pub fn validate_response(
             ))
         }
     };
-    constrain(&output, &mut sampling, &mut turns);
     let effort = req
         .reasoning
         .as_ref()
         .and_then(|r| r.get("effort"))
         .and_then(Value::as_str);
-    let options = chat_options(effort, &None, "reasoning.effort")?;
+    let mut options = chat_options(effort, &None, "reasoning.effort")?;
+    constrain(&output, &mut sampling, &mut options);
     Ok(ValidResponseRequest {
         chat: ValidChatRequest {
             model: req.model.clone(),
@@ -452,16 +467,19 @@ mod tests {
         .unwrap();
         let turns = &v.conversation.turns;
         assert_eq!(turns.len(), 4);
-        assert!(turns[1].content.contains(r#""city":"Paris""#));
+        assert_eq!(turns[1].role, Role::Assistant);
         assert_eq!(
-            turns[2].content,
-            "Result of get_weather (call call_1): 18 C"
+            turns[1].tool_calls[0].arguments,
+            serde_json::json!({"city": "Paris"})
         );
+        assert_eq!(turns[2].role, Role::Tool);
+        assert_eq!(turns[2].content, "18 C");
+        assert_eq!(turns[2].name.as_deref(), Some("get_weather"));
         assert!(!v.store);
         let Prompt::Chat(prompt, _) = &v.chat.prompt else {
             panic!()
         };
-        assert_eq!(prompt[1].content, "Be brief.");
+        assert_eq!(prompt[0].content, "Be brief.");
         assert!(matches!(
             v.chat.output,
             OutputMode::Tools {

@@ -17,6 +17,7 @@ mod http;
 mod lan;
 mod messages;
 mod models;
+mod native_tools;
 mod pool;
 mod prometheus;
 mod quantize;

@@ -170,6 +170,7 @@ pub(super) async fn load(
             kind: Some(ModelKind::Embedding),
             embedding_length: Some(length),
             thinks: false,
+            tool_syntax: None,
         },
         vocabulary,
     })

@@ -46,22 +46,18 @@ pub fn factory(model: &LlamaModel) -> Result<ParserFactory, String> {
     ParserFactory::new_simple(&env).map_err(|e| format!("grammar engine: {e}"))
 }
 
-/// Whitespace allowed between JSON tokens: what llama.cpp's own JSON grammars allow (a
-/// space, or one or two newlines and some indentation). Unbounded whitespace lets a small
-/// model at a high temperature pad its answer with blank lines until `max_tokens`.
-const WHITESPACE: &str = "(?: |\\n{1,2}[ \\t]{0,20})";
-
-/// A matcher for one choice constrained to `schema`.
+/// A matcher for one choice constrained to `schema` (with the engine's JSON options, not
+/// the client's).
 pub fn matcher(factory: &ParserFactory, schema: &serde_json::Value) -> Result<Matcher, String> {
-    let mut schema = schema.clone();
-    if let Some(object) = schema.as_object_mut() {
-        // The engine's options, not the client's.
-        object.insert(
-            "x-guidance".into(),
-            serde_json::json!({ "whitespace_pattern": WHITESPACE }),
-        );
-    }
-    let grammar = TopLevelGrammar::from_json_schema(schema);
+    let grammar =
+        TopLevelGrammar::from_json_schema(crate::engine::tools::with_json_options(schema));
+    let parser = factory.create_parser(grammar).map_err(|e| e.to_string())?;
+    Ok(Matcher::new(Ok(parser)))
+}
+
+/// A matcher for one choice constrained to a Lark grammar (llguidance's dialect).
+pub fn lark_matcher(factory: &ParserFactory, lark: &str) -> Result<Matcher, String> {
+    let grammar = TopLevelGrammar::from_lark(lark.to_string());
     let parser = factory.create_parser(grammar).map_err(|e| e.to_string())?;
     Ok(Matcher::new(Ok(parser)))
 }

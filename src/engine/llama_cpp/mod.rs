@@ -26,6 +26,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
 use super::chat_template::{ChatTemplate, CHATML};
+use super::tools::ToolSyntax;
 use super::{
     EngineError, GenerationRequest, LoadedModel, ModelFacts, Prompt, TokenEvent, TokenStream,
 };
@@ -99,6 +100,10 @@ pub(crate) struct Shared {
     grammar: OnceLock<Result<Arc<llguidance::ParserFactory>, String>>,
     /// The chat template thinks in `<think>…</think>`.
     thinks: bool,
+    /// The syntax the chat template renders tools for, if it has a tool section.
+    tool_syntax: Option<ToolSyntax>,
+    /// How a grammar writes that syntax's opener: `<[id]>` when it is a control token.
+    tool_opener: String,
 }
 
 impl Shared {
@@ -279,11 +284,13 @@ impl super::Engine for LlamaCppEngine {
             "llama.cpp model ready"
         );
         let thinks = settings.reasoning.unwrap_or(shared.thinks);
+        let tool_syntax = shared.tool_syntax;
         Ok(Arc::new(LlamaCppModel {
             shared,
             jobs: jobs_tx,
             facts: ModelFacts {
                 thinks,
+                tool_syntax,
                 ..ModelFacts::chat(Some(ready.context_per_sequence), "cpu")
             },
         }))
@@ -291,6 +298,14 @@ impl super::Engine for LlamaCppEngine {
 }
 
 type Loaded = (Arc<Shared>, LlamaContextParams, usize);
+
+/// What a generation's output is held to.
+enum Constraint {
+    /// JSON valid against this schema.
+    Json(serde_json::Value),
+    /// This Lark grammar (a native tool-call syntax).
+    Lark(String),
+}
 
 fn load_on_this_thread(
     backend: &LlamaBackend,
@@ -337,6 +352,16 @@ fn load_on_this_thread(
             .unwrap_or_else(|_| CHATML.to_string()),
     };
     let thinks = source.contains("</think>");
+    let tool_syntax = ToolSyntax::of_template(&source);
+    let tool_opener = tool_syntax.map_or_else(String::new, |syntax| {
+        let opener = syntax.opener();
+        match vocab.tokenize(opener.as_bytes(), false, true).as_slice() {
+            [token] if vocab.token_to_piece(*token, false, None).is_empty() => {
+                format!("<[{}]>", token.0)
+            }
+            _ => serde_json::to_string(opener).unwrap_or_default(),
+        }
+    });
     let template = ChatTemplate::new(&source, bos_text.clone(), eos_text)
         .map_err(|e| EngineError::Load(format!("chat template: {e}")))?;
     Ok((
@@ -347,6 +372,8 @@ fn load_on_this_thread(
             bos_text,
             grammar: OnceLock::new(),
             thinks,
+            tool_syntax,
+            tool_opener,
         }),
         params,
         per_sequence,
@@ -385,16 +412,27 @@ impl LoadedModel for LlamaCppModel {
             None => self.tokenize(&request.prompt).await?.0,
         };
         let n = request.sampling.n.max(1);
-        let matchers = match &request.json_schema {
+        // A JSON schema, or the grammar of the model's own tool-call syntax.
+        let constraint = match (&request.json_schema, request.prompt.tools()) {
+            (Some(schema), _) => Some(Constraint::Json(schema.clone())),
+            (None, Some(choice)) => self.shared.tool_syntax.and_then(|syntax| {
+                super::tools::native_grammar(syntax, choice, &self.shared.tool_opener)
+                    .map(Constraint::Lark)
+            }),
+            (None, None) => None,
+        };
+        let matchers = match constraint {
             None => None,
-            Some(schema) => {
-                // The first schema walks the whole vocabulary: off the async threads.
+            Some(constraint) => {
+                // The first grammar walks the whole vocabulary: off the async threads.
                 let shared = self.shared.clone();
-                let schema = schema.clone();
                 let built = tokio::task::spawn_blocking(move || {
                     let factory = shared.grammar_factory()?;
                     (0..n)
-                        .map(|_| grammar::matcher(&factory, &schema))
+                        .map(|_| match &constraint {
+                            Constraint::Json(schema) => grammar::matcher(&factory, schema),
+                            Constraint::Lark(lark) => grammar::lark_matcher(&factory, lark),
+                        })
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(EngineError::InvalidSchema)
                 })
