@@ -86,6 +86,19 @@ impl Dialect for ResponsesEvents {
     }
 }
 
+/// A failure after the stream began: in the renderer's own events where its format has
+/// them, else as the dialect's error event.
+fn fail<D: Dialect, R: Renderer>(renderer: &mut R, e: &ApiError) -> Vec<String> {
+    let envelope = e.envelope().error;
+    let code = envelope.code.unwrap_or(envelope.kind);
+    let chunks = renderer.fail(code, &envelope.message);
+    if chunks.is_empty() {
+        vec![D::error(e)]
+    } else {
+        chunks.iter().map(D::event).collect()
+    }
+}
+
 /// The streamed answer: `renderer`'s chunks for `events` in dialect `D`, then its
 /// terminator once the renderer is complete; a failure becomes an error event, and events
 /// that stop early end with one too.
@@ -117,12 +130,16 @@ where
                 }
                 Err(e) => {
                     tracing::warn!(model = %model, error = %e, "generation failed mid-stream");
-                    yield D::error(&e);
+                    for event in fail::<D, R>(&mut renderer, &e) {
+                        yield event;
+                    }
                     return;
                 }
             }
         }
-        yield D::error(&ApiError::Engine("the generation ended early".into()));
+        for event in fail::<D, R>(&mut renderer, &ApiError::Engine("the generation ended early".into())) {
+            yield event;
+        }
     }
 }
 

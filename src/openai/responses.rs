@@ -160,6 +160,10 @@ pub enum OutputItem {
 pub struct InputTokensDetails {
     /// Prompt tokens served from a reused KV-cache prefix.
     pub cached_tokens: usize,
+    /// Prompt tokens written to a cache for later requests (none: the KV cache is reused
+    /// implicitly).
+    #[serde(default)]
+    pub cache_write_tokens: usize,
 }
 
 /// `usage.output_tokens_details`.
@@ -411,6 +415,22 @@ pub enum ResponseEventBody {
     #[serde(rename = "response.incomplete")]
     Incomplete {
         /// It.
+        response: ResponseObject,
+    },
+    /// The generation failed after the stream began.
+    #[serde(rename = "error")]
+    Error {
+        /// Machine-readable code.
+        code: Option<String>,
+        /// What went wrong.
+        message: String,
+        /// The request field at fault, if any.
+        param: Option<String>,
+    },
+    /// The response failed (after an `error` event).
+    #[serde(rename = "response.failed")]
+    Failed {
+        /// It, with `status` `failed` and its `error`.
         response: ResponseObject,
     },
 }

@@ -9,6 +9,8 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod messages;
+#[cfg(test)]
+mod published;
 pub mod reasoning;
 pub mod responses;
 pub mod tool_stream;
@@ -26,6 +28,13 @@ pub trait Renderer {
     fn push(&mut self, input: Self::Input) -> Vec<Self::Chunk>;
     /// Whether the answer is over (every generation ended).
     fn complete(&self) -> bool;
+    /// The chunks that report a failure after the answer began (`code`, `message`), for
+    /// formats that report it in their own events; none (the default) leaves it to the
+    /// transport's error event.
+    fn fail(&mut self, code: &str, message: &str) -> Vec<Self::Chunk> {
+        let _ = (code, message);
+        Vec::new()
+    }
 }
 
 /// Chunks in, the non-streamed answer out.

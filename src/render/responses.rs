@@ -355,6 +355,26 @@ impl super::Renderer for ResponsesRenderer {
         self.done
     }
 
+    /// An `error` event, then `response.failed` with the response as it stood.
+    fn fail(&mut self, code: &str, message: &str) -> Vec<ResponseEvent> {
+        self.done = true;
+        let error = self.event(ResponseEventBody::Error {
+            code: Some(code.to_string()),
+            message: message.to_string(),
+            param: None,
+        });
+        // The response's error takes one of the Responses API's own codes.
+        let kind = match code {
+            "rate_limit_exceeded" => code,
+            _ => "server_error",
+        };
+        let response = &mut self.meta.response;
+        response.status = "failed".into();
+        response.error = Some(serde_json::json!({"code": kind, "message": message}));
+        let response = response.clone();
+        vec![error, self.event(ResponseEventBody::Failed { response })]
+    }
+
     fn push(&mut self, event: TokenEvent) -> Vec<ResponseEvent> {
         match event {
             TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
@@ -372,6 +392,7 @@ impl super::Renderer for ResponsesRenderer {
                     input_tokens: usage.prompt_tokens,
                     input_tokens_details: InputTokensDetails {
                         cached_tokens: usage.cached_prompt_tokens.min(usage.prompt_tokens),
+                        cache_write_tokens: 0,
                     },
                     output_tokens: usage.completion_tokens,
                     output_tokens_details: OutputTokensDetails::default(),
@@ -430,12 +451,12 @@ impl super::Fold for ResponseAnswer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::engine::TokenUsage;
     use crate::render::{Fold, Renderer};
 
-    fn response() -> ResponseObject {
+    pub(in crate::render) fn response() -> ResponseObject {
         ResponseObject {
             id: "resp_1".into(),
             object: "response".into(),

@@ -104,6 +104,9 @@ pub(crate) struct Shared {
     tool_syntax: Option<ToolSyntax>,
     /// How a grammar writes that syntax's opener: `<[id]>` when it is a control token.
     tool_opener: String,
+    /// The opener, when it is a control token (written out as text in the output, so the
+    /// calls can be read back).
+    pub(crate) tool_opener_token: Option<LlamaToken>,
 }
 
 impl Shared {
@@ -353,15 +356,19 @@ fn load_on_this_thread(
     };
     let thinks = source.contains("</think>");
     let tool_syntax = ToolSyntax::of_template(&source);
-    let tool_opener = tool_syntax.map_or_else(String::new, |syntax| {
-        let opener = syntax.opener();
-        match vocab.tokenize(opener.as_bytes(), false, true).as_slice() {
-            [token] if vocab.token_to_piece(*token, false, None).is_empty() => {
-                format!("<[{}]>", token.0)
-            }
-            _ => serde_json::to_string(opener).unwrap_or_default(),
-        }
-    });
+    let opener_token = tool_syntax
+        .map(|syntax| syntax.opener())
+        .filter(|opener| !opener.is_empty())
+        .and_then(
+            |opener| match vocab.tokenize(opener.as_bytes(), false, true).as_slice() {
+                [token] if vocab.token_to_piece(*token, false, None).is_empty() => Some(*token),
+                _ => None,
+            },
+        );
+    let tool_opener = match opener_token {
+        Some(token) => format!("<[{}]>", token.0),
+        None => serde_json::to_string(tool_syntax.map_or("", |s| s.opener())).unwrap_or_default(),
+    };
     let template = ChatTemplate::new(&source, bos_text.clone(), eos_text)
         .map_err(|e| EngineError::Load(format!("chat template: {e}")))?;
     Ok((
@@ -374,6 +381,7 @@ fn load_on_this_thread(
             thinks,
             tool_syntax,
             tool_opener,
+            tool_opener_token: opener_token,
         }),
         params,
         per_sequence,

@@ -213,7 +213,13 @@ pub fn run(shared: &Shared, mut context: LlamaContext<'_>, limits: Limits, jobs:
         for (i, row) in rows {
             let logits = context.get_logits_ith(row);
             let r = &mut running[i];
-            if let Outcome::Finished = step(r, logits, &vocab, context_per_sequence) {
+            if let Outcome::Finished = step(
+                r,
+                logits,
+                &vocab,
+                context_per_sequence,
+                shared.tool_opener_token,
+            ) {
                 finished.push(i);
             }
         }
@@ -360,6 +366,8 @@ fn step(
     logits: &[f32],
     vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
     context_per_sequence: usize,
+    // A control token written out as text: the opener of the model's tool calls.
+    shown: Option<LlamaToken>,
 ) -> Outcome {
     let choice = &mut r.choice;
     let sampling = choice.sampling.clone();
@@ -408,7 +416,7 @@ fn step(
         return finish(choice, FinishReason::Stop);
     }
 
-    let piece = vocab.token_to_piece(token, false, None);
+    let piece = vocab.token_to_piece(token, shown == Some(token), None);
     let logprobs = if sampling.logprobs {
         vec![token_logprob(
             &piece,
