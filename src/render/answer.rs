@@ -651,6 +651,36 @@ mod tests {
         assert!(reader.called());
     }
 
+    // DeepSeek-R1 distills: the template ends the prompt with `<think>\n`, so the output
+    // starts inside the thinking and only closes it.
+    #[test]
+    fn r1_thinking_opened_by_the_template() {
+        let text = "Okay, the user asks for 2+2. That is 4.\n</think>\n\nThe answer is **4**.";
+        for size in [1, 3, 8, 100] {
+            let mut reader = AnswerReader::new(Some(true), None);
+            assert_eq!(
+                read(&mut reader, text, size),
+                [
+                    AnswerPiece::Reasoning("Okay, the user asks for 2+2. That is 4.\n".into()),
+                    AnswerPiece::Content("The answer is **4**.".into()),
+                ]
+            );
+        }
+    }
+
+    // Qwen3 with `enable_thinking: false`: the template closes an empty block in the
+    // prompt, the model answers directly; SmolLM3's `/no_think` likewise.
+    #[test]
+    fn a_reasoning_model_with_thinking_off_answers_directly() {
+        let mut reader = AnswerReader::new(Some(false), Some(ToolSyntax::Hermes));
+        assert_eq!(
+            read(&mut reader, "Paris is the capital of France.", 4),
+            [AnswerPiece::Content(
+                "Paris is the capital of France.".into()
+            )]
+        );
+    }
+
     #[test]
     fn without_tools_everything_is_content() {
         let mut reader = AnswerReader::new(None, None);
