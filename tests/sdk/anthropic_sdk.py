@@ -30,7 +30,8 @@ WEATHER = [{"name": "get_weather", "description": "Weather in a city.",
 def start_server():
     return server.start_server(
         f'[auth]\napi_keys = ["{KEY}"]\n'
-        f'[[models]]\nname = "smollm2"\nsource = "{server.MODEL_FILE}"\nengine = "llama.cpp"\npinned = true\n')
+        f'[[models]]\nname = "smollm2"\nsource = "{server.MODEL_FILE}"\nengine = "llama.cpp"\npinned = true\n'
+        + server.hermes_model("smol-hermes"))
 
 
 
@@ -96,6 +97,22 @@ def main():
         call = next(b for b in final.content if b.type == "tool_use")
         assert final.stop_reason == "tool_use" and call.name == "get_weather" and "city" in call.input
 
+    def native_tool_use():
+        # The model's own <tool_call> syntax, read back as a tool_use block; then the result.
+        first = client.messages.create(model="smol-hermes", max_tokens=120, tools=WEATHER, extra_body=GREEDY,
+                                       tool_choice={"type": "any", "disable_parallel_tool_use": True},
+                                       messages=[{"role": "user", "content": "Weather in Paris?"}])
+        assert first.stop_reason == "tool_use", first
+        calls = [b for b in first.content if b.type == "tool_use"]
+        assert len(calls) == 1 and calls[0].name == "get_weather" and "city" in calls[0].input
+        second = client.messages.create(
+            model="smol-hermes", max_tokens=10, tools=WEATHER, extra_body=GREEDY,
+            messages=[{"role": "user", "content": "Weather in Paris?"},
+                      {"role": "assistant", "content": first.content},
+                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": calls[0].id,
+                                                    "content": "18 C and sunny"}]}])
+        assert second.stop_reason in ("end_turn", "max_tokens", "tool_use"), second
+
     def structured_output():
         m = client.messages.create(model="smollm2", max_tokens=120, messages=[{"role": "user", "content": "A cat"}],
                                    extra_body=GREEDY,
@@ -134,6 +151,7 @@ def main():
     try:
         for name, fn in [("message", create), ("stream", stream), ("raw stream events", raw_stream_events),
                          ("tool use round trip", tool_round_trip), ("streamed tool use", streamed_tool_use),
+                         ("native tool use (Hermes template) and its result", native_tool_use),
                          ("structured output (output_config.format)", structured_output),
                          ("count_tokens", count_tokens), ("typed errors", errors)]:
             check(name, fn)

@@ -31,7 +31,8 @@ WEATHER = [{"type": "function", "function": {"name": "get_weather", "description
 def start_server():
     return server.start_server(
         f'[[models]]\nname = "smollm2"\nsource = "{server.MODEL_FILE}"\ndevice = "cpu"\npinned = true\n'
-        f'[[models]]\nname = "minilm"\nsource = "{EMBED_FILE}"\nengine = "llama.cpp"\n')
+        f'[[models]]\nname = "minilm"\nsource = "{EMBED_FILE}"\nengine = "llama.cpp"\n'
+        + server.hermes_model("smol-hermes"))
 
 
 
@@ -77,7 +78,7 @@ def main():
         assert [c.index for c in r.choices] == [0, 1] and r.usage.completion_tokens <= 8
 
     def models():
-        assert [m.id for m in client.models.list()] == ["smollm2", "minilm"]
+        assert [m.id for m in client.models.list()] == ["smollm2", "minilm", "smol-hermes"]
         assert client.models.retrieve("smollm2").id == "smollm2"
 
     def errors():
@@ -240,6 +241,40 @@ def main():
         except openai.BadRequestError as e:
             assert e.param == "tools[0].type"
 
+    def native_tools():
+        # The model's own syntax (<tool_call> blocks) under the grammar, read back as calls.
+        r = client.chat.completions.create(model="smol-hermes", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                           max_tokens=80, temperature=0, tools=WEATHER, tool_choice="required",
+                                           parallel_tool_calls=False)
+        calls = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 1, r
+        assert calls[0].function.name == "get_weather" and isinstance(json.loads(calls[0].function.arguments)["city"], str)
+        assert "<tool_call>" not in (r.choices[0].message.content or "")
+        s = client.chat.completions.create(model="smol-hermes", messages=[{"role": "user", "content": "Weather?"}],
+                                           max_tokens=80, temperature=0, tools=WEATHER, tool_choice="required",
+                                           parallel_tool_calls=False, stream=True)
+        names, pieces = [], []
+        for chunk in s:
+            for c in chunk.choices:
+                for tc in c.delta.tool_calls or []:
+                    names += [tc.function.name] if tc.function.name else []
+                    pieces.append(tc.function.arguments or "")
+        assert names == ["get_weather"] and len([p for p in pieces if p]) >= 2, pieces
+        # A second turn with the call and its result, rendered by the template.
+        again = client.chat.completions.create(
+            model="smol-hermes", max_tokens=10, temperature=0, tools=WEATHER,
+            messages=[{"role": "user", "content": "Weather in Paris?"},
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": calls[0].id, "type": "function",
+                           "function": {"name": "get_weather", "arguments": calls[0].function.arguments}}]},
+                      {"role": "tool", "tool_call_id": calls[0].id, "content": "18 C"}])
+        assert again.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        resp = client.responses.create(model="smol-hermes", input="Weather in Oslo?", tools=RESP_TOOLS,
+                                       tool_choice="required", parallel_tool_calls=False,
+                                       max_output_tokens=80, temperature=0)
+        call = next(item for item in resp.output if item.type == "function_call")
+        assert call.name == "get_weather" and json.loads(call.arguments)["city"]
+
     def responses_structured():
         r = client.responses.create(model="smollm2", input="A cat", max_output_tokens=80, temperature=0,
                                     text={"format": {"type": "json_schema", "name": "cat", "strict": True, "schema": {
@@ -257,7 +292,8 @@ def main():
                          ("responses.stream", responses_stream),
                          ("responses tool loop with previous_response_id", responses_tool_loop),
                          ("responses store: retrieve, delete, 404s, built-in tools refused", responses_store),
-                         ("responses structured output", responses_structured)]:
+                         ("responses structured output", responses_structured),
+                         ("native tool calls (Hermes template): chat, stream, history, responses", native_tools)]:
             check(name, fn)
     finally:
         proc.terminate()

@@ -1,6 +1,7 @@
 """Starts `llamagate serve` for the SDK checks: a config on a free loopback port, the
 server process, and the base URL once it accepts connections."""
 
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BINARY = os.environ.get("LLAMAGATE_BIN", os.path.join(TARGET, "debug", "llamagate"))
 MODEL_FILE = os.environ.get("LLAMAGATE_TEST_MODEL", os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+HERMES_TEMPLATE = os.path.join(ROOT, "tests", "fixtures", "hermes_tools.jinja")
+
+
+def hermes_model(name):
+    """TOML for the test model on llama.cpp with a Hermes tool template: its tools are
+    offered, and its calls read back, in the model's own `<tool_call>` syntax."""
+    with open(HERMES_TEMPLATE) as f:
+        template = json.dumps(f.read())  # a JSON string is a TOML basic string
+    return (f'[[models]]\nname = "{name}"\nsource = "{MODEL_FILE}"\nengine = "llama.cpp"\n'
+            f'pinned = true\nchat_template = {template}\n')
 
 
 def free_port():
