@@ -377,12 +377,7 @@ pub fn validate_chat(
             turn.name = call_names.get(id).cloned();
             turn.tool_call_id = Some(id.to_string());
         }
-        bytes += turn.content.len()
-            + turn
-                .tool_calls
-                .iter()
-                .map(|c| c.name.len() + c.arguments.to_string().len())
-                .sum::<usize>();
+        bytes += turn.text_bytes();
         if bytes > limits.max_prompt_bytes {
             return Err(ApiError::invalid(
                 "messages",

@@ -74,6 +74,16 @@ impl ChatTurn {
             name: None,
         }
     }
+
+    /// Bytes of text in the turn, its calls' names and arguments included.
+    pub fn text_bytes(&self) -> usize {
+        self.content.len()
+            + self
+                .tool_calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.to_string().len())
+                .sum::<usize>()
+    }
 }
 
 /// Variables a chat template reads besides the messages.
@@ -123,7 +133,7 @@ impl Prompt {
     /// Bytes of text in the prompt.
     pub fn text_bytes(&self) -> usize {
         match self {
-            Self::Chat(turns, _) => turns.iter().map(|t| t.content.len()).sum(),
+            Self::Chat(turns, _) => turns.iter().map(ChatTurn::text_bytes).sum(),
             Self::Text(t) => t.len(),
         }
     }

@@ -306,16 +306,7 @@ pub fn validate_messages(
     for (i, message) in req.messages.iter().enumerate() {
         turns.extend(self::turns(message, i, &mut names)?);
     }
-    let bytes: usize = turns
-        .iter()
-        .map(|t| {
-            t.content.len()
-                + t.tool_calls
-                    .iter()
-                    .map(|c| c.name.len() + c.arguments.to_string().len())
-                    .sum::<usize>()
-        })
-        .sum();
+    let bytes: usize = turns.iter().map(ChatTurn::text_bytes).sum();
     if bytes > limits.max_prompt_bytes {
         return Err(ApiError::invalid(
             "messages",

@@ -348,16 +348,7 @@ pub fn validate_response(
     if let Some(instructions) = req.instructions.as_ref().filter(|i| !i.is_empty()) {
         turns.insert(0, ChatTurn::new(Role::System, instructions.clone()));
     }
-    let bytes: usize = turns
-        .iter()
-        .map(|t| {
-            t.content.len()
-                + t.tool_calls
-                    .iter()
-                    .map(|c| c.name.len() + c.arguments.to_string().len())
-                    .sum::<usize>()
-        })
-        .sum();
+    let bytes: usize = turns.iter().map(ChatTurn::text_bytes).sum();
     if bytes > limits.max_prompt_bytes {
         return Err(ApiError::invalid(
             "input",
