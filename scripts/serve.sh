@@ -8,6 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
 scripts/build-deps.sh
 scripts/fetch-models.sh --all
-# Built together with the tests: one feature set, so serving and testing share one build.
-cargo build --tests --bin llamagate
+# Only what serving needs (not the tests: scripts/test.sh builds those), so the first
+# answer on a fresh machine comes sooner.
+cargo build --bin llamagate
 exec "$CARGO_TARGET_DIR/debug/llamagate" serve --config config/default.toml "$@"

@@ -499,12 +499,11 @@ pub enum PoolingSetting {
 }
 
 /// Which inference engine runs a model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
-    /// mistral.rs (the default; CPU, CUDA or Metal).
-    #[default]
+    /// mistral.rs (CPU, CUDA or Metal; chosen by `auto` for GPU devices on GPU builds).
     MistralRs,
-    /// llama.cpp through `llama-cpp-2` (fastest on CPU).
+    /// llama.cpp through `llama-cpp-2` (chosen by `auto` on the CPU, where it is faster).
     LlamaCpp,
     /// An upstream OpenAI-compatible server (implied by an `http(s)://` source).
     Upstream,
@@ -535,10 +534,20 @@ impl<'de> Deserialize<'de> for EngineKind {
             "llama.cpp" | "llamacpp" | "llama-cpp" => Ok(Self::LlamaCpp),
             "upstream" => Ok(Self::Upstream),
             _ => Err(serde::de::Error::custom(format!(
-                "`{s}` is not an engine; use \"mistralrs\", \"llama.cpp\" or \"upstream\""
+                "`{s}` is not an engine; use \"auto\", \"llama.cpp\", \"mistralrs\" or \"upstream\""
             ))),
         }
     }
+}
+
+/// A model's `engine` setting: `"auto"` (or none) leaves the choice to
+/// [`ModelSettings::engine_choice`].
+fn engine_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EngineKind>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    EngineKind::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&s)).map(Some)
 }
 
 /// `[[models]]`: one model the gateway can serve.
@@ -553,9 +562,10 @@ pub struct ModelSettings {
     /// A path to a GGUF file, `hf://owner/repo/file.gguf`, or the base URL of an upstream
     /// OpenAI-compatible server (`http://host:port/v1`).
     pub source: ModelSource,
-    /// `mistralrs` (default) or `llama.cpp` for a GGUF; an `http(s)://` source is always
-    /// `upstream`.
-    #[serde(default)]
+    /// `auto` (default), `llama.cpp` or `mistralrs` for a GGUF; an `http(s)://` source is
+    /// always `upstream`. `auto`: mistral.rs for a GPU device on a GPU build, llama.cpp on
+    /// the CPU (faster there, see docs/BENCHMARKS.md).
+    #[serde(default, deserialize_with = "engine_setting")]
     pub engine: Option<EngineKind>,
     /// CPU threads for the llama.cpp engine (default: the machine's physical cores).
     #[serde(default)]
@@ -687,12 +697,32 @@ impl ModelSettings {
         Duration::from_secs(self.load_timeout_secs)
     }
 
-    /// The engine that runs this model: `upstream` for an `http(s)://` source, else the
-    /// configured one (mistral.rs by default).
+    /// The engine that runs this model.
     pub fn engine_kind(&self) -> EngineKind {
-        match self.source {
-            ModelSource::Upstream { .. } => EngineKind::Upstream,
-            _ => self.engine.unwrap_or_default(),
+        self.engine_choice().0
+    }
+
+    /// The engine that runs this model and why: `upstream` for an `http(s)://` source, the
+    /// configured one, or under `auto` mistral.rs for a GPU device on a build with a GPU
+    /// backend (the llama.cpp engine is built for the CPU) and llama.cpp on the CPU, where
+    /// it answers sooner and decodes ~2.5× faster on the same file (docs/BENCHMARKS.md).
+    pub fn engine_choice(&self) -> (EngineKind, &'static str) {
+        let gpu_build = cfg!(any(feature = "cuda", feature = "metal"));
+        match (&self.source, self.engine, &self.device) {
+            (ModelSource::Upstream { .. }, _, _) => (EngineKind::Upstream, "an http(s):// source"),
+            (_, Some(kind), _) => (kind, "configured"),
+            (_, None, DeviceSetting::Cuda(_) | DeviceSetting::Metal(_)) => (
+                EngineKind::MistralRs,
+                "auto: a GPU device (mistral.rs; the llama.cpp engine runs on the CPU)",
+            ),
+            (_, None, DeviceSetting::Auto) if gpu_build => (
+                EngineKind::MistralRs,
+                "auto: a GPU build (mistral.rs, on the GPU when one is present)",
+            ),
+            (_, None, _) => (
+                EngineKind::LlamaCpp,
+                "auto: the CPU (llama.cpp, faster than mistral.rs there)",
+            ),
         }
     }
 }
@@ -923,8 +953,26 @@ upstream_api_key = "env:GPU_BOX_KEY"
         .unwrap();
         assert_eq!(s.models[0].engine_kind(), EngineKind::LlamaCpp);
         assert_eq!(s.models[0].threads, Some(4));
-        assert_eq!(s.models[1].engine_kind(), EngineKind::MistralRs);
+        // `auto`: llama.cpp on the CPU; mistral.rs for a GPU device.
+        let cpu_default = if cfg!(any(feature = "cuda", feature = "metal")) {
+            EngineKind::MistralRs
+        } else {
+            EngineKind::LlamaCpp
+        };
+        assert_eq!(s.models[1].engine_kind(), cpu_default);
+        assert!(s.models[1].engine_choice().1.starts_with("auto: "));
+        assert_eq!(s.models[0].engine_choice().1, "configured");
         assert_eq!(s.models[2].engine_kind(), EngineKind::Upstream);
+        let gpu = Settings::from_toml(
+            "[[models]]\nname = \"g\"\nsource = \"m.gguf\"\ndevice = \"cuda:0\"\nengine = \"auto\"\n",
+        )
+        .unwrap();
+        assert_eq!(gpu.models[0].engine_kind(), EngineKind::MistralRs);
+        let cpu = Settings::from_toml(
+            "[[models]]\nname = \"c\"\nsource = \"m.gguf\"\ndevice = \"cpu\"\nengine = \"AUTO\"\n",
+        )
+        .unwrap();
+        assert_eq!(cpu.models[0].engine_kind(), EngineKind::LlamaCpp);
         assert_eq!(
             s.models[2].source,
             ModelSource::Upstream {

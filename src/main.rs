@@ -378,7 +378,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             DeviceSetting::Auto => format!("auto -> {auto_device}"),
             other => other.to_string(),
         };
-        tracing::info!(model = %m.name, aliases = ?m.aliases, source = %m.source, device = %device, pinned = m.pinned, "model configured");
+        let (engine, why) = m.engine_choice();
+        tracing::info!(model = %m.name, aliases = ?m.aliases, source = %m.source, device = %device, %engine, engine_reason = why, pinned = m.pinned, "model configured");
     }
     let built = llamagate::build_server(settings, Arc::new(EngineRouter::default()))?;
     tracing::info!("listening on http://{}", built.addr);

@@ -37,6 +37,7 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
             hf => hf.to_string(),
         },
         engine: slot.settings.engine_kind().to_string(),
+        engine_reason: slot.settings.engine_choice().1.to_string(),
         device: status.device.unwrap_or_else(|| slot.device_key.clone()),
         context_length: status.context_length,
         quantization: slot.file.quantization.clone(),

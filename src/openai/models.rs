@@ -22,6 +22,8 @@ pub struct ModelObject {
     pub source: String,
     /// The engine that runs it: `mistralrs`, `llama.cpp` or `upstream`.
     pub engine: String,
+    /// Why that engine: `configured`, or the reason `auto` chose it.
+    pub engine_reason: String,
     /// Configured device (`remote` for upstream models).
     pub device: String,
     /// Context window in tokens, once known (after the first load).

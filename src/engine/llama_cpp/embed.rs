@@ -19,7 +19,6 @@ use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::oneshot;
@@ -86,7 +85,7 @@ pub(super) async fn load(
         .name(thread_name)
         .spawn(move || {
             let loaded = std::panic::catch_unwind(|| {
-                LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default()).map_err(
+                LlamaModel::load_from_file(backend, &path, &super::model_params()).map_err(
                     |e| {
                         EngineError::Load(super::super::describe_file_error(
                             &path,

@@ -302,6 +302,14 @@ impl super::Engine for LlamaCppEngine {
 
 type Loaded = (Arc<Shared>, LlamaContextParams, usize);
 
+/// How llama.cpp loads a model file: read into memory, not mapped. A file that is
+/// replaced in place (truncated and rewritten, as `cp` does) while mapped kills the whole
+/// process with SIGBUS on the next page it touches; read, a loaded model no longer depends
+/// on its file, as on mistral.rs. The memory budget counts the weights either way.
+pub(crate) fn model_params() -> LlamaModelParams {
+    LlamaModelParams::default().with_use_mmap(false)
+}
+
 /// What a generation's output is held to.
 enum Constraint {
     /// JSON valid against this schema.
@@ -319,10 +327,20 @@ fn load_on_this_thread(
     threads: usize,
 ) -> Result<Loaded, EngineError> {
     let model =
-        LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| {
+        LlamaModel::load_from_file(backend, path, &model_params()).map_err(|e| {
+            // llama.cpp only says "null result": name what the header claims to be.
+            let claimed = crate::gguf::read_summary(path).ok().map(|s| {
+                format!(
+                    "; the file says its architecture is `{}`: its tensors may not match it, or this llama.cpp may not support it",
+                    s.architecture().unwrap_or("none")
+                )
+            });
             EngineError::Load(super::describe_file_error(
                 path,
-                &format!("llama.cpp could not load it ({e})"),
+                &format!(
+                    "llama.cpp could not load it ({e}{})",
+                    claimed.unwrap_or_default()
+                ),
             ))
         })?;
     let trained = model.n_ctx_train().max(1) as usize;
