@@ -69,6 +69,9 @@ await check("chat streams, Stop cancels the generation on the server", async () 
     // The embedding model is not offered for chat.
     const offered = await page.$$eval("#model option", (os) => os.map((o) => o.value));
     if (offered.join() !== "smollm2") throw new Error("models offered: " + offered.join());
+    // Which engine serves it, and why (engine = "auto" picks llama.cpp on the CPU).
+    const label = await page.$eval("#model option", (o) => o.textContent + " | " + o.title);
+    if (!label.includes("llama.cpp") || !label.includes("auto: ")) throw new Error("model label: " + label);
     await page.selectOption("#model", "smollm2");
     // A short exchange that completes, with stats.
     await page.fill("#input", "Say hello.");
