@@ -130,6 +130,14 @@ impl Prompt {
         Self::Chat(turns, ChatOptions::default())
     }
 
+    /// The tools the prompt offers.
+    pub fn tools(&self) -> Option<&tools::ToolChoice> {
+        match self {
+            Self::Chat(_, options) => options.tools.as_deref(),
+            Self::Text(_) => None,
+        }
+    }
+
     /// Bytes of text in the prompt.
     pub fn text_bytes(&self) -> usize {
         match self {
@@ -329,16 +337,6 @@ pub struct PreparedPrompt {
     /// The chat template opened a thinking block (`<think>`) at the end of the prompt: the
     /// output starts inside it.
     pub opens_thinking: bool,
-}
-
-impl Prompt {
-    /// The tools the prompt offers.
-    pub fn tools(&self) -> Option<&tools::ToolChoice> {
-        match self {
-            Self::Chat(_, options) => options.tools.as_deref(),
-            Self::Text(_) => None,
-        }
-    }
 }
 
 /// Facts about a loaded model.

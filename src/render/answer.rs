@@ -64,10 +64,10 @@ impl AnswerReader {
     }
 
     /// Feeds more generated text.
-    pub fn push(&mut self, text: &str) -> Vec<AnswerPiece> {
+    pub fn push(&mut self, text: String) -> Vec<AnswerPiece> {
         let split = match &mut self.thinking {
-            Some(splitter) => splitter.push(text),
-            None => vec![ThinkPiece::Content(text.to_string())],
+            Some(splitter) => splitter.push(&text),
+            None => vec![ThinkPiece::Content(text)],
         };
         self.answer(split)
     }
@@ -116,6 +116,21 @@ impl AnswerReader {
     }
 }
 
+/// A call read whole: its name, then all its arguments (`{}` when it has none).
+fn whole_call(
+    index: usize,
+    name: String,
+    arguments: Option<serde_json::Value>,
+) -> [AnswerPiece; 2] {
+    [
+        AnswerPiece::Call { index, name },
+        AnswerPiece::Arguments {
+            index,
+            text: arguments.map_or_else(|| "{}".into(), |a| a.to_string()),
+        },
+    ]
+}
+
 /// The portable syntax: the whole answer is one constrained JSON object.
 #[derive(Debug, Clone, Default)]
 struct Portable {
@@ -144,13 +159,7 @@ impl Portable {
         match tool_answer(self.stream.text()) {
             ToolAnswer::Call { name, arguments } => {
                 self.called = true;
-                vec![
-                    AnswerPiece::Call { index: 0, name },
-                    AnswerPiece::Arguments {
-                        index: 0,
-                        text: arguments.map_or_else(|| "{}".into(), |a| a.to_string()),
-                    },
-                ]
+                whole_call(0, name, arguments).to_vec()
             }
             ToolAnswer::Content(t) | ToolAnswer::Raw(t) => vec![AnswerPiece::Content(t)],
         }
@@ -401,24 +410,16 @@ impl Native {
                 if call.index.is_none() {
                     // Keys in another order: read whole.
                     let whole = call.stream.text();
-                    match serde_json::from_str::<serde_json::Value>(whole) {
-                        Ok(v) if v["name"].is_string() => {
-                            let arguments = v
-                                .get("arguments")
-                                .or_else(|| v.get("parameters"))
-                                .map_or_else(|| "{}".to_string(), |a| a.to_string());
-                            out.push(AnswerPiece::Call {
-                                index: self.calls,
-                                name: v["name"].as_str().unwrap_or_default().to_string(),
-                            });
-                            out.push(AnswerPiece::Arguments {
-                                index: self.calls,
-                                text: arguments,
-                            });
+                    match tool_answer(whole) {
+                        ToolAnswer::Call { name, arguments } => {
+                            out.extend(whole_call(self.calls, name, arguments));
                             self.calls += 1;
                             self.complete += 1;
                         }
-                        _ => out.push(AnswerPiece::Content(format!("{}{whole}", call.lead))),
+                        // Not a call after all: the text as written.
+                        ToolAnswer::Content(_) | ToolAnswer::Raw(_) => {
+                            out.push(AnswerPiece::Content(format!("{}{whole}", call.lead)))
+                        }
                     }
                 } else {
                     self.complete += 1;
@@ -487,7 +488,7 @@ mod tests {
             while !rest.is_char_boundary(cut) {
                 cut += 1;
             }
-            out.extend(reader.push(&rest[..cut]));
+            out.extend(reader.push(rest[..cut].to_string()));
             rest = &rest[cut..];
         }
         out.extend(reader.finish());
@@ -623,6 +624,13 @@ mod tests {
             None,
             &tagged,
             &call(0, "get_weather", r#"{"city": "Paris"}"#),
+        );
+        // Keys in another order are read whole, `parameters` and all.
+        check(
+            ToolSyntax::Llama3,
+            None,
+            "{\"parameters\": {\"city\": \"Paris\"}, \"name\": \"get_weather\"}",
+            &call(0, "get_weather", r#"{"city":"Paris"}"#),
         );
         check(
             ToolSyntax::Llama3,

@@ -182,7 +182,7 @@ impl super::Renderer for ChatRenderer {
                 text,
                 logprobs,
             } => {
-                let pieces = self.readers[choice].push(&text);
+                let pieces = self.readers[choice].push(text);
                 let mut chunks = self.piece_chunks(choice, pieces);
                 if self.meta.logprobs {
                     if chunks.is_empty() {

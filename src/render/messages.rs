@@ -208,7 +208,7 @@ impl super::Renderer for MessagesRenderer {
         match event {
             TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
             TokenEvent::Text { text, .. } => {
-                let pieces = self.reader.push(&text);
+                let pieces = self.reader.push(text);
                 self.pieces(pieces)
             }
             TokenEvent::Finished { choice, .. } if choice > 0 => Vec::new(),

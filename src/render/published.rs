@@ -11,10 +11,11 @@ use serde_json::Value;
 use super::chat::{ChatAnswer, ChatMeta, ChatRenderer};
 use super::completions::{CompletionAnswer, CompletionMeta, CompletionRenderer};
 use super::messages::{MessageAnswer, MessageMeta, MessagesRenderer};
+use super::responses::tests::{done, finished, text};
 use super::responses::{ResponseAnswer, ResponseMeta, ResponsesRenderer};
 use super::{Fold, Renderer};
 use crate::engine::tools::ToolSyntax;
-use crate::engine::{FinishReason, TokenEvent, TokenLogprob, TokenUsage, TopLogprob};
+use crate::engine::{FinishReason, TokenEvent, TokenLogprob, TopLogprob};
 
 fn schema(name: &str) -> jsonschema::Validator {
     let text = match name {
@@ -55,26 +56,6 @@ fn check<T: Serialize>(validator: &jsonschema::Validator, what: &str, value: &T)
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect();
     assert!(errors.is_empty(), "{what}: {errors:#?}\n{value:#}");
-}
-
-fn text(t: &str) -> TokenEvent {
-    TokenEvent::Text {
-        choice: 0,
-        text: t.into(),
-        logprobs: Vec::new(),
-    }
-}
-
-fn finished(reason: FinishReason) -> TokenEvent {
-    TokenEvent::Finished { choice: 0, reason }
-}
-
-fn done() -> TokenEvent {
-    TokenEvent::Done(TokenUsage {
-        prompt_tokens: 9,
-        completion_tokens: 7,
-        cached_prompt_tokens: 2,
-    })
 }
 
 /// A scripted answer: what it shows, the reader's thinking and tool settings, its events.

@@ -379,7 +379,7 @@ impl super::Renderer for ResponsesRenderer {
         match event {
             TokenEvent::Text { choice, .. } if choice > 0 => Vec::new(),
             TokenEvent::Text { text, .. } => {
-                let pieces = self.reader.push(&text);
+                let pieces = self.reader.push(text);
                 self.pieces(pieces)
             }
             TokenEvent::Finished { choice, .. } if choice > 0 => Vec::new(),
@@ -484,7 +484,7 @@ pub(super) mod tests {
         }
     }
 
-    fn text(t: &str) -> TokenEvent {
+    pub(in crate::render) fn text(t: &str) -> TokenEvent {
         TokenEvent::Text {
             choice: 0,
             text: t.into(),
@@ -519,11 +519,11 @@ pub(super) mod tests {
         (all, answer.finish())
     }
 
-    fn finished(reason: FinishReason) -> TokenEvent {
+    pub(in crate::render) fn finished(reason: FinishReason) -> TokenEvent {
         TokenEvent::Finished { choice: 0, reason }
     }
 
-    fn done() -> TokenEvent {
+    pub(in crate::render) fn done() -> TokenEvent {
         TokenEvent::Done(TokenUsage {
             prompt_tokens: 10,
             completion_tokens: 3,

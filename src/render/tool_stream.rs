@@ -264,7 +264,7 @@ impl ToolStream {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolAnswer {
     /// A call the scanner could not follow (keys in another order): its name and its
-    /// `arguments` value, if any.
+    /// `arguments` (or Llama 3's `parameters`) value, if any.
     Call {
         /// The tool's name.
         name: String,
@@ -277,7 +277,8 @@ pub enum ToolAnswer {
     Raw(String),
 }
 
-/// Reads the constrained JSON of a tool-using answer: a call, or (with `auto`) text.
+/// Reads a tool-using answer's JSON whole: a call (its arguments under `arguments`, or
+/// `parameters` as [`ToolStream`] also accepts), or (with `auto`) text.
 pub fn tool_answer(text: &str) -> ToolAnswer {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
         return ToolAnswer::Raw(text.to_string());
@@ -285,7 +286,10 @@ pub fn tool_answer(text: &str) -> ToolAnswer {
     match (value["name"].as_str(), value["content"].as_str()) {
         (Some(name), _) => ToolAnswer::Call {
             name: name.to_string(),
-            arguments: value.get("arguments").cloned(),
+            arguments: value
+                .get("arguments")
+                .or_else(|| value.get("parameters"))
+                .cloned(),
         },
         (None, Some(content)) => ToolAnswer::Content(content.to_string()),
         _ => ToolAnswer::Raw(text.to_string()),
