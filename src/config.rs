@@ -834,6 +834,13 @@ impl Settings {
                 }
                 _ => {}
             }
+            if !cfg!(feature = "mistralrs") && model.engine_kind() == EngineKind::MistralRs {
+                return invalid(format!(
+                    "model `{}`: {} needs the mistral.rs engine, which this binary was built without (scripts/serve.sh builds only llama.cpp on a CPU machine; build with `cargo build` or run `LLAMAGATE_ENGINES=all scripts/serve.sh`)",
+                    model.name,
+                    model.engine_choice().1
+                ));
+            }
             if model.threads == Some(0) {
                 return invalid(format!(
                     "model `{}`: threads must be at least 1",

@@ -14,6 +14,7 @@ pub mod hub;
 pub mod memory;
 pub mod metrics;
 pub mod openai;
+#[cfg(feature = "mistralrs")]
 pub mod quantize;
 pub mod render;
 pub mod scheduler;

@@ -126,11 +126,17 @@ fn main() -> std::process::ExitCode {
     // Commands whose stdout is a report keep their logs on stderr.
     init_tracing(!matches!(cli.command, Command::Serve { .. }));
     match cli.command {
+        #[cfg(feature = "mistralrs")]
         Command::Quantize {
             input,
             output,
             quant,
         } => quantize(&input, &output, &quant),
+        #[cfg(not(feature = "mistralrs"))]
+        Command::Quantize { .. } => {
+            eprintln!("error: this binary was built without the mistral.rs engine, whose candle library `quantize` uses; build it with `cargo build` (default features)");
+            std::process::ExitCode::FAILURE
+        }
         Command::Bench {
             url,
             spawn,
@@ -312,6 +318,7 @@ async fn run_overhead(
     Ok(())
 }
 
+#[cfg(feature = "mistralrs")]
 fn quantize(
     input: &std::path::Path,
     output: &std::path::Path,
@@ -355,13 +362,25 @@ fn quantize(
     }
 }
 
+/// The GPU `device = "auto"` picks in a GPU build, in words.
+#[cfg(feature = "mistralrs")]
+fn gpu_device() -> String {
+    match mistralrs::best_device(false) {
+        Ok(d) if !d.is_cpu() => llamagate::engine::mistralrs::describe_device(&d),
+        _ => "cpu (no GPU found)".to_string(),
+    }
+}
+
+/// No GPU build without mistral.rs (the `cuda`/`metal` features turn it on).
+#[cfg(not(feature = "mistralrs"))]
+fn gpu_device() -> String {
+    "cpu (built without GPU support)".to_string()
+}
+
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let gpu_built = cfg!(any(feature = "cuda", feature = "metal"));
     let auto_device = if gpu_built {
-        match mistralrs::best_device(false) {
-            Ok(d) if !d.is_cpu() => llamagate::engine::mistralrs::describe_device(&d),
-            _ => "cpu (no GPU found)".to_string(),
-        }
+        gpu_device()
     } else {
         "cpu (built without GPU support)".to_string()
     };

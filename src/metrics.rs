@@ -279,7 +279,11 @@ impl Metrics {
                 }
                 g.with_label_values(&[
                     env!("CARGO_PKG_VERSION"),
-                    "mistralrs-0.8+llama.cpp(llama-cpp-2-0.1)+upstream",
+                    if cfg!(feature = "mistralrs") {
+                        "mistralrs-0.8+llama.cpp(llama-cpp-2-0.1)+upstream"
+                    } else {
+                        "llama.cpp(llama-cpp-2-0.1)+upstream"
+                    },
                     features.join(",").as_str(),
                 ])
                 .set(1);

@@ -7,6 +7,7 @@ pub mod chat_template;
 pub mod fake;
 pub mod json_end;
 pub mod llama_cpp;
+#[cfg(feature = "mistralrs")]
 pub mod mistralrs;
 pub mod probe;
 pub mod router;

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+#[cfg(feature = "mistralrs")]
 use mistralrs::{CustomLogitsProcessor, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -26,6 +27,7 @@ pub type TokenCallback = std::sync::Arc<dyn Fn() + Send + Sync>;
 pub const CHOSEN_MARK: f32 = 2.0;
 
 /// Most step records kept waiting for their chunk (tokens that produced no text).
+#[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
 const MAX_PENDING_RECORDS: usize = 256;
 
 /// One sampled token: its id and natural-log probability (temperature 1).
@@ -47,6 +49,7 @@ pub struct SamplingProbe {
     on_token: Option<TokenCallback>,
     /// Context length at the last call: a second call on the same context is the
     /// engine sampling again under a grammar mask, not a new token.
+    #[cfg_attr(not(feature = "mistralrs"), allow(dead_code))]
     last_context: std::sync::atomic::AtomicUsize,
 }
 
@@ -181,6 +184,7 @@ fn nucleus_sample(probs: &[f32], top_p: f64, rng: &mut impl Rng) -> usize {
     order[kept - 1]
 }
 
+#[cfg(feature = "mistralrs")]
 impl CustomLogitsProcessor for SamplingProbe {
     fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
         let resample = self.last_context.swap(context.len(), Ordering::Relaxed) == context.len();
@@ -256,6 +260,7 @@ mod tests {
         assert!((sum - 1.0).abs() < 1e-4);
     }
 
+    #[cfg(feature = "mistralrs")]
     #[test]
     fn apply_marks_the_choice_counts_and_records() {
         let p = SamplingProbe::new(0.0, 1.0, None, true);

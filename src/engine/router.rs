@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::llama_cpp::LlamaCppEngine;
+#[cfg(feature = "mistralrs")]
 use super::mistralrs::MistralRsEngine;
 use super::upstream::UpstreamEngine;
 use super::{Engine, EngineError, LoadedModel};
@@ -23,10 +24,34 @@ pub struct EngineRouter {
 impl Default for EngineRouter {
     fn default() -> Self {
         Self {
+            #[cfg(feature = "mistralrs")]
             mistralrs: Arc::new(MistralRsEngine),
+            #[cfg(not(feature = "mistralrs"))]
+            mistralrs: Arc::new(NotBuilt),
             llama_cpp: Arc::new(LlamaCppEngine),
             upstream: Arc::new(UpstreamEngine),
         }
+    }
+}
+
+/// The mistral.rs engine in a build without it (`--no-default-features`, as
+/// scripts/serve.sh builds on a CPU-only machine): the configuration refuses such models
+/// at start-up, so this only answers if one is added at run time.
+#[cfg(not(feature = "mistralrs"))]
+struct NotBuilt;
+
+#[cfg(not(feature = "mistralrs"))]
+const NOT_BUILT: &str = "this binary was built without the mistral.rs engine; build it with `cargo build` (default features) to use engine = \"mistralrs\"";
+
+#[cfg(not(feature = "mistralrs"))]
+#[async_trait]
+impl Engine for NotBuilt {
+    async fn load(&self, _settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        Err(EngineError::Load(NOT_BUILT.into()))
+    }
+
+    fn estimate_footprint(&self, _settings: &ModelSettings) -> Result<Footprint, String> {
+        Err(NOT_BUILT.into())
     }
 }
 

@@ -20,6 +20,7 @@ mod models;
 mod native_tools;
 mod pool;
 mod prometheus;
+#[cfg(feature = "mistralrs")]
 mod quantize;
 mod reasoning;
 mod reliability;
