@@ -512,3 +512,161 @@ mod tests {
         let _ = std::fs::remove_file(p);
     }
 }
+
+/// Header-only GGUF files of real model geometries, for tests of memory decisions: the
+/// header names every tensor of the architecture with its real shape and type, and the
+/// file is extended (sparsely, taking no disk) to the size the tensors need.
+#[cfg(test)]
+pub(crate) mod geometry {
+    use std::io::Write;
+    use std::path::Path;
+
+    /// The shape of a decoder model.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Geometry {
+        /// `general.architecture`.
+        pub arch: &'static str,
+        /// Transformer blocks.
+        pub layers: u64,
+        /// Hidden size.
+        pub embedding: u64,
+        /// Attention heads.
+        pub heads: u64,
+        /// Key/value heads (grouped-query attention).
+        pub kv_heads: u64,
+        /// Feed-forward size.
+        pub feed_forward: u64,
+        /// Vocabulary.
+        pub vocab: u64,
+        /// Trained context.
+        pub context: u64,
+        /// The output projection is the token embedding (no `output.weight`).
+        pub tied: bool,
+    }
+
+    /// Llama 3.1 8B.
+    pub const LLAMA_3_1_8B: Geometry = Geometry {
+        arch: "llama",
+        layers: 32,
+        embedding: 4096,
+        heads: 32,
+        kv_heads: 8,
+        feed_forward: 14336,
+        vocab: 128_256,
+        context: 131_072,
+        tied: false,
+    };
+    /// Llama 3.2 1B.
+    pub const LLAMA_3_2_1B: Geometry = Geometry {
+        arch: "llama",
+        layers: 16,
+        embedding: 2048,
+        heads: 32,
+        kv_heads: 8,
+        feed_forward: 8192,
+        vocab: 128_256,
+        context: 131_072,
+        tied: true,
+    };
+    /// Llama 3.2 3B.
+    pub const LLAMA_3_2_3B: Geometry = Geometry {
+        arch: "llama",
+        layers: 28,
+        embedding: 3072,
+        heads: 24,
+        kv_heads: 8,
+        feed_forward: 8192,
+        vocab: 128_256,
+        context: 131_072,
+        tied: true,
+    };
+    /// Qwen 2.5 7B.
+    pub const QWEN_2_5_7B: Geometry = Geometry {
+        arch: "qwen2",
+        layers: 28,
+        embedding: 3584,
+        heads: 28,
+        kv_heads: 4,
+        feed_forward: 18944,
+        vocab: 152_064,
+        context: 32_768,
+        tied: false,
+    };
+
+    const Q4_K: u32 = 12;
+    const F32: u32 = 0;
+
+    fn string(b: &mut Vec<u8>, s: &str) {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    }
+
+    /// Writes `g` as a Q4_K_M-like GGUF at `path` (header only, sparse data).
+    pub fn write(path: &Path, g: &Geometry) {
+        let head_dim = g.embedding / g.heads;
+        let kv = g.kv_heads * head_dim;
+        let mut tensors: Vec<(String, u32, Vec<u64>)> = vec![
+            ("token_embd.weight".into(), Q4_K, vec![g.embedding, g.vocab]),
+            ("output_norm.weight".into(), F32, vec![g.embedding]),
+        ];
+        if !g.tied {
+            tensors.push(("output.weight".into(), Q4_K, vec![g.embedding, g.vocab]));
+        }
+        for l in 0..g.layers {
+            let t = |n: &str| format!("blk.{l}.{n}.weight");
+            tensors.extend([
+                (t("attn_norm"), F32, vec![g.embedding]),
+                (t("attn_q"), Q4_K, vec![g.embedding, g.embedding]),
+                (t("attn_k"), Q4_K, vec![g.embedding, kv]),
+                (t("attn_v"), Q4_K, vec![g.embedding, kv]),
+                (t("attn_output"), Q4_K, vec![g.embedding, g.embedding]),
+                (t("ffn_norm"), F32, vec![g.embedding]),
+                (t("ffn_gate"), Q4_K, vec![g.embedding, g.feed_forward]),
+                (t("ffn_up"), Q4_K, vec![g.embedding, g.feed_forward]),
+                (t("ffn_down"), Q4_K, vec![g.feed_forward, g.embedding]),
+            ]);
+        }
+        let a = g.arch;
+        let ints = [
+            ("block_count", g.layers),
+            ("embedding_length", g.embedding),
+            ("attention.head_count", g.heads),
+            ("attention.head_count_kv", g.kv_heads),
+            ("feed_forward_length", g.feed_forward),
+            ("context_length", g.context),
+            ("vocab_size", g.vocab),
+        ];
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend((ints.len() as u64 + 2).to_le_bytes());
+        string(&mut b, "general.architecture");
+        b.extend(8u32.to_le_bytes());
+        string(&mut b, a);
+        string(&mut b, "general.file_type");
+        b.extend(4u32.to_le_bytes());
+        b.extend(15u32.to_le_bytes()); // Q4_K_M
+        for (k, v) in ints {
+            string(&mut b, &format!("{a}.{k}"));
+            b.extend(4u32.to_le_bytes());
+            b.extend((v as u32).to_le_bytes());
+        }
+        let mut offset = 0u64;
+        for (name, t, dims) in &tensors {
+            string(&mut b, name);
+            b.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend(d.to_le_bytes());
+            }
+            b.extend(t.to_le_bytes());
+            b.extend(offset.to_le_bytes());
+            let (bs, ts) = super::ggml_type_layout(*t).unwrap_or((1, 4));
+            let bytes = dims.iter().product::<u64>() / bs * ts;
+            offset += bytes.div_ceil(32) * 32;
+        }
+        let data = (b.len() as u64).div_ceil(32) * 32;
+        let mut f = std::fs::File::create(path).unwrap();
+        f.write_all(&b).unwrap();
+        f.set_len(data + offset).unwrap();
+    }
+}

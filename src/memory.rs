@@ -175,6 +175,68 @@ impl Footprint {
     }
 }
 
+/// The smallest context a model's context is shrunk to so that it fits its device
+/// (tokens): below this a chat model is of little use, so the model is refused instead.
+pub const MIN_FITTED_CONTEXT: u64 = 2048;
+
+/// Contexts chosen to fit are multiples of this (tokens).
+pub const CONTEXT_STEP: u64 = 1024;
+
+/// How a model's footprint grows with its context, for a model whose context is not
+/// configured: the footprint at [`MIN_FITTED_CONTEXT`] and the bytes each further
+/// [`CONTEXT_STEP`] tokens add (KV cache for every sequence), up to the trained context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextScale {
+    /// The context the model was trained for (its footprint's own context).
+    pub trained: u64,
+    /// The footprint at [`MIN_FITTED_CONTEXT`] tokens.
+    pub at_floor: Footprint,
+    /// Bytes added per [`CONTEXT_STEP`] tokens.
+    pub per_step: u64,
+}
+
+impl ContextScale {
+    /// The scale from footprints at [`MIN_FITTED_CONTEXT`] and one step above it;
+    /// `None` when the model is too small a context to shrink.
+    pub fn from_samples(trained: u64, at_floor: Footprint, above: Footprint) -> Option<Self> {
+        (trained > MIN_FITTED_CONTEXT).then(|| Self {
+            trained,
+            at_floor,
+            per_step: above.total().saturating_sub(at_floor.total()),
+        })
+    }
+
+    /// The footprint at `context` tokens (at least the floor).
+    pub fn at(&self, context: u64) -> Footprint {
+        let steps = context.saturating_sub(MIN_FITTED_CONTEXT) / CONTEXT_STEP;
+        Footprint {
+            kv_cache: self
+                .at_floor
+                .kv_cache
+                .saturating_add(self.per_step.saturating_mul(steps)),
+            ..self.at_floor
+        }
+    }
+
+    /// The largest context (a multiple of [`CONTEXT_STEP`], below the trained one, at
+    /// least [`MIN_FITTED_CONTEXT`]) whose footprint fits in `available` bytes; `None`
+    /// when not even the floor fits.
+    pub fn fit(&self, available: u64) -> Option<u64> {
+        let floor = self.at_floor.total();
+        if floor > available {
+            return None;
+        }
+        let steps = (available - floor)
+            .checked_div(self.per_step)
+            .unwrap_or(u64::MAX);
+        let context = MIN_FITTED_CONTEXT
+            .saturating_add(steps.saturating_mul(CONTEXT_STEP))
+            .min(self.trained / CONTEXT_STEP * CONTEXT_STEP)
+            .max(MIN_FITTED_CONTEXT);
+        Some(context)
+    }
+}
+
 /// Default share of a CPU's RAM that models may use.
 pub const DEFAULT_CPU_FRACTION: f64 = 0.7;
 /// Default share of a GPU's memory that models may use.
@@ -227,6 +289,31 @@ mod tests {
         assert_eq!(ByteSize::parse("1.5 GB").unwrap().0, 1_500_000_000);
         assert!(ByteSize::parse("12 parsecs").is_err());
         assert!(ByteSize::parse("lots").is_err());
+    }
+
+    #[test]
+    fn the_fitted_context_is_the_largest_step_that_fits() {
+        let at_floor = Footprint {
+            weights: 1000,
+            kv_cache: 2048 * 10,
+            overhead: 100,
+        };
+        let above = Footprint {
+            kv_cache: 3072 * 10,
+            ..at_floor
+        };
+        let s = ContextScale::from_samples(131_072, at_floor, above).unwrap();
+        assert_eq!(s.per_step, 10_240);
+        assert_eq!(s.at(4096).total(), 1100 + 4096 * 10);
+        assert_eq!(s.fit(at_floor.total() - 1), None);
+        assert_eq!(s.fit(at_floor.total()), Some(2048));
+        assert_eq!(s.fit(s.at(8192).total()), Some(8192));
+        assert_eq!(s.fit(s.at(8192).total() - 1), Some(7168));
+        assert_eq!(s.fit(u64::MAX), Some(131_072));
+        // Never past the trained context, never a fit for a model already that small.
+        let small = ContextScale::from_samples(3000, at_floor, above).unwrap();
+        assert_eq!(small.fit(u64::MAX), Some(2048));
+        assert!(ContextScale::from_samples(2048, at_floor, above).is_none());
     }
 
     #[test]

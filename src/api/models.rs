@@ -39,7 +39,16 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
         engine: slot.settings.engine_kind().to_string(),
         engine_reason: slot.settings.engine_choice().1.to_string(),
         device: status.device.unwrap_or_else(|| slot.device_key.clone()),
-        context_length: status.context_length,
+        context_length: status
+            .context_length
+            .or(status.fitted_context.map(|(c, _)| c as usize)),
+        context_source: match (status.fitted_context, slot.settings.context_length) {
+            (Some(_), _) => Some("fitted".into()),
+            (None, Some(_)) if status.context_length.is_some() => Some("configured".into()),
+            (None, None) if status.context_length.is_some() => Some("trained".into()),
+            _ => None,
+        },
+        trained_context_length: status.fitted_context.map(|(_, t)| t),
         quantization: slot.file.quantization.clone(),
         size_bytes: slot.file.size_bytes,
         parameters: slot.file.parameters,

@@ -28,6 +28,13 @@ pub struct ModelObject {
     pub device: String,
     /// Context window in tokens, once known (after the first load).
     pub context_length: Option<usize>,
+    /// Why the context is what it is, once loading: `configured`, `trained` (the model's
+    /// own) or `fitted` (shrunk to fit the device's memory budget; `context_length` not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_source: Option<String>,
+    /// The context the model was trained for, when `context_source` is `fitted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trained_context_length: Option<u64>,
     /// Quantization of the weights (`Q4_1`, `Q8_0`, ...), from the GGUF header.
     pub quantization: Option<String>,
     /// Size of the model file in bytes.

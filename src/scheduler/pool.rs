@@ -34,7 +34,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
-use crate::memory::{ByteSize, Footprint, DEFAULT_CPU_FRACTION, DEFAULT_GPU_FRACTION};
+use crate::memory::{
+    ByteSize, ContextScale, Footprint, CONTEXT_STEP, DEFAULT_CPU_FRACTION, DEFAULT_GPU_FRACTION,
+    MIN_FITTED_CONTEXT,
+};
 
 /// Wait before the first retry of a failed load.
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -95,7 +98,53 @@ struct Entry {
     /// A loader that timed out is still running: its reservation stays until it ends.
     abandoned_loader: bool,
     /// The footprint and the file version it was computed for.
-    footprint: Option<(FileStamp, Result<Footprint, String>)>,
+    footprint: Option<(FileStamp, Result<Sizing, String>)>,
+    /// The context chosen to fit the device at the last load (and the trained one),
+    /// for a model without a configured `context_length`.
+    fitted_context: Option<(u64, u64)>,
+}
+
+/// A model's footprint at its configured (or trained) context, and how it scales when
+/// its context is the pool's to choose.
+#[derive(Debug, Clone)]
+struct Sizing {
+    full: Footprint,
+    scale: Option<ContextScale>,
+}
+
+impl Sizing {
+    /// Computes the sizing of `settings` with the engine's estimate (blocking: reads the
+    /// GGUF header).
+    fn estimate(
+        engine: &dyn Engine,
+        settings: &crate::config::ModelSettings,
+    ) -> Result<Self, String> {
+        let full = engine.estimate_footprint(settings)?;
+        let local = matches!(settings.source, crate::config::ModelSource::File(_));
+        let scalable = local && settings.context_length.is_none() && settings.memory.is_none();
+        let scale = scalable
+            .then(|| {
+                let at = |context: u64| {
+                    let mut s = settings.clone();
+                    s.context_length = Some(context as usize);
+                    engine.estimate_footprint(&s).ok()
+                };
+                let floor = at(MIN_FITTED_CONTEXT)?;
+                let above = at(MIN_FITTED_CONTEXT + CONTEXT_STEP)?;
+                let per_step = above.total().saturating_sub(floor.total());
+                if per_step == 0 || full.kv_cache <= floor.kv_cache {
+                    return None;
+                }
+                // The KV cache is linear in the context: the trained context from the full one.
+                let extra = u128::from(full.kv_cache - floor.kv_cache) * u128::from(CONTEXT_STEP)
+                    / u128::from(per_step);
+                let trained =
+                    MIN_FITTED_CONTEXT.saturating_add(extra.min(u128::from(u64::MAX)) as u64);
+                ContextScale::from_samples(trained, floor, above)
+            })
+            .flatten();
+        Ok(Self { full, scale })
+    }
 }
 
 impl Entry {
@@ -139,6 +188,9 @@ pub struct ModelStatus {
     pub reserved_bytes: u64,
     /// Requests holding it.
     pub active: usize,
+    /// While loading or loaded: the context chosen to fit its device and the model's
+    /// trained one, when `context_length` is not configured and the trained one did not fit.
+    pub fitted_context: Option<(u64, u64)>,
 }
 
 /// Memory budget and use of one device.
@@ -268,6 +320,7 @@ impl Pool {
                 retry_at: None,
                 abandoned_loader: false,
                 footprint: None,
+                fitted_context: None,
             })
             .collect();
         Arc::new(Self {
@@ -336,6 +389,12 @@ impl Pool {
             error,
             reserved_bytes: e.reserved,
             active: e.active,
+            fitted_context: e.fitted_context.filter(|_| {
+                matches!(
+                    e.life,
+                    Life::Loading { .. } | Life::Ready(_) | Life::Draining(_)
+                )
+            }),
         }
     }
 
@@ -448,8 +507,8 @@ impl Pool {
             if known {
                 return;
             }
-            let footprint = pool.engine.estimate_footprint(settings);
-            pool.lock().entries[index].footprint = Some((stamp, footprint));
+            let sizing = Sizing::estimate(pool.engine.as_ref(), settings);
+            pool.lock().entries[index].footprint = Some((stamp, sizing));
         })
         .await;
     }
@@ -516,8 +575,8 @@ impl Pool {
             (Some((_, footprint)), true) => footprint.clone(),
             _ => return Ok(Step::NeedFootprint),
         };
-        let footprint = match footprint {
-            Ok(f) => f,
+        let sizing = match footprint {
+            Ok(s) => s,
             Err(error) => {
                 e.load_generation += 1;
                 let wait = e.fail(error.clone(), e.load_generation);
@@ -541,11 +600,24 @@ impl Pool {
             .filter(|(_, s)| s.device_key == device && s.settings.pinned && s.index != index)
             .map(|(e, _)| e.reserved)
             .sum();
+        let available = budget.saturating_sub(pinned_used);
+        let footprint = sizing.full;
+        let mut fitted = None;
         // A hub file not downloaded yet: its size is unknown, so it may need everything.
         let need = if footprint.is_unknown() {
-            budget.saturating_sub(pinned_used)
+            available
         } else {
-            footprint.total()
+            match sizing.scale {
+                // No configured context and the trained one does not fit: the largest that does.
+                Some(scale) if footprint.total() > available => match scale.fit(available) {
+                    Some(context) => {
+                        fitted = Some((context, scale.trained));
+                        scale.at(context).total()
+                    }
+                    None => scale.at_floor.total(),
+                },
+                _ => footprint.total(),
+            }
         };
         // Pinned models never leave: if they alone leave no room (memory or model
         // count), this model can never load.
@@ -644,25 +716,67 @@ impl Pool {
         let generation = e.load_generation;
         e.life = Life::Loading { generation };
         e.reserved = need;
+        e.fitted_context = fitted;
         *awaited_load = Some(generation);
-        self.spawn_load(index, generation, need, footprint.is_unknown());
+        if let Some((context, trained)) = fitted {
+            tracing::info!(model = %name, context_length = context, trained_context_length = trained, device, available = %ByteSize(available), "context shrunk to fit the memory budget (context_length is not configured)");
+        }
+        self.spawn_load(
+            index,
+            generation,
+            need,
+            footprint.is_unknown(),
+            fitted.map(|f| f.0),
+        );
         Ok(Step::Wait)
     }
 
     /// Loads model `index` in a task of its own. Past `load_timeout_secs` its requests
     /// fail, but the reservation stays until the engine's loader has really ended.
-    fn spawn_load(self: &Arc<Self>, index: usize, generation: u64, need: u64, unknown: bool) {
+    fn spawn_load(
+        self: &Arc<Self>,
+        index: usize,
+        generation: u64,
+        need: u64,
+        unknown: bool,
+        fitted_context: Option<u64>,
+    ) {
         let pool = self.clone();
-        let settings = self.slots[index].settings.clone();
+        let mut settings = self.slots[index].settings.clone();
+        if let Some(context) = fitted_context {
+            settings.context_length = Some(context as usize);
+        }
         tracing::info!(model = %settings.name, source = %settings.source, footprint = %ByteSize(need), "loading model");
         tokio::spawn(async move {
             let started = Instant::now();
             let engine = pool.engine.clone();
             let load = async {
                 // A hub model is downloaded first (inside the load timeout).
-                let local = crate::hub::fetch(&settings)
+                let mut local = crate::hub::fetch(&settings)
                     .await
                     .map_err(crate::engine::EngineError::Load)?;
+                if unknown {
+                    // Its size is known now: shrink its context into what was reserved.
+                    pool.lock().entries[index].footprint = None;
+                    pool.refresh_footprint(index).await;
+                    let mut st = pool.lock();
+                    let e = &mut st.entries[index];
+                    if let Some((
+                        _,
+                        Ok(Sizing {
+                            full,
+                            scale: Some(scale),
+                        }),
+                    )) = &e.footprint
+                    {
+                        if full.total() > need {
+                            if let Some(context) = scale.fit(need) {
+                                local.context_length = Some(context as usize);
+                                e.fitted_context = Some((context, scale.trained));
+                            }
+                        }
+                    }
+                }
                 engine.load(&local).await
             };
             tokio::pin!(load);
@@ -691,11 +805,6 @@ impl Pool {
             };
             let seconds = started.elapsed().as_secs_f64();
             let name = settings.name.as_str();
-            // A hub model's file is there now: reserve what it really takes.
-            if unknown && result.is_ok() {
-                pool.lock().entries[index].footprint = None;
-                pool.refresh_footprint(index).await;
-            }
             let mut st = pool.lock();
             let e = &mut st.entries[index];
             if !matches!(e.life, Life::Loading { generation: g } if g == generation) {
@@ -709,10 +818,15 @@ impl Pool {
                         .model_load_duration
                         .with_label_values(&[name])
                         .observe(seconds);
+                    // A hub model's file is there now: reserve what it really takes.
                     if unknown {
-                        if let Some((_, Ok(f))) = &e.footprint {
-                            if !f.is_unknown() {
-                                e.reserved = f.total();
+                        if let Some((_, Ok(s))) = &e.footprint {
+                            let real = match (e.fitted_context, s.scale) {
+                                (Some((context, _)), Some(scale)) => scale.at(context),
+                                _ => s.full,
+                            };
+                            if !real.is_unknown() {
+                                e.reserved = real.total();
                             }
                         }
                     }

@@ -563,3 +563,164 @@ async fn metrics_count_exactly_what_happened() {
     assert_eq!(metrics.queued_requests.with_label_values(&m).get(), 0);
     assert_eq!(metrics.model_loaded.with_label_values(&m).get(), 1);
 }
+
+/// The fake engine, sized as the llama.cpp engine sizes a GGUF from its header, recording
+/// the context each load was asked for.
+struct HeaderSized {
+    fake: ScriptedEngine,
+    contexts: Mutex<Vec<(String, Option<usize>)>>,
+}
+
+#[async_trait::async_trait]
+impl crate::engine::Engine for HeaderSized {
+    async fn load(
+        &self,
+        settings: &ModelSettings,
+    ) -> Result<Arc<dyn crate::engine::LoadedModel>, crate::engine::EngineError> {
+        self.contexts
+            .lock()
+            .unwrap()
+            .push((settings.name.clone(), settings.context_length));
+        self.fake.load(settings).await
+    }
+
+    fn estimate_footprint(
+        &self,
+        settings: &ModelSettings,
+    ) -> Result<crate::memory::Footprint, String> {
+        crate::engine::llama_cpp::LlamaCppEngine.estimate_footprint(settings)
+    }
+}
+
+/// Header-only GGUFs of real models, each in a scratch folder of its own.
+fn real_geometry(name: &str, g: &crate::gguf::geometry::Geometry) -> ModelSettings {
+    let dir = std::env::temp_dir().join(format!("llamagate-fit-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.gguf"));
+    crate::gguf::geometry::write(&path, g);
+    let mut m = ModelSettings::new(name, ModelSource::File(path));
+    m.max_concurrent = 4;
+    m.queue_size = 8;
+    m
+}
+
+#[tokio::test]
+async fn an_unset_context_shrinks_to_fit_and_a_set_one_is_refused_with_numbers() {
+    use crate::engine::Engine;
+    use crate::gguf::geometry::{LLAMA_3_1_8B, LLAMA_3_2_1B, LLAMA_3_2_3B, QWEN_2_5_7B};
+    const GIB: u64 = 1024 * MIB;
+    // A 16 GiB PC: the default budget is 70% of it.
+    let budget = 16 * GIB * 7 / 10;
+    for (name, g) in [
+        ("llama-3.1-8b", LLAMA_3_1_8B),
+        ("llama-3.2-3b", LLAMA_3_2_3B),
+        ("qwen2.5-7b", QWEN_2_5_7B),
+    ] {
+        let engine = Arc::new(HeaderSized {
+            fake: ScriptedEngine::default(),
+            contexts: Mutex::new(Vec::new()),
+        });
+        let m = real_geometry(name, &g);
+        let full = engine.estimate_footprint(&m).unwrap();
+        assert!(
+            full.total() > budget,
+            "{name} at its full context must not fit"
+        );
+        let mut s = settings(vec![m.clone()], budget / MIB);
+        s.scheduler.cpu_memory_budget = Some(ByteSize(budget));
+        let sched = Arc::new(Scheduler::new(&s, engine.clone(), Arc::new(Metrics::new())));
+        sched.start_background();
+        run(&sched, name, 1).await.unwrap();
+        let asked = engine.contexts.lock().unwrap()[0].1.unwrap() as u64;
+        let at = |c: u64| {
+            let mut fitted = m.clone();
+            fitted.context_length = Some(c as usize);
+            engine.estimate_footprint(&fitted).unwrap().total()
+        };
+        eprintln!(
+            "{name}: context {asked} of {} fits {} (full: {})",
+            g.context,
+            ByteSize(at(asked)),
+            ByteSize(full.total())
+        );
+        assert_eq!(asked % 1024, 0, "{name}: {asked}");
+        assert!(
+            asked >= crate::memory::MIN_FITTED_CONTEXT && asked < g.context,
+            "{name}: {asked}"
+        );
+        assert!(at(asked) <= budget, "{name}: {asked} fits");
+        assert!(at(asked + 1024) > budget, "{name}: {asked} is the largest");
+        let slot = sched.registry().resolve(name).unwrap();
+        let status = sched.pool().status(slot.index);
+        assert_eq!(status.fitted_context, Some((asked, g.context)));
+        assert_eq!(status.reserved_bytes, at(asked));
+
+        // The same model with its full context configured: refused, with the numbers.
+        let mut explicit = m.clone();
+        explicit.name = format!("{name}-full");
+        explicit.context_length = Some(g.context as usize);
+        let s = settings(vec![explicit.clone()], 0);
+        let mut s = s;
+        s.scheduler.cpu_memory_budget = Some(ByteSize(budget));
+        let sched = Arc::new(Scheduler::new(&s, engine.clone(), Arc::new(Metrics::new())));
+        sched.start_background();
+        match run(&sched, &explicit.name, 1).await {
+            Err(SchedulerError::InsufficientMemory {
+                needed, budget: b, ..
+            }) => {
+                assert_eq!(needed, full.total());
+                assert_eq!(b, budget);
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    // Next to a pinned 3B, an 8B gets what is left; a 1B that fits whole keeps its context.
+    let engine = Arc::new(HeaderSized {
+        fake: ScriptedEngine::default(),
+        contexts: Mutex::new(Vec::new()),
+    });
+    let mut pinned = real_geometry("pinned-3b", &LLAMA_3_2_3B);
+    pinned.pinned = true;
+    pinned.context_length = Some(8192);
+    let big = real_geometry("llama-3.1-8b", &LLAMA_3_1_8B);
+    let mut small = real_geometry("llama-3.2-1b", &LLAMA_3_2_1B);
+    small.max_concurrent = 1;
+    let mut s = settings(vec![pinned.clone(), big.clone(), small], 0);
+    s.scheduler.cpu_memory_budget = Some(ByteSize(32 * GIB));
+    let sched = Arc::new(Scheduler::new(&s, engine.clone(), Arc::new(Metrics::new())));
+    sched.start_background();
+    run(&sched, "pinned-3b", 1).await.unwrap();
+    run(&sched, "llama-3.1-8b", 1).await.unwrap();
+    let pinned_bytes = engine.estimate_footprint(&pinned).unwrap().total();
+    let slot = sched.registry().resolve("llama-3.1-8b").unwrap();
+    let status = sched.pool().status(slot.index);
+    let (context, _) = status.fitted_context.unwrap();
+    assert!(status.reserved_bytes <= 32 * GIB - pinned_bytes);
+    let mut one_more = big.clone();
+    one_more.context_length = Some(context as usize + 1024);
+    assert!(engine.estimate_footprint(&one_more).unwrap().total() > 32 * GIB - pinned_bytes);
+    // The 8B leaves (idle, not pinned) for the 1B, which fits at its full 128k context.
+    run(&sched, "llama-3.2-1b", 1).await.unwrap();
+    let slot = sched.registry().resolve("llama-3.2-1b").unwrap();
+    assert_eq!(sched.pool().status(slot.index).fitted_context, None);
+    let contexts = engine.contexts.lock().unwrap().clone();
+    assert_eq!(
+        contexts.last().unwrap(),
+        &("llama-3.2-1b".to_string(), None)
+    );
+    // Not even the floor fits: refused with the floor's numbers.
+    let tiny = real_geometry("llama-3.1-8b", &LLAMA_3_1_8B);
+    let mut s = settings(vec![tiny.clone()], 0);
+    s.scheduler.cpu_memory_budget = Some(ByteSize(4 * GIB));
+    let sched = Arc::new(Scheduler::new(&s, engine.clone(), Arc::new(Metrics::new())));
+    sched.start_background();
+    match run(&sched, "llama-3.1-8b", 1).await {
+        Err(SchedulerError::InsufficientMemory { needed, .. }) => {
+            let mut floor = tiny.clone();
+            floor.context_length = Some(crate::memory::MIN_FITTED_CONTEXT as usize);
+            assert_eq!(needed, engine.estimate_footprint(&floor).unwrap().total());
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -51,3 +51,42 @@ async fn ready_model_reports_context_length_after_a_request() {
     assert_eq!(m["context_length"], 8192);
     assert_eq!(m["device"], "cpu");
 }
+
+/// SmolLM2 (trained for 8192 tokens) under a budget that holds it only at 4096: served
+/// with the context shrunk, shown in `/v1/models`, and answering.
+#[tokio::test]
+async fn a_model_without_a_context_length_is_fitted_to_its_budget() {
+    use llamagate::engine::Engine;
+    let mut m = crate::helpers::smollm2("fitted");
+    m.engine = Some(llamagate::config::EngineKind::LlamaCpp);
+    m.max_concurrent = 2;
+    let engine = llamagate::engine::llama_cpp::LlamaCppEngine;
+    let at = |context: usize| {
+        let mut s = m.clone();
+        s.context_length = Some(context);
+        engine.estimate_footprint(&s).unwrap().total()
+    };
+    let mut settings = crate::helpers::settings_with(vec![m.clone()]);
+    let budget = at(4096) + (at(5120) - at(4096)) / 2;
+    settings.scheduler.cpu_memory_budget = Some(llamagate::memory::ByteSize(budget));
+    let server = crate::helpers::spawn_server(settings);
+    let (status, body) = crate::helpers::post_json(
+        &server.url("/v1/chat/completions"),
+        &serde_json::json!({"model": "fitted", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let listed = get_json(&server.url("/v1/models/fitted")).await;
+    assert_eq!(listed["context_source"], "fitted", "{listed}");
+    assert_eq!(listed["context_length"], 4096, "{listed}");
+    assert_eq!(listed["trained_context_length"], 8192, "{listed}");
+    assert_eq!(listed["memory_bytes"], at(4096), "{listed}");
+    // A prompt past the fitted context is the client's mistake, named as such.
+    let long = "word ".repeat(5000);
+    let (status, body) = crate::helpers::post_json(
+        &server.url("/v1/chat/completions"),
+        &serde_json::json!({"model": "fitted", "messages": [{"role": "user", "content": long}], "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+}
