@@ -26,7 +26,7 @@ source = "$LLAMAGATE_ROOT/models/all-MiniLM-L6-v2.F16.gguf"
 engine = "llama.cpp"
 pinned = true
 TOML
-"$CARGO_TARGET_DIR/debug/llamagate" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
+LLAMAGATE__SCHEDULER__MODELS_DIR="" "$CARGO_TARGET_DIR/debug/llamagate" serve --config "$WORK/config.toml" >"$WORK/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 1 100); do

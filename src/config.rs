@@ -47,6 +47,14 @@ pub struct Settings {
     /// The models this gateway serves.
     #[serde(default)]
     pub models: Vec<ModelSettings>,
+    /// `[model_defaults]`: the fields of a `[[models]]` entry (all but `name`, `aliases`
+    /// and `source`) that models found in `scheduler.models_dir` get.
+    #[serde(default)]
+    pub model_defaults: serde_json::Map<String, serde_json::Value>,
+    /// The file (and command-line overrides) these settings came from: what a reload
+    /// reads again. None for settings built in code.
+    #[serde(skip)]
+    pub loaded_from: Option<(PathBuf, CliOverrides)>,
 }
 
 /// `[responses]`: the in-memory store behind `store: true`, `previous_response_id` and
@@ -257,6 +265,19 @@ pub struct SchedulerSettings {
     /// While another model waits for its memory, a loaded model admits at most this many
     /// more requests before it drains and makes room (the fairness bound).
     pub fairness_batch: usize,
+    /// A folder whose GGUF files are served without a `[[models]]` entry (default
+    /// `models`, relative to the working directory; `""` turns it off). Watched: files
+    /// added, replaced or removed are noticed while serving.
+    pub models_dir: PathBuf,
+    /// Seconds between rescans of `models_dir` beside the file watcher (its fallback).
+    pub models_dir_rescan_secs: u64,
+}
+
+impl SchedulerSettings {
+    /// `models_dir`, unless turned off.
+    pub fn models_dir(&self) -> Option<&Path> {
+        (!self.models_dir.as_os_str().is_empty()).then_some(self.models_dir.as_path())
+    }
 }
 
 impl Default for SchedulerSettings {
@@ -267,6 +288,8 @@ impl Default for SchedulerSettings {
             max_loaded_models: None,
             queue_timeout_secs: 120,
             fairness_batch: 8,
+            models_dir: PathBuf::from("models"),
+            models_dir_rescan_secs: 10,
         }
     }
 }
@@ -765,7 +788,26 @@ impl Settings {
                 })?;
         settings.auth.resolve()?;
         settings.validate()?;
+        settings.loaded_from = Some((file.to_path_buf(), overrides.clone()));
         Ok(settings)
+    }
+
+    /// The definition of a model found in `models_dir`: `[model_defaults]` with its name,
+    /// aliases and file.
+    pub fn folder_model(
+        &self,
+        name: &str,
+        aliases: Vec<String>,
+        path: &Path,
+    ) -> Result<ModelSettings, String> {
+        let mut fields = self.model_defaults.clone();
+        fields.insert("name".into(), name.into());
+        fields.insert("aliases".into(), aliases.into());
+        fields.insert("source".into(), path.to_string_lossy().into_owned().into());
+        let model: ModelSettings =
+            serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| e.to_string())?;
+        model.validate().map_err(|e| e.to_string())?;
+        Ok(model)
     }
 
     /// Parses settings from TOML text (tests and embedded defaults) and validates them.
@@ -782,8 +824,25 @@ impl Settings {
     /// Checks the rules that span fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.models.is_empty() {
-            return invalid("no models configured; add at least one [[models]] entry".into());
+        if self.models.is_empty() && self.scheduler.models_dir().is_none() {
+            return invalid(
+                "no models configured; add at least one [[models]] entry or a scheduler.models_dir"
+                    .into(),
+            );
+        }
+        for key in ["name", "aliases", "source"] {
+            if self.model_defaults.contains_key(key) {
+                return invalid(format!(
+                    "model_defaults.{key}: each model in models_dir gets its own; remove it"
+                ));
+            }
+        }
+        if !self.model_defaults.is_empty() {
+            self.folder_model("example", Vec::new(), Path::new("example.gguf"))
+                .map_err(|e| ConfigError::Invalid(format!("model_defaults: {e}")))?;
+        }
+        if self.scheduler.models_dir_rescan_secs == 0 {
+            return invalid("scheduler.models_dir_rescan_secs must be at least 1".into());
         }
         let mut seen: HashSet<&str> = HashSet::new();
         for model in &self.models {
@@ -806,59 +865,7 @@ impl Settings {
                     ));
                 }
             }
-            if model.max_concurrent == 0 {
-                return invalid(format!(
-                    "model `{}`: max_concurrent must be at least 1",
-                    model.name
-                ));
-            }
-            if model.context_length == Some(0) {
-                return invalid(format!(
-                    "model `{}`: context_length must be at least 1",
-                    model.name
-                ));
-            }
-            let upstream_source = matches!(model.source, ModelSource::Upstream { .. });
-            match (model.engine, upstream_source) {
-                (Some(EngineKind::Upstream), false) => {
-                    return invalid(format!(
-                        "model `{}`: engine \"upstream\" needs an http(s):// source (the server's /v1 URL)",
-                        model.name
-                    ))
-                }
-                (Some(kind @ (EngineKind::MistralRs | EngineKind::LlamaCpp)), true) => {
-                    return invalid(format!(
-                        "model `{}`: an http(s):// source is served by the upstream engine, not `{kind}`; remove `engine` or give a GGUF file",
-                        model.name
-                    ))
-                }
-                _ => {}
-            }
-            if !cfg!(feature = "mistralrs") && model.engine_kind() == EngineKind::MistralRs {
-                return invalid(format!(
-                    "model `{}`: {} needs the mistral.rs engine, which this binary was built without (scripts/serve.sh builds only llama.cpp on a CPU machine; build with `cargo build` or run `LLAMAGATE_ENGINES=all scripts/serve.sh`)",
-                    model.name,
-                    model.engine_choice().1
-                ));
-            }
-            if model.threads == Some(0) {
-                return invalid(format!(
-                    "model `{}`: threads must be at least 1",
-                    model.name
-                ));
-            }
-            if model.upstream_timeout_secs == 0 {
-                return invalid(format!(
-                    "model `{}`: upstream_timeout_secs must be at least 1",
-                    model.name
-                ));
-            }
-            if model.load_timeout_secs == 0 {
-                return invalid(format!(
-                    "model `{}`: load_timeout_secs must be at least 1",
-                    model.name
-                ));
-            }
+            model.validate()?;
         }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes must be at least 1024".into());
@@ -879,6 +886,73 @@ impl Settings {
                  limits.max_embedding_inputs must be at least 1"
                     .into(),
             );
+        }
+        Ok(())
+    }
+}
+
+impl ModelSettings {
+    /// Checks one model definition on its own (names and aliases unique across models are
+    /// checked by [`Settings::validate`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for id in std::iter::once(&self.name).chain(&self.aliases) {
+            if !valid_model_id(id) {
+                return invalid(format!(
+                    "`{id}` (a name or alias of model `{}`) must be 1-128 characters of letters, digits, '.', '-', '_', ':' or '/'",
+                    self.name
+                ));
+            }
+        }
+        if self.max_concurrent == 0 {
+            return invalid(format!(
+                "model `{}`: max_concurrent must be at least 1",
+                self.name
+            ));
+        }
+        if self.context_length == Some(0) {
+            return invalid(format!(
+                "model `{}`: context_length must be at least 1",
+                self.name
+            ));
+        }
+        let upstream_source = matches!(self.source, ModelSource::Upstream { .. });
+        match (self.engine, upstream_source) {
+            (Some(EngineKind::Upstream), false) => {
+                return invalid(format!(
+                    "model `{}`: engine \"upstream\" needs an http(s):// source (the server's /v1 URL)",
+                    self.name
+                ))
+            }
+            (Some(kind @ (EngineKind::MistralRs | EngineKind::LlamaCpp)), true) => {
+                return invalid(format!(
+                    "model `{}`: an http(s):// source is served by the upstream engine, not `{kind}`; remove `engine` or give a GGUF file",
+                    self.name
+                ))
+            }
+            _ => {}
+        }
+        if !cfg!(feature = "mistralrs") && self.engine_kind() == EngineKind::MistralRs {
+            return invalid(format!(
+                "model `{}`: {} needs the mistral.rs engine, which this binary was built without (scripts/serve.sh builds only llama.cpp on a CPU machine; build with `cargo build` or run `LLAMAGATE_ENGINES=all scripts/serve.sh`)",
+                self.name,
+                self.engine_choice().1
+            ));
+        }
+        if self.threads == Some(0) {
+            return invalid(format!("model `{}`: threads must be at least 1", self.name));
+        }
+        if self.upstream_timeout_secs == 0 {
+            return invalid(format!(
+                "model `{}`: upstream_timeout_secs must be at least 1",
+                self.name
+            ));
+        }
+        if self.load_timeout_secs == 0 {
+            return invalid(format!(
+                "model `{}`: load_timeout_secs must be at least 1",
+                self.name
+            ));
         }
         Ok(())
     }

@@ -104,6 +104,9 @@ pub enum ApiError {
         "The request body was not received in time ({0}). Send the whole body without pausing."
     )]
     RequestTimeout(String),
+    /// The request conflicts with the server's state (a model name already taken).
+    #[error("{0}")]
+    Conflict(String),
     /// No such route.
     #[error("Unknown request URL: {0}. Please check the URL for typos.")]
     RouteNotFound(String),
@@ -232,7 +235,9 @@ impl ApiError {
     /// `prompt`): the one place where the scheduler's errors become HTTP.
     pub fn from_scheduler(e: SchedulerError, param: &'static str) -> Self {
         match e {
-            SchedulerError::ModelNotFound(id) => Self::ModelNotFound(id),
+            SchedulerError::ModelNotFound(id) | SchedulerError::ModelRemoved(id) => {
+                Self::ModelNotFound(id)
+            }
             SchedulerError::QueueFull {
                 model,
                 queue_size,
@@ -399,6 +404,12 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "invalid_request_error",
                 Some("forbidden"),
+                None,
+            ),
+            Conflict(_) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some("conflict"),
                 None,
             ),
             MethodNotAllowed { .. } => (

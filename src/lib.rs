@@ -67,6 +67,23 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
         metrics,
         started_at: openai::common::unix_now(),
     };
+    scheduler::folder::watch(state.scheduler.clone(), state.settings.clone());
+    #[cfg(unix)]
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                if let Err(e) = api::admin::reload(&state).await {
+                    tracing::warn!(error = %e, "configuration reload refused");
+                }
+            }
+        });
+    }
     let app_state = state.clone();
     let server_settings = state.settings.server.clone();
     warn_if_open(&server_settings.bind, &addr, &state.keys);

@@ -1,4 +1,5 @@
-//! Admin endpoints: load or unload a model on demand, see memory use.
+//! Admin endpoints: add or remove a model at run time, load or unload one on demand, see
+//! memory use. `POST /admin/models`, `DELETE /admin/models/{id}`,
 //! `POST /admin/models/{id}/load`, `POST /admin/models/{id}/unload`, `GET /admin/memory`.
 //! They need an admin key; without admin keys configured, only loopback clients may call them.
 
@@ -13,6 +14,11 @@ use crate::error::ApiError;
 /// Mounts the admin routes (inside the `/admin` scope).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        web::resource("/models")
+            .route(web::post().to(add_model))
+            .default_service(web::to(super::only_post)),
+    )
+    .service(
         web::resource("/models/{id:.*}/load")
             .route(web::post().to(load_model))
             .default_service(web::to(super::only_post)),
@@ -23,10 +29,214 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(super::only_post)),
     )
     .service(
+        web::resource("/models/{id:.*}")
+            .route(web::delete().to(delete_model))
+            .default_service(web::to(super::only_delete)),
+    )
+    .service(
+        web::resource("/reload")
+            .route(web::post().to(reload_config))
+            .default_service(web::to(super::only_post)),
+    )
+    .service(
         web::resource("/memory")
             .route(web::get().to(memory))
             .default_service(web::to(super::only_get)),
     );
+}
+
+/// Where to add a model: `?replace=true` replaces a model of the same name.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AddQuery {
+    /// Replace the model of the same name (it drains and unloads) instead of refusing.
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// Adds a model at run time, defined as a `[[models]]` entry of the configuration is
+/// (as JSON). It lasts until the server stops or a config reload; the models folder and
+/// the configuration file are the ways to keep one.
+#[utoipa::path(post, path = "/admin/models", tag = "admin", params(AddQuery),
+    request_body(content = Object, description = "A model definition: the fields of a `[[models]]` entry, e.g. {\"name\": \"qwen\", \"source\": \"models/qwen.gguf\"}"),
+    responses((status = 201, body = crate::openai::models::ModelObject), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope)))]
+pub async fn add_model(
+    state: web::Data<AppState>,
+    query: web::Query<AddQuery>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let settings: crate::config::ModelSettings =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
+            message: format!("not a model definition: {e}"),
+            param: None,
+            code: None,
+        })?;
+    settings.validate().map_err(|e| ApiError::InvalidRequest {
+        message: e.to_string(),
+        param: None,
+        code: None,
+    })?;
+    let replace = query.replace;
+    let scheduler = state.scheduler.clone();
+    // Reading the GGUF header is blocking I/O: off the async threads.
+    let added = web::block(move || {
+        scheduler.add_model(&settings, crate::scheduler::registry::Origin::Api, replace)
+    })
+    .await
+    .map_err(|_| ApiError::Engine("adding the model failed".into()))?
+    .map_err(ApiError::Conflict)?;
+    Ok(HttpResponse::Created().json(model_object(&state, &added)))
+}
+
+/// What `DELETE /admin/models/{id}` did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedModel {
+    /// The model's name.
+    pub id: String,
+    /// `model`.
+    pub object: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
+/// Removes a model: it takes no new requests at once; running ones finish, then it
+/// unloads. Works for models of the configuration, the models folder or this API (until
+/// a reload or a rescan brings a configured or folder model back).
+#[utoipa::path(delete, path = "/admin/models/{id}", tag = "admin", params(("id" = String, Path, description = "Model name or alias")),
+    responses((status = 200, body = DeletedModel), (status = 401, body = crate::error::ErrorEnvelope),
+        (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
+pub async fn delete_model(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let slot = state.scheduler.registry().resolve(&id)?;
+    let name = slot.settings.name.clone();
+    state
+        .scheduler
+        .remove_model(&name)
+        .ok_or_else(|| ApiError::ModelNotFound(id.into_inner()))?;
+    Ok(HttpResponse::Ok().json(DeletedModel {
+        id: name,
+        object: "model".into(),
+        deleted: true,
+    }))
+}
+
+/// What a configuration reload did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReloadReport {
+    /// Models added.
+    pub added: Vec<String>,
+    /// Models whose definition changed: the old one drains, the new one serves.
+    pub changed: Vec<String>,
+    /// Models removed (they drain: running requests finish).
+    pub removed: Vec<String>,
+    /// Models left as they were.
+    pub unchanged: Vec<String>,
+    /// Models that could not be placed, with why (a name or alias taken).
+    pub failed: Vec<FailedModel>,
+    /// Sections that changed but apply only at the next start (`server`, `limits`,
+    /// `auth`, `responses`, `scheduler`, `model_defaults`).
+    pub restart_required: Vec<String>,
+}
+
+/// A model a reload could not place.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailedModel {
+    /// Its name.
+    pub id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Reads the configuration file again and applies its models (the way SIGHUP does). A
+/// file that does not load or validate changes nothing.
+pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
+    let Some((file, overrides)) = state.settings.loaded_from.clone() else {
+        return Err("this server was not started from a configuration file".into());
+    };
+    let new = web::block(move || crate::config::Settings::load(&file, &overrides))
+        .await
+        .map_err(|_| "reading the configuration failed".to_string())?
+        .map_err(|e| format!("the configuration was refused, nothing changed: {e}"))?;
+    let old = state.settings.clone();
+    let mut restart_required = Vec::new();
+    let differs = |a: String, b: String| a != b;
+    for (section, changed) in [
+        (
+            "server",
+            differs(format!("{:?}", old.server), format!("{:?}", new.server)),
+        ),
+        (
+            "limits",
+            differs(format!("{:?}", old.limits), format!("{:?}", new.limits)),
+        ),
+        (
+            "auth",
+            differs(format!("{:?}", old.auth), format!("{:?}", new.auth)),
+        ),
+        (
+            "responses",
+            differs(
+                format!("{:?}", old.responses),
+                format!("{:?}", new.responses),
+            ),
+        ),
+        (
+            "scheduler",
+            differs(
+                format!("{:?}", old.scheduler),
+                format!("{:?}", new.scheduler),
+            ),
+        ),
+        (
+            "model_defaults",
+            differs(
+                format!("{:?}", old.model_defaults),
+                format!("{:?}", new.model_defaults),
+            ),
+        ),
+    ] {
+        if changed {
+            restart_required.push(section.to_string());
+        }
+    }
+    let scheduler = state.scheduler.clone();
+    let changes = web::block(move || scheduler.apply_config_models(&new.models))
+        .await
+        .map_err(|_| "applying the configuration failed".to_string())?;
+    let report = ReloadReport {
+        added: changes.added,
+        changed: changes.changed,
+        removed: changes.removed,
+        unchanged: changes.unchanged,
+        failed: changes
+            .failed
+            .into_iter()
+            .map(|(id, reason)| FailedModel { id, reason })
+            .collect(),
+        restart_required,
+    };
+    tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, failed = report.failed.len(), restart_required = ?report.restart_required, "configuration reloaded");
+    Ok(report)
+}
+
+/// Reloads the configuration file: added models appear, removed ones drain, changed ones
+/// drain and reload; requests in flight finish. A bad file is refused with the reason
+/// and the running configuration keeps serving. SIGHUP does the same.
+#[utoipa::path(post, path = "/admin/reload", tag = "admin",
+    responses((status = 200, body = ReloadReport), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope)))]
+pub async fn reload_config(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let report = reload(&state)
+        .await
+        .map_err(|message| ApiError::InvalidRequest {
+            message,
+            param: None,
+            code: Some("invalid_config"),
+        })?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// Loads a model now and waits until it is ready.
@@ -85,5 +295,5 @@ pub async fn memory(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 /// The OpenAPI description of this resource.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(load_model, unload_model, memory), components(schemas(DeviceMemoryReport)), tags((name = "admin")))]
+#[openapi(paths(add_model, delete_model, reload_config, load_model, unload_model, memory), components(schemas(DeviceMemoryReport, DeletedModel, ReloadReport, FailedModel)), tags((name = "admin")))]
 pub struct AdminApi;

@@ -214,6 +214,11 @@ pub async fn only_get() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed { allow: "GET" })
 }
 
+/// Known DELETE routes asked with another method.
+pub async fn only_delete() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow: "DELETE" })
+}
+
 /// Known POST routes asked with another method.
 pub async fn only_post() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed { allow: "POST" })

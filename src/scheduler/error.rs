@@ -12,6 +12,9 @@ pub enum SchedulerError {
     /// No configured model has this name or alias.
     #[error("no model `{0}`")]
     ModelNotFound(String),
+    /// The model was removed (or replaced) while the request waited for it.
+    #[error("model `{0}` was removed")]
+    ModelRemoved(String),
     /// The model's queue is full.
     #[error("the queue of model `{model}` is full")]
     QueueFull {

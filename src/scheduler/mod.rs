@@ -5,6 +5,7 @@
 
 pub mod admission;
 mod error;
+pub mod folder;
 pub mod pool;
 pub mod registry;
 
@@ -38,11 +39,27 @@ pub struct Sampling {
     pub json_schema: Option<serde_json::Value>,
 }
 
+/// What a configuration reload did to the models.
+#[derive(Debug, Clone, Default)]
+pub struct ModelChanges {
+    /// Models added.
+    pub added: Vec<String>,
+    /// Models whose definition changed: the old one drains, the new one serves.
+    pub changed: Vec<String>,
+    /// Models removed (they drain).
+    pub removed: Vec<String>,
+    /// Models left as they were.
+    pub unchanged: Vec<String>,
+    /// Models that could not be placed, with why (a name or alias taken).
+    pub failed: Vec<(String, String)>,
+}
+
 /// Routes, admits and starts generations.
 pub struct Scheduler {
     registry: Registry,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
+    engine: Arc<dyn Engine>,
 }
 
 impl Scheduler {
@@ -53,8 +70,8 @@ impl Scheduler {
             metrics.register_model(&model.name);
         }
         let pool = Pool::new(
-            registry.slots().to_vec(),
-            engine,
+            registry.all_slots(),
+            engine.clone(),
             metrics.clone(),
             &settings.scheduler,
         );
@@ -62,7 +79,114 @@ impl Scheduler {
             registry,
             pool,
             metrics,
+            engine,
         }
+    }
+
+    /// Adds a model at run time (blocking: reads its GGUF header). With `replace`, a
+    /// live model of the same name is retired: new requests go to the new definition at
+    /// once, requests running on the old one finish, then it unloads and its memory is
+    /// freed. Without, an existing name or alias is refused.
+    pub fn add_model(
+        &self,
+        settings: &crate::config::ModelSettings,
+        origin: registry::Origin,
+        replace: bool,
+    ) -> Result<Arc<registry::ModelSlot>, String> {
+        self.metrics.register_model(&settings.name);
+        let (slot, old) = if replace {
+            self.registry
+                .replace(settings, origin, self.engine.as_ref())?
+        } else {
+            (
+                self.registry
+                    .insert(settings, origin, self.engine.as_ref())?,
+                None,
+            )
+        };
+        // The new slot is known to the pool before the old one stops admitting.
+        self.pool.add(slot.clone());
+        if let Some(old) = old {
+            self.pool.retire(old.index);
+        }
+        tracing::info!(model = %settings.name, source = %settings.source, origin = origin.as_str(), replaced = replace, "model added");
+        Ok(slot)
+    }
+
+    /// Makes the models of the configuration file `models`: new ones are added, changed
+    /// ones replaced (the old definition drains), ones no longer there removed (they
+    /// drain). Models from the models folder or the admin API are left alone, unless a
+    /// configured model takes their name. Blocking (GGUF headers).
+    pub fn apply_config_models(&self, models: &[crate::config::ModelSettings]) -> ModelChanges {
+        let mut changes = ModelChanges::default();
+        let configured: Vec<Arc<registry::ModelSlot>> = self
+            .registry
+            .slots()
+            .into_iter()
+            .filter(|s| s.origin == registry::Origin::Config)
+            .collect();
+        for old in &configured {
+            if !models.iter().any(|m| m.name == old.settings.name) {
+                self.remove_model(&old.settings.name);
+                changes.removed.push(old.settings.name.clone());
+            }
+        }
+        let mut pending: Vec<(&crate::config::ModelSettings, bool)> = Vec::new();
+        for new in models {
+            match configured.iter().find(|s| s.settings.name == new.name) {
+                Some(old) => {
+                    let mut same = new.clone();
+                    if same.kind.is_none() {
+                        same.kind = old.settings.kind;
+                    }
+                    // Settings hold no floats or maps: equal Debug text is equal settings.
+                    if format!("{same:?}") == format!("{:?}", old.settings) {
+                        changes.unchanged.push(new.name.clone());
+                    } else {
+                        pending.push((new, true));
+                    }
+                }
+                None => pending.push((new, false)),
+            }
+        }
+        // An alias moving from one model to another frees up only once the first moved:
+        // retry what failed while something else succeeds.
+        let mut failures: Vec<(String, String)> = Vec::new();
+        while !pending.is_empty() {
+            failures.clear();
+            let before = pending.len();
+            pending.retain(|(model, existed)| {
+                match self.add_model(model, registry::Origin::Config, true) {
+                    Ok(_) => {
+                        let list = if *existed {
+                            &mut changes.changed
+                        } else {
+                            &mut changes.added
+                        };
+                        list.push(model.name.clone());
+                        false
+                    }
+                    Err(e) => {
+                        failures.push((model.name.clone(), e));
+                        true
+                    }
+                }
+            });
+            if pending.len() == before {
+                break;
+            }
+        }
+        changes.failed = failures;
+        changes
+    }
+
+    /// Removes the model named `name` (not an alias): it routes no more, its running
+    /// requests finish, then it unloads. Returns the removed slot.
+    pub fn remove_model(&self, name: &str) -> Option<Arc<registry::ModelSlot>> {
+        let slot = self.registry.retire(name)?;
+        self.pool.retire(slot.index);
+        tracing::info!(model = %name, origin = slot.origin.as_str(), "model removed");
+        Some(slot)
     }
 
     /// The models and their routes.
@@ -103,28 +227,31 @@ impl Scheduler {
         model_id: &str,
         kind: ModelKind,
     ) -> Result<(Arc<registry::ModelSlot>, admission::QueueTicket, Lease), SchedulerError> {
-        let slot = self.registry.resolve(model_id)?;
-        let name = slot.settings.name.clone();
-        if !slot.serves(kind) {
-            return Err(SchedulerError::WrongKind {
-                model: name,
-                serves: match kind {
-                    ModelKind::Chat => ModelKind::Embedding,
-                    ModelKind::Embedding => ModelKind::Chat,
-                },
-            });
+        // A model replaced while its request waited: the request goes to the new one.
+        let mut retries = 3;
+        loop {
+            let slot = self.registry.resolve(model_id)?;
+            let name = slot.settings.name.clone();
+            if !slot.serves(kind) {
+                return Err(SchedulerError::WrongKind {
+                    model: name,
+                    serves: match kind {
+                        ModelKind::Chat => ModelKind::Embedding,
+                        ModelKind::Embedding => ModelKind::Chat,
+                    },
+                });
+            }
+            let counted = |e: SchedulerError| {
+                count_rejection(&self.metrics, &name, &e);
+                e
+            };
+            let ticket = slot.admission.enter().map_err(counted)?;
+            match self.pool.acquire(slot.index, ticket.deadline()).await {
+                Ok(lease) => return Ok((slot, ticket, lease)),
+                Err(SchedulerError::ModelRemoved(_)) if retries > 0 => retries -= 1,
+                Err(e) => return Err(counted(e)),
+            }
         }
-        let counted = |e: SchedulerError| {
-            count_rejection(&self.metrics, &name, &e);
-            e
-        };
-        let ticket = slot.admission.enter().map_err(counted)?;
-        let lease = self
-            .pool
-            .acquire(slot.index, ticket.deadline())
-            .await
-            .map_err(counted)?;
-        Ok((slot, ticket, lease))
     }
 
     /// Routes to the model, takes a queue place, leases the loaded model and checks every

@@ -102,6 +102,8 @@ struct Entry {
     /// The context chosen to fit the device at the last load (and the trained one),
     /// for a model without a configured `context_length`.
     fitted_context: Option<(u64, u64)>,
+    /// Removed or replaced: admits nothing, unloads when idle.
+    retired: bool,
 }
 
 /// A model's footprint at its configured (or trained) context, and how it scales when
@@ -167,6 +169,10 @@ impl Entry {
 
 struct State {
     entries: Vec<Entry>,
+    /// The slot of each entry, by index.
+    slots: Vec<Arc<ModelSlot>>,
+    /// Memory budget of each device a model was added for.
+    budgets: HashMap<String, u64>,
 }
 
 /// A snapshot of one model, for `/v1/models`, admin and metrics.
@@ -206,14 +212,18 @@ pub struct DeviceMemory {
 
 /// The models, their lifecycles and the memory they hold.
 pub struct Pool {
-    slots: Vec<Arc<ModelSlot>>,
     engine: Arc<dyn Engine>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
     changed: Notify,
-    budgets: HashMap<String, u64>,
+    settings: SchedulerSettings,
     max_loaded: Option<usize>,
     fairness_batch: usize,
+    /// Whether the idle-unload ticker runs (started with the first model that has a
+    /// `keep_alive`).
+    ticking: std::sync::atomic::AtomicBool,
+    /// Whether `start` ran: models added later start their own background work.
+    started: std::sync::atomic::AtomicBool,
 }
 
 /// A model held for one request; dropping it tells the pool the request is over.
@@ -266,73 +276,128 @@ impl Pool {
         metrics: Arc<Metrics>,
         settings: &SchedulerSettings,
     ) -> Arc<Self> {
-        let mut budgets = HashMap::new();
-        for slot in &slots {
-            let key = slot.device_key.clone();
-            if budgets.contains_key(&key) {
-                continue;
-            }
-            if key == crate::memory::REMOTE_DEVICE {
-                budgets.insert(key, u64::MAX);
-                continue;
-            }
-            let is_cpu = key == "cpu";
-            let configured = if is_cpu {
-                settings.cpu_memory_budget
-            } else {
-                settings.gpu_memory_budget
-            };
-            let budget = match configured {
-                Some(ByteSize(b)) => b,
-                None => {
-                    let total = if is_cpu {
-                        crate::memory::system_memory_bytes().or_else(|| engine.device_memory(&key))
-                    } else {
-                        engine.device_memory(&key)
-                    };
-                    let fraction = if is_cpu {
-                        DEFAULT_CPU_FRACTION
-                    } else {
-                        DEFAULT_GPU_FRACTION
-                    };
-                    total.map_or(u64::MAX, |t| (t as f64 * fraction) as u64)
-                }
-            };
-            tracing::info!(device = %key, budget = %ByteSize(budget), "memory budget");
-            metrics
-                .memory_budget_bytes
-                .with_label_values(&[key.as_str()])
-                .set(budget.min(i64::MAX as u64) as i64);
-            budgets.insert(key, budget);
-        }
-        let entries = slots
-            .iter()
-            .map(|_| Entry {
-                life: Life::Unloaded,
-                active: 0,
-                waiting: 0,
-                last_used: Instant::now(),
-                reserved: 0,
-                contended_admissions: None,
-                load_generation: 0,
-                loaded_at: None,
-                failures: 0,
-                retry_at: None,
-                abandoned_loader: false,
-                footprint: None,
-                fitted_context: None,
-            })
-            .collect();
-        Arc::new(Self {
-            slots,
+        let pool = Arc::new(Self {
             engine,
             metrics,
-            state: Mutex::new(State { entries }),
+            state: Mutex::new(State {
+                entries: Vec::new(),
+                slots: Vec::new(),
+                budgets: HashMap::new(),
+            }),
             changed: Notify::new(),
-            budgets,
+            settings: settings.clone(),
             max_loaded: settings.max_loaded_models,
             fairness_batch: settings.fairness_batch.max(1),
-        })
+            ticking: std::sync::atomic::AtomicBool::new(false),
+            started: std::sync::atomic::AtomicBool::new(false),
+        });
+        for slot in slots {
+            pool.insert(slot);
+        }
+        pool
+    }
+
+    /// The memory budget of `device`: configured, or a share of its memory.
+    fn budget_for(&self, device: &str) -> u64 {
+        if device == crate::memory::REMOTE_DEVICE {
+            return u64::MAX;
+        }
+        let is_cpu = device == "cpu";
+        let configured = if is_cpu {
+            self.settings.cpu_memory_budget
+        } else {
+            self.settings.gpu_memory_budget
+        };
+        let budget = match configured {
+            Some(ByteSize(b)) => b,
+            None => {
+                let total = if is_cpu {
+                    crate::memory::system_memory_bytes()
+                        .or_else(|| self.engine.device_memory(device))
+                } else {
+                    self.engine.device_memory(device)
+                };
+                let fraction = if is_cpu {
+                    DEFAULT_CPU_FRACTION
+                } else {
+                    DEFAULT_GPU_FRACTION
+                };
+                total.map_or(u64::MAX, |t| (t as f64 * fraction) as u64)
+            }
+        };
+        tracing::info!(device = %device, budget = %ByteSize(budget), "memory budget");
+        self.metrics
+            .memory_budget_bytes
+            .with_label_values(&[device])
+            .set(budget.min(i64::MAX as u64) as i64);
+        budget
+    }
+
+    /// Adds `slot` (its index is the next one) without starting anything.
+    fn insert(&self, slot: Arc<ModelSlot>) {
+        let known = self.lock().budgets.contains_key(&slot.device_key);
+        let budget = (!known).then(|| self.budget_for(&slot.device_key));
+        let mut st = self.lock();
+        if let Some(budget) = budget {
+            st.budgets.entry(slot.device_key.clone()).or_insert(budget);
+        }
+        debug_assert_eq!(slot.index, st.entries.len());
+        st.slots.push(slot);
+        st.entries.push(Entry {
+            life: Life::Unloaded,
+            active: 0,
+            waiting: 0,
+            last_used: Instant::now(),
+            reserved: 0,
+            contended_admissions: None,
+            load_generation: 0,
+            loaded_at: None,
+            failures: 0,
+            retry_at: None,
+            abandoned_loader: false,
+            footprint: None,
+            fitted_context: None,
+            retired: false,
+        });
+    }
+
+    /// Adds a model at run time: its footprint is computed, and a pinned one loads.
+    pub fn add(self: &Arc<Self>, slot: Arc<ModelSlot>) {
+        self.insert(slot.clone());
+        if self.started.load(std::sync::atomic::Ordering::Acquire) {
+            self.start_slot(&slot);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Retires model `index` (removed or replaced): it admits no new request; what runs
+    /// on it finishes, then it unloads. A load in progress is dropped when it ends.
+    pub fn retire(&self, index: usize) {
+        let mut st = self.lock();
+        let Some(e) = st.entries.get_mut(index) else {
+            return;
+        };
+        e.retired = true;
+        let name = st.slots[index].settings.name.clone();
+        let e = &mut st.entries[index];
+        match &e.life {
+            Life::Ready(m) if e.active > 0 => {
+                tracing::info!(model = %name, running = e.active, "model removed: draining");
+                e.life = Life::Draining(m.clone());
+            }
+            Life::Ready(_) | Life::Draining(_) if e.active == 0 => {
+                self.unload_locked(&mut st, index)
+            }
+            Life::Failed { .. } | Life::Unloaded if !e.abandoned_loader => e.reserved = 0,
+            _ => {}
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    /// The slot at `index`.
+    fn slot(&self, index: usize) -> Arc<ModelSlot> {
+        self.lock().slots[index].clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -341,22 +406,30 @@ impl Pool {
 
     /// Starts the background work: loading pinned models and unloading idle ones.
     pub fn start(self: &Arc<Self>) {
-        for slot in &self.slots {
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
+        let slots = self.lock().slots.clone();
+        for slot in &slots {
+            self.start_slot(slot);
+        }
+    }
+
+    /// Background work of one model: its footprint, its load when pinned, the idle ticker
+    /// when it has a `keep_alive`.
+    fn start_slot(self: &Arc<Self>, slot: &Arc<ModelSlot>) {
+        let pool = self.clone();
+        let index = slot.index;
+        tokio::spawn(async move { pool.refresh_footprint(index).await });
+        if slot.settings.pinned {
             let pool = self.clone();
-            let index = slot.index;
-            tokio::spawn(async move { pool.refresh_footprint(index).await });
+            let timeout = slot.settings.load_timeout() + Duration::from_secs(5);
+            tokio::spawn(async move {
+                let _ = pool.acquire(index, Instant::now() + timeout).await;
+            });
         }
-        for slot in &self.slots {
-            if slot.settings.pinned {
-                let pool = self.clone();
-                let index = slot.index;
-                let timeout = slot.settings.load_timeout() + Duration::from_secs(5);
-                tokio::spawn(async move {
-                    let _ = pool.acquire(index, Instant::now() + timeout).await;
-                });
-            }
-        }
-        if self.slots.iter().any(|s| s.settings.keep_alive.is_some()) {
+        if slot.settings.keep_alive.is_some()
+            && !self.ticking.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             let pool = Arc::downgrade(self);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -401,7 +474,7 @@ impl Pool {
     /// Budget and use of every device.
     pub fn memory(&self) -> Vec<DeviceMemory> {
         let st = self.lock();
-        let mut out: Vec<DeviceMemory> = self
+        let mut out: Vec<DeviceMemory> = st
             .budgets
             .iter()
             .map(|(device, budget)| DeviceMemory {
@@ -417,7 +490,7 @@ impl Pool {
     fn used_on(&self, st: &State, device: &str) -> u64 {
         st.entries
             .iter()
-            .zip(&self.slots)
+            .zip(&st.slots)
             .filter(|(_, s)| s.device_key == device)
             .map(|(e, _)| e.reserved)
             .sum()
@@ -482,7 +555,7 @@ impl Pool {
                         .is_err()
                     {
                         return Err(SchedulerError::QueueTimeout {
-                            model: self.slots[index].settings.name.clone(),
+                            model: self.slot(index).settings.name.clone(),
                             waited: started.elapsed(),
                             retry_after: Duration::from_secs(5),
                         });
@@ -498,7 +571,7 @@ impl Pool {
         let pool = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
             // A hub model's footprint comes from its cached file, once downloaded.
-            let settings = &crate::hub::with_cached_file(&pool.slots[index].settings);
+            let settings = &crate::hub::with_cached_file(&pool.slot(index).settings);
             let stamp = file_stamp(settings);
             let known = pool.lock().entries[index]
                 .footprint
@@ -521,11 +594,14 @@ impl Pool {
         awaited_load: &mut Option<u64>,
         checked_file: bool,
     ) -> Result<Step, SchedulerError> {
-        let slot = &self.slots[index];
+        let slot = st.slots[index].clone();
         let name = &slot.settings.name;
         let fairness = self.fairness_batch;
         let someone_waits = self.someone_waits_for_room(st, index);
         let e = &mut st.entries[index];
+        if e.retired {
+            return Err(SchedulerError::ModelRemoved(name.clone()));
+        }
         match &e.life {
             Life::Ready(model) => {
                 let model = model.clone();
@@ -592,11 +668,11 @@ impl Pool {
             }
         };
         let device = slot.device_key.as_str();
-        let budget = self.budgets.get(device).copied().unwrap_or(u64::MAX);
+        let budget = st.budgets.get(device).copied().unwrap_or(u64::MAX);
         let pinned_used: u64 = st
             .entries
             .iter()
-            .zip(&self.slots)
+            .zip(&st.slots)
             .filter(|(_, s)| s.device_key == device && s.settings.pinned && s.index != index)
             .map(|(e, _)| e.reserved)
             .sum();
@@ -624,7 +700,7 @@ impl Pool {
         let pinned_loaded = st
             .entries
             .iter()
-            .zip(&self.slots)
+            .zip(&st.slots)
             .filter(|(e, s)| {
                 s.settings.pinned && !matches!(e.life, Life::Unloaded | Life::Failed { .. })
             })
@@ -654,11 +730,11 @@ impl Pool {
             used.saturating_add(need) <= budget && count_ok
         };
         if !fits(st, 0, 0) {
-            let mut idle: Vec<usize> = (0..self.slots.len())
+            let mut idle: Vec<usize> = (0..st.slots.len())
                 .filter(|&i| {
                     let e = &st.entries[i];
                     i != index
-                        && !self.slots[i].settings.pinned
+                        && !st.slots[i].settings.pinned
                         && e.active == 0
                         && matches!(e.life, Life::Ready(_) | Life::Draining(_))
                 })
@@ -670,7 +746,7 @@ impl Pool {
                 if fits(st, freed, chosen.len()) {
                     break;
                 }
-                let counts_for_memory = self.slots[i].device_key == device;
+                let counts_for_memory = st.slots[i].device_key == device;
                 let counts_for_slots = self
                     .max_loaded
                     .is_some_and(|max| Self::loaded_count(st).saturating_sub(chosen.len()) >= max);
@@ -683,23 +759,24 @@ impl Pool {
             }
             if fits(st, freed, chosen.len()) {
                 for i in chosen {
-                    tracing::info!(evicted = %self.slots[i].settings.name, for_model = %name, "evicting idle model to make room");
+                    let evicted = st.slots[i].settings.name.clone();
+                    tracing::info!(evicted = %evicted, for_model = %name, "evicting idle model to make room");
                     self.metrics
                         .model_evictions
-                        .with_label_values(&[self.slots[i].settings.name.as_str()])
+                        .with_label_values(&[evicted.as_str()])
                         .inc();
                     self.metrics.model_swaps.inc();
                     self.unload_locked(st, i);
                 }
             } else {
                 // Busy models hold the memory: make them take turns.
-                for i in 0..self.slots.len() {
-                    let same_device =
-                        self.slots[i].device_key == device || self.max_loaded.is_some();
+                for i in 0..st.slots.len() {
+                    let same_device = st.slots[i].device_key == device || self.max_loaded.is_some();
+                    let pinned = st.slots[i].settings.pinned;
                     let other = &mut st.entries[i];
                     if i != index
                         && same_device
-                        && !self.slots[i].settings.pinned
+                        && !pinned
                         && matches!(other.life, Life::Ready(_))
                         && other.contended_admissions.is_none()
                     {
@@ -722,6 +799,7 @@ impl Pool {
             tracing::info!(model = %name, context_length = context, trained_context_length = trained, device, available = %ByteSize(available), "context shrunk to fit the memory budget (context_length is not configured)");
         }
         self.spawn_load(
+            slot.settings.clone(),
             index,
             generation,
             need,
@@ -735,6 +813,7 @@ impl Pool {
     /// fail, but the reservation stays until the engine's loader has really ended.
     fn spawn_load(
         self: &Arc<Self>,
+        mut settings: crate::config::ModelSettings,
         index: usize,
         generation: u64,
         need: u64,
@@ -742,7 +821,6 @@ impl Pool {
         fitted_context: Option<u64>,
     ) {
         let pool = self.clone();
-        let mut settings = self.slots[index].settings.clone();
         if let Some(context) = fitted_context {
             settings.context_length = Some(context as usize);
         }
@@ -804,6 +882,14 @@ impl Pool {
                 }
             };
             let seconds = started.elapsed().as_secs_f64();
+            // An engine that knows the size only once loaded: ask again now.
+            let still_unknown = unknown
+                && result.is_ok()
+                && matches!(&pool.lock().entries[index].footprint, Some((_, Ok(s))) if s.full.is_unknown());
+            if still_unknown {
+                pool.lock().entries[index].footprint = None;
+                pool.refresh_footprint(index).await;
+            }
             let name = settings.name.as_str();
             let mut st = pool.lock();
             let e = &mut st.entries[index];
@@ -811,6 +897,14 @@ impl Pool {
                 return;
             }
             match result {
+                Ok(model) if e.retired => {
+                    // Removed while it loaded: nobody may use it.
+                    e.life = Life::Unloaded;
+                    e.reserved = 0;
+                    drop(st);
+                    drop(model);
+                    crate::memory::return_freed_memory_soon();
+                }
                 Ok(model) => {
                     tracing::info!(model = %name, device = %model.facts().device, context_length = ?model.facts().context_length, seconds, "model loaded");
                     pool.metrics.model_loads.with_label_values(&[name]).inc();
@@ -851,7 +945,8 @@ impl Pool {
     /// Marks load `generation` of model `index` failed and starts its retry backoff. A
     /// loader still `running` keeps its reservation.
     fn fail_load(&self, index: usize, generation: u64, error: String, running: bool) {
-        let name = self.slots[index].settings.name.as_str();
+        let slot = self.slot(index);
+        let name = slot.settings.name.as_str();
         self.metrics
             .model_load_failures
             .with_label_values(&[name])
@@ -874,7 +969,7 @@ impl Pool {
     fn unload_locked(&self, st: &mut State, i: usize) {
         let e = &mut st.entries[i];
         if matches!(e.life, Life::Ready(_) | Life::Draining(_)) {
-            tracing::info!(model = %self.slots[i].settings.name, "model unloaded");
+            tracing::info!(model = %st.slots[i].settings.name, "model unloaded");
             crate::memory::return_freed_memory_soon();
         }
         if e.abandoned_loader {
@@ -889,8 +984,8 @@ impl Pool {
 
     fn release(&self, index: usize) {
         let mut st = self.lock();
-        let pinned = self.slots[index].settings.pinned;
-        let keep_alive = self.slots[index].settings.keep_alive;
+        let pinned = st.slots[index].settings.pinned;
+        let keep_alive = st.slots[index].settings.keep_alive;
         let e = &mut st.entries[index];
         e.active = e.active.saturating_sub(1);
         e.last_used = Instant::now();
@@ -908,8 +1003,9 @@ impl Pool {
     fn expire_idle(&self) {
         let mut st = self.lock();
         let mut changed = false;
-        for i in 0..self.slots.len() {
-            let s = &self.slots[i].settings;
+        for i in 0..st.slots.len() {
+            let slot = st.slots[i].clone();
+            let s = &slot.settings;
             let e = &st.entries[i];
             let expired = s.keep_alive.is_some_and(|k| e.last_used.elapsed() >= k.0);
             if expired
@@ -933,7 +1029,7 @@ impl Pool {
     pub async fn load_now(self: &Arc<Self>, index: usize) -> Result<(), SchedulerError> {
         // An operator asking for a load skips the retry backoff.
         self.lock().entries[index].retry_at = None;
-        let timeout = self.slots[index].settings.load_timeout() + Duration::from_secs(5);
+        let timeout = self.slot(index).settings.load_timeout() + Duration::from_secs(5);
         self.acquire(index, Instant::now() + timeout)
             .await
             .map(drop)
@@ -963,7 +1059,9 @@ impl Pool {
 
     /// Copies states and memory into the gauges.
     pub fn refresh_gauges(&self) {
-        for slot in &self.slots {
+        // In index order: a replaced model's newer slot has the last word on its name.
+        let slots = self.lock().slots.clone();
+        for slot in &slots {
             let status = self.status(slot.index);
             let name = slot.settings.name.as_str();
             self.metrics

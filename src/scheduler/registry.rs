@@ -2,7 +2,8 @@
 //! change while serving: settings, its queue, the device whose memory it draws from, and
 //! facts read from its GGUF header for `/v1/models`.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
@@ -41,9 +42,33 @@ const ENCODER_ARCHITECTURES: &[&str] = &[
     "t5encoder",
 ];
 
-/// One configured model.
+/// Where a model's definition came from: what a config reload or a models-folder rescan
+/// may change (each touches only its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[[models]]` entry of the configuration file.
+    Config,
+    /// A GGUF file in `models_dir`.
+    Folder,
+    /// Added at run time by `POST /admin/models`.
+    Api,
+}
+
+impl Origin {
+    /// `config`, `models_dir` or `api`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Folder => "models_dir",
+            Self::Api => "api",
+        }
+    }
+}
+
+/// One model definition. A changed or removed model's slot is *retired*: it no longer
+/// routes, drains what runs on it and unloads; a changed model gets a new slot.
 pub struct ModelSlot {
-    /// Position in the registry (and in the pool).
+    /// Position in the registry (and in the pool); never reused.
     pub index: usize,
     /// Its configuration.
     pub settings: ModelSettings,
@@ -53,6 +78,9 @@ pub struct ModelSlot {
     pub device_key: String,
     /// Facts from its GGUF header.
     pub file: FileFacts,
+    /// Where its definition came from.
+    pub origin: Origin,
+    retired: AtomicBool,
 }
 
 impl ModelSlot {
@@ -60,12 +88,19 @@ impl ModelSlot {
     pub fn serves(&self, kind: ModelKind) -> bool {
         self.settings.kind.is_none_or(|k| k == kind)
     }
+
+    /// Whether it was removed or replaced.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
 }
 
-/// All configured models, by name and alias.
+/// Every model, by name and alias. Slots are added and retired at run time (config
+/// reload, models folder, admin API); a retired slot keeps its index.
 pub struct Registry {
-    slots: Vec<Arc<ModelSlot>>,
+    slots: RwLock<Vec<Arc<ModelSlot>>>,
     routes: DashMap<String, Arc<ModelSlot>>,
+    scheduler: SchedulerSettings,
 }
 
 fn file_facts(settings: &ModelSettings) -> FileFacts {
@@ -98,37 +133,139 @@ impl Registry {
         scheduler: &SchedulerSettings,
         engine: &dyn Engine,
     ) -> Self {
-        let routes = DashMap::new();
-        let mut slots = Vec::new();
-        for (index, settings) in models.iter().enumerate() {
-            let file = file_facts(settings);
-            let mut settings = settings.clone();
-            // What a local model serves is settled here, once: the engine loads it so.
-            if settings.kind.is_none() && !matches!(settings.source, ModelSource::Upstream { .. }) {
-                settings.kind = Some(if file.embedding {
-                    ModelKind::Embedding
-                } else {
-                    ModelKind::Chat
-                });
+        let registry = Self {
+            slots: RwLock::new(Vec::new()),
+            routes: DashMap::new(),
+            scheduler: scheduler.clone(),
+        };
+        for settings in models {
+            if let Err(e) = registry.insert(settings, Origin::Config, engine) {
+                tracing::warn!(model = %settings.name, "{e}");
             }
-            let slot = Arc::new(ModelSlot {
-                index,
-                admission: Admission::new(
-                    &settings.name,
-                    settings.max_concurrent,
-                    settings.queue_size,
-                    settings.queue_timeout(scheduler.queue_timeout_secs),
-                ),
-                device_key: engine.device_key(&settings),
-                file,
-                settings: settings.clone(),
-            });
-            for id in std::iter::once(&settings.name).chain(&settings.aliases) {
-                routes.insert(id.clone(), slot.clone());
-            }
-            slots.push(slot);
         }
-        Self { slots, routes }
+        registry
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<ModelSlot>>> {
+        self.slots.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<ModelSlot>>> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for `settings` with the facts of its file, not yet routed.
+    fn make(
+        &self,
+        index: usize,
+        settings: &ModelSettings,
+        file: FileFacts,
+        origin: Origin,
+        engine: &dyn Engine,
+    ) -> Arc<ModelSlot> {
+        let mut settings = settings.clone();
+        // What a local model serves is settled here, once: the engine loads it so.
+        if settings.kind.is_none() && !matches!(settings.source, ModelSource::Upstream { .. }) {
+            settings.kind = Some(if file.embedding {
+                ModelKind::Embedding
+            } else {
+                ModelKind::Chat
+            });
+        }
+        Arc::new(ModelSlot {
+            index,
+            admission: Admission::new(
+                &settings.name,
+                settings.max_concurrent,
+                settings.queue_size,
+                settings.queue_timeout(self.scheduler.queue_timeout_secs),
+            ),
+            device_key: engine.device_key(&settings),
+            file,
+            settings,
+            origin,
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// Adds a model; its name and aliases must not name another live model. Blocking:
+    /// reads the GGUF header (before taking the lock).
+    pub fn insert(
+        &self,
+        settings: &ModelSettings,
+        origin: Origin,
+        engine: &dyn Engine,
+    ) -> Result<Arc<ModelSlot>, String> {
+        self.place(settings, origin, engine, false)
+            .map(|(new, _)| new)
+    }
+
+    /// Adds `settings`, retiring the live model of the same name if there is one (its
+    /// ids move to the new slot at once, so no request finds neither). Returns the new
+    /// slot and the retired one.
+    pub fn replace(
+        &self,
+        settings: &ModelSettings,
+        origin: Origin,
+        engine: &dyn Engine,
+    ) -> Result<(Arc<ModelSlot>, Option<Arc<ModelSlot>>), String> {
+        self.place(settings, origin, engine, true)
+    }
+
+    fn place(
+        &self,
+        settings: &ModelSettings,
+        origin: Origin,
+        engine: &dyn Engine,
+        replacing: bool,
+    ) -> Result<(Arc<ModelSlot>, Option<Arc<ModelSlot>>), String> {
+        let file = file_facts(settings);
+        let mut slots = self.write();
+        let old = self
+            .routes
+            .get(&settings.name)
+            .map(|s| s.clone())
+            .filter(|s| s.settings.name == settings.name);
+        if old.is_some() && !replacing {
+            return Err(format!("a model named `{}` already exists", settings.name));
+        }
+        for id in std::iter::once(&settings.name).chain(&settings.aliases) {
+            if let Some(taken) = self.routes.get(id) {
+                if taken.settings.name != settings.name {
+                    return Err(format!(
+                        "`{id}` already names model `{}`",
+                        taken.settings.name
+                    ));
+                }
+            }
+        }
+        let slot = self.make(slots.len(), settings, file, origin, engine);
+        if let Some(old) = &old {
+            old.retired.store(true, Ordering::Release);
+            for id in std::iter::once(&old.settings.name).chain(&old.settings.aliases) {
+                self.routes.remove_if(id, |_, s| Arc::ptr_eq(s, old));
+            }
+        }
+        for id in std::iter::once(&slot.settings.name).chain(&slot.settings.aliases) {
+            self.routes.insert(id.clone(), slot.clone());
+        }
+        slots.push(slot.clone());
+        Ok((slot, old))
+    }
+
+    /// Retires the live model named `name` (not an alias): it routes no more. Returns it.
+    pub fn retire(&self, name: &str) -> Option<Arc<ModelSlot>> {
+        let _slots = self.write();
+        let slot = self
+            .routes
+            .get(name)
+            .map(|s| s.clone())
+            .filter(|s| s.settings.name == name)?;
+        slot.retired.store(true, Ordering::Release);
+        for id in std::iter::once(&slot.settings.name).chain(&slot.settings.aliases) {
+            self.routes.remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
+        }
+        Some(slot)
     }
 
     /// The model a client's `model` field names.
@@ -139,8 +276,17 @@ impl Registry {
             .ok_or_else(|| SchedulerError::ModelNotFound(id.chars().take(128).collect()))
     }
 
-    /// Every model, in configuration order.
-    pub fn slots(&self) -> &[Arc<ModelSlot>] {
-        &self.slots
+    /// Every live model, in the order they were added.
+    pub fn slots(&self) -> Vec<Arc<ModelSlot>> {
+        self.read()
+            .iter()
+            .filter(|s| !s.is_retired())
+            .cloned()
+            .collect()
+    }
+
+    /// Every slot ever added, retired ones included, by index.
+    pub fn all_slots(&self) -> Vec<Arc<ModelSlot>> {
+        self.read().clone()
     }
 }

@@ -724,3 +724,48 @@ async fn an_unset_context_shrinks_to_fit_and_a_set_one_is_refused_with_numbers()
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_replaced_model_finishes_its_work_and_its_queue_moves_to_the_new_one() {
+    let engine = Arc::new(ScriptedEngine {
+        token_delay: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let mut a = model("a", 100);
+    a.max_concurrent = 1;
+    let (sched, _) = scheduler(&settings(vec![a.clone()], 1000), engine.clone());
+    // One request runs (20 tokens), three wait in the queue of the old definition.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let s = sched.clone();
+        tasks.push(tokio::spawn(async move { run(&s, "a", 20).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut changed = a.clone();
+    changed.max_concurrent = 4;
+    changed.aliases = vec!["alpha".into()];
+    let new = sched
+        .add_model(&changed, super::registry::Origin::Api, true)
+        .unwrap();
+    assert_eq!(sched.registry().resolve("alpha").unwrap().index, new.index);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 20, "nothing is dropped");
+    }
+    assert_eq!(
+        sched.pool().status(0).status,
+        "unloaded",
+        "the old one unloaded"
+    );
+    assert_eq!(sched.pool().status(0).reserved_bytes, 0);
+    assert_eq!(sched.registry().slots().len(), 1);
+    // Without replace, a taken name is refused; removing makes it a 404.
+    assert!(sched
+        .add_model(&changed, super::registry::Origin::Api, false)
+        .is_err());
+    assert!(sched.remove_model("a").is_some());
+    assert!(matches!(
+        run(&sched, "alpha", 1).await,
+        Err(SchedulerError::ModelNotFound(_))
+    ));
+    assert!(sched.remove_model("a").is_none());
+}

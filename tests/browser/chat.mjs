@@ -26,7 +26,9 @@ async function startServer(extra) {
   const config = join(tmpdir(), `llamagate-browser-${port}.toml`);
   writeFileSync(config, `[server]\nbind = "127.0.0.1:${port}"\n${extra}\n[[models]]\nname = "smollm2"\nsource = "${model}"\ndevice = "cpu"\npinned = true\n` +
     `[[models]]\nname = "minilm"\nsource = "${embedder}"\nengine = "llama.cpp"\n`);
-  const child = spawn(binary, ["serve", "--config", config], { stdio: ["ignore", "ignore", "inherit"] });
+  // Only the configured models, not what else lies in models/ (scheduler.models_dir).
+  const env = { ...process.env, LLAMAGATE__SCHEDULER__MODELS_DIR: "" };
+  const child = spawn(binary, ["serve", "--config", config], { stdio: ["ignore", "ignore", "inherit"], env });
   const base = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 200; i++) {
     try { if ((await fetch(`${base}/health`)).ok) break; } catch {}

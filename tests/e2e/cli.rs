@@ -9,7 +9,9 @@ use llamagate::config::{ModelSettings, ModelSource};
 use crate::helpers::{free_port, get_json, post_json, settings_with, spawn_server};
 
 fn llamagate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_llamagate"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llamagate"));
+    command.env(crate::helpers::NO_MODELS_DIR, "");
+    command
 }
 
 fn write_config(text: &str) -> tempfile_path::TempPath {

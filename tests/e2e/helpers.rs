@@ -118,6 +118,8 @@ source = "placeholder.gguf"
     )
     .expect("valid test settings");
     s.models = models;
+    // Only the models a test names (not what else lies in models/).
+    s.scheduler.models_dir = std::path::PathBuf::new();
     s.validate().expect("valid test models");
     s
 }
@@ -288,6 +290,18 @@ pub struct Served {
     config: std::path::PathBuf,
 }
 
+impl Served {
+    /// Replaces the body of its config file (the `[server] bind` line stays), for reloads.
+    pub fn rewrite_config(&self, body: &str) {
+        let port = self.server.base.rsplit(':').next().unwrap();
+        std::fs::write(
+            &self.config,
+            format!("[server]\nbind = \"127.0.0.1:{port}\"\n{body}"),
+        )
+        .unwrap();
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -295,6 +309,10 @@ impl Drop for Served {
         let _ = std::fs::remove_file(&self.config);
     }
 }
+
+/// The variable that turns `scheduler.models_dir` off for a spawned server, so that it
+/// serves only the models its test configures (not what else lies in models/).
+pub const NO_MODELS_DIR: &str = "LLAMAGATE__SCHEDULER__MODELS_DIR";
 
 /// Runs the real binary with `[server] bind` on a free port plus `body` as config.
 pub async fn serve_binary(body: &str) -> Served {
@@ -313,6 +331,7 @@ pub async fn serve_binary_with_env(body: &str, env: &[(&str, &std::ffi::OsStr)])
     let child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
         .args(["serve", "--config"])
         .arg(&config)
+        .env(NO_MODELS_DIR, "")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -25,6 +25,7 @@ mod quantize;
 mod reasoning;
 mod reliability;
 mod responses;
+mod runtime_models;
 mod security;
 mod structured;
 mod upstream;

@@ -38,7 +38,9 @@ def start_server(config_body):
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(f'[server]\nbind = "127.0.0.1:{port}"\n{config_body}')
     config.close()
-    proc = subprocess.Popen([BINARY, "serve", "--config", config.name],
+    # Only the configured models, not what else lies in models/ (scheduler.models_dir).
+    env = dict(os.environ, LLAMAGATE__SCHEDULER__MODELS_DIR="")
+    proc = subprocess.Popen([BINARY, "serve", "--config", config.name], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
