@@ -14,6 +14,7 @@ pub mod hub;
 pub mod memory;
 pub mod metrics;
 pub mod openai;
+pub mod pull;
 #[cfg(feature = "mistralrs")]
 pub mod quantize;
 pub mod render;
@@ -62,6 +63,7 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
     let state = AppState {
         keys,
         responses,
+        pulls: Arc::new(pull::Pulls::default()),
         settings: Arc::new(settings),
         scheduler,
         metrics,

@@ -75,6 +75,17 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "12,120")]
         input_words: Vec<usize>,
     },
+    /// Download a model from the Hugging Face hub into the models folder, where
+    /// `llamagate serve` serves it under its file stem (HF_ENDPOINT for a mirror, HF_TOKEN
+    /// for gated repos). Resumes an interrupted download; checks the hub's sha256.
+    Pull {
+        /// hf://owner/repo[:QUANT], hf://owner/repo/file.gguf or hf.co/owner/repo:QUANT,
+        /// each optionally @revision.
+        reference: String,
+        /// The models folder (scheduler.models_dir).
+        #[arg(long, default_value = "models")]
+        dir: PathBuf,
+    },
     /// Re-quantize a GGUF file (keeps the tokenizer and chat template).
     Quantize {
         /// The source GGUF.
@@ -85,6 +96,61 @@ enum Command {
         #[arg(long = "type", value_name = "TYPE")]
         quant: String,
     },
+}
+
+/// `llamagate pull`: a progress bar on a terminal, a line every few seconds otherwise.
+async fn pull(reference: String, dir: PathBuf) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::Ordering;
+    let reference = llamagate::pull::Reference::parse(&reference).map_err(anyhow::Error::msg)?;
+    let files = llamagate::pull::resolve(&reference).await?;
+    for f in &files {
+        eprintln!(
+            "{reference}: {} ({:.1} MiB)",
+            f.path,
+            f.size as f64 / 1048576.0
+        );
+    }
+    let progress = std::sync::Arc::new(llamagate::pull::Progress::default());
+    let work = llamagate::pull::pull(&reference, &files, &dir, progress.clone());
+    tokio::pin!(work);
+    let terminal = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(0);
+    if terminal {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let mut last_line = std::time::Instant::now();
+    let pulled = loop {
+        tokio::select! {
+            result = &mut work => break result?,
+            _ = tick.tick() => {
+                let (done, total) = (progress.done.load(Ordering::Relaxed), progress.total.load(Ordering::Relaxed));
+                bar.set_length(total);
+                bar.set_position(done);
+                if !terminal && last_line.elapsed() >= std::time::Duration::from_secs(5) {
+                    last_line = std::time::Instant::now();
+                    eprintln!("downloaded {:.1} of {:.1} MiB", done as f64 / 1048576.0, total as f64 / 1048576.0);
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    println!(
+        "pulled {} into {} ({:.1} MiB downloaded now); `llamagate serve` serves it as `{}`",
+        reference,
+        dir.display(),
+        pulled.fetched as f64 / 1048576.0,
+        pulled.model
+    );
+    Ok(())
 }
 
 /// Runs `work` on an actix system; its error, if any, is printed and the exit code says it.
@@ -183,6 +249,7 @@ fn main() -> std::process::ExitCode {
             };
             run_to_exit(run_bench(plan, spawn, out))
         }
+        Command::Pull { reference, dir } => run_to_exit(pull(reference, dir)),
         Command::Openapi => {
             print!("{}", llamagate::api::openapi::document_json());
             std::process::ExitCode::SUCCESS

@@ -54,6 +54,10 @@ pub struct Metrics {
     pub model_evictions: IntCounterVec,
     /// Evictions made to load another model (the thrash counter).
     pub model_swaps: IntCounter,
+    /// Bytes downloaded by model pulls.
+    pub pull_bytes: IntCounter,
+    /// Model pulls that failed.
+    pub pull_failures: IntCounter,
     /// Time to load a model.
     pub model_load_duration: HistogramVec,
     /// 1 when the model is loaded.
@@ -208,6 +212,26 @@ impl Metrics {
                 "Models unloaded to make room for another model.",
                 &["model"],
             ),
+            pull_bytes: {
+                let c = IntCounter::new(
+                    "llamagate_pull_bytes_total",
+                    "Bytes downloaded by model pulls (resumed bytes count once).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
+            pull_failures: {
+                let c =
+                    IntCounter::new("llamagate_pull_failures_total", "Model pulls that failed.")
+                        .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             model_swaps: {
                 let c = IntCounter::new(
                     "llamagate_model_swaps_total",

@@ -4,6 +4,7 @@
 //! They need an admin key; without admin keys configured, only loopback clients may call them.
 
 use actix_web::{web, HttpResponse};
+use futures::StreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -16,6 +17,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/models")
             .route(web::post().to(add_model))
+            .default_service(web::to(super::only_post)),
+    )
+    .service(
+        web::resource("/models/pull")
+            .route(web::post().to(pull_model))
             .default_service(web::to(super::only_post)),
     )
     .service(
@@ -87,6 +93,163 @@ pub async fn add_model(
     .map_err(|_| ApiError::Engine("adding the model failed".into()))?
     .map_err(ApiError::Conflict)?;
     Ok(HttpResponse::Created().json(model_object(&state, &added)))
+}
+
+/// `POST /admin/models/pull`.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// `hf://owner/repo[:QUANT]`, `hf://owner/repo/file.gguf`, `hf.co/owner/repo:QUANT`
+    /// or `owner/repo[:QUANT]`, each optionally `@revision`.
+    pub model: String,
+    /// Stream progress as server-sent events (default); `false` answers once it ended.
+    #[serde(default = "default_true")]
+    pub stream: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The state of a pull: each SSE event, and the answer of an unstreamed pull.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PullStatus {
+    /// `downloading`, `success` or `error`.
+    pub status: &'static str,
+    /// The model's name once it is in the models folder (its file stem).
+    pub model: String,
+    /// What was asked for.
+    pub reference: String,
+    /// Bytes on disk.
+    pub completed: u64,
+    /// Bytes in all.
+    pub total: u64,
+    /// On success: whether the model is served yet (the folder picks it up in a moment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served: Option<bool>,
+    /// On error: what failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Pulls a model from the Hugging Face hub (or `HF_ENDPOINT`'s mirror) into the models
+/// folder, where it is served under its file stem. The reference is resolved first (a
+/// bad, missing or ambiguous one is a 400 naming what the repo has); the download runs on
+/// even if the client leaves, resumes an earlier partial one, checks the hub's sha256 and
+/// lands atomically. Streamed: `data: {"status": "downloading", ...}` every half second,
+/// then `success` or `error`, then `data: [DONE]`.
+#[utoipa::path(post, path = "/admin/models/pull", tag = "admin", request_body = PullRequest,
+    responses((status = 200, body = PullStatus, description = "The outcome, or an SSE stream of PullStatus events"), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 502, body = crate::error::ErrorEnvelope)))]
+pub async fn pull_model(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let ask: PullRequest = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
+        message: format!("expected {{\"model\": \"hf://owner/repo:QUANT\"}}: {e}"),
+        param: None,
+        code: None,
+    })?;
+    let invalid = |message: String| ApiError::InvalidRequest {
+        message,
+        param: Some("model".into()),
+        code: None,
+    };
+    let dir = state
+        .settings
+        .scheduler
+        .models_dir()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| invalid("pulling needs a models folder (scheduler.models_dir)".into()))?;
+    let reference = crate::pull::Reference::parse(&ask.model).map_err(invalid)?;
+    let files = crate::pull::resolve(&reference).await.map_err(|e| {
+        // What the repo has (or lacks) is the client's to fix; an unreachable hub is not.
+        if e.0.contains("could not be reached") || e.0.contains("answered 5") {
+            ApiError::BadGateway(e.0)
+        } else {
+            invalid(e.0)
+        }
+    })?;
+    let metrics = state.metrics.clone();
+    let (model, pull) = state
+        .pulls
+        .start(&reference, files, dir, move |outcome| match outcome {
+            Ok(p) => {
+                metrics.pull_bytes.inc_by(p.fetched);
+                tracing::info!(model = %p.model, bytes = p.fetched, "pull finished");
+            }
+            Err(e) => {
+                metrics.pull_failures.inc();
+                tracing::warn!(error = %e, "pull failed");
+            }
+        });
+    let scheduler = state.scheduler.clone();
+    let follow = async_stream::stream! {
+        let mut done = pull.done.clone();
+        loop {
+            let outcome = done.borrow().clone();
+            match outcome {
+                Some(Ok(pulled)) => {
+                    // The folder serves it once it notices the file (a watcher event).
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    let mut served = false;
+                    while std::time::Instant::now() < deadline {
+                        if scheduler.registry().resolve(&pulled.model).is_ok() {
+                            served = true;
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    yield pull_status(&model, &pull, "success", None, Some(served));
+                    break;
+                }
+                Some(Err(e)) => {
+                    yield pull_status(&model, &pull, "error", Some(e.0), None);
+                    break;
+                }
+                None => {
+                    yield pull_status(&model, &pull, "downloading", None, None);
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), done.changed()).await;
+                }
+            }
+        }
+    };
+    if ask.stream {
+        let events = follow
+            .map(|s| super::sse::data_event(&s))
+            .chain(futures::stream::once(async {
+                super::sse::DONE_EVENT.to_string()
+            }));
+        return Ok(super::sse::sse_response(&state, &req, events));
+    }
+    let last = follow.collect::<Vec<_>>().await.pop();
+    match last {
+        Some(s) if s.status == "success" => Ok(HttpResponse::Ok().json(s)),
+        Some(s) => Err(ApiError::BadGateway(
+            s.error.unwrap_or_else(|| "the pull failed".into()),
+        )),
+        None => Err(ApiError::BadGateway("the pull failed".into())),
+    }
+}
+
+fn pull_status(
+    model: &str,
+    pull: &crate::pull::ActivePull,
+    status: &'static str,
+    error: Option<String>,
+    served: Option<bool>,
+) -> PullStatus {
+    use std::sync::atomic::Ordering;
+    PullStatus {
+        status,
+        model: model.to_string(),
+        reference: pull.reference.clone(),
+        completed: pull.progress.done.load(Ordering::Relaxed),
+        total: pull.progress.total.load(Ordering::Relaxed),
+        served,
+        error,
+    }
 }
 
 /// What `DELETE /admin/models/{id}` did.
@@ -295,5 +458,5 @@ pub async fn memory(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 /// The OpenAPI description of this resource.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(add_model, delete_model, reload_config, load_model, unload_model, memory), components(schemas(DeviceMemoryReport, DeletedModel, ReloadReport, FailedModel)), tags((name = "admin")))]
+#[openapi(paths(add_model, pull_model, delete_model, reload_config, load_model, unload_model, memory), components(schemas(DeviceMemoryReport, DeletedModel, ReloadReport, FailedModel, PullRequest, PullStatus)), tags((name = "admin")))]
 pub struct AdminApi;

@@ -46,6 +46,8 @@ pub struct AppState {
     pub keys: Arc<crate::auth::KeyRing>,
     /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}`.
     pub responses: Arc<response_store::ResponseStore>,
+    /// Model pulls in progress.
+    pub pulls: Arc<crate::pull::Pulls>,
 }
 
 /// Mounts every resource, each inside the scope whose access rule it follows. Unmatched

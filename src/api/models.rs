@@ -49,6 +49,8 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
             _ => None,
         },
         trained_context_length: status.fitted_context.map(|(_, t)| t),
+        downloaded_bytes: None,
+        download_total_bytes: None,
         quantization: slot.file.quantization.clone(),
         size_bytes: slot.file.size_bytes,
         parameters: slot.file.parameters,
@@ -81,13 +83,46 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
 /// Lists every configured model.
 #[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList), (status = 401, body = crate::error::ErrorEnvelope)))]
 pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
-    let data = state
+    let data: Vec<ModelObject> = state
         .scheduler
         .registry()
         .slots()
         .iter()
         .map(|s| model_object(&state, s))
         .collect();
+    let mut data = data;
+    // Models being pulled into the models folder, not served yet.
+    for (model, pull) in state.pulls.list() {
+        if data.iter().any(|m| m.id == model) {
+            continue;
+        }
+        use std::sync::atomic::Ordering;
+        data.push(ModelObject {
+            id: model,
+            object: "model".into(),
+            created: state.started_at,
+            owned_by: "llamagate".into(),
+            status: "downloading".into(),
+            aliases: Vec::new(),
+            source: pull.reference.clone(),
+            engine: String::new(),
+            engine_reason: String::new(),
+            device: String::new(),
+            context_length: None,
+            context_source: None,
+            trained_context_length: None,
+            downloaded_bytes: Some(pull.progress.done.load(Ordering::Relaxed)),
+            download_total_bytes: Some(pull.progress.total.load(Ordering::Relaxed)),
+            quantization: None,
+            size_bytes: None,
+            parameters: None,
+            memory_bytes: 0,
+            loaded_at: None,
+            pinned: false,
+            error: None,
+            capabilities: Capabilities::default(),
+        });
+    }
     HttpResponse::Ok().json(ModelList {
         object: "list".into(),
         data,

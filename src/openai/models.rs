@@ -32,6 +32,12 @@ pub struct ModelObject {
     /// own) or `fitted` (shrunk to fit the device's memory budget; `context_length` not set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_source: Option<String>,
+    /// While `status` is `downloading` (a pull): bytes on disk so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downloaded_bytes: Option<u64>,
+    /// While `status` is `downloading`: bytes in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_total_bytes: Option<u64>,
     /// The context the model was trained for, when `context_source` is `fitted`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trained_context_length: Option<u64>,
@@ -54,7 +60,7 @@ pub struct ModelObject {
 }
 
 /// What a model supports, stated honestly.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Capabilities {
     /// Context window in tokens, once known (for an embedding model: tokens per input).
     pub context_length: Option<usize>,

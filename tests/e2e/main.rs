@@ -20,6 +20,7 @@ mod models;
 mod native_tools;
 mod pool;
 mod prometheus;
+mod pull;
 #[cfg(feature = "mistralrs")]
 mod quantize;
 mod reasoning;
