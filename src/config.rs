@@ -1111,4 +1111,35 @@ upstream_api_key = "env:GPU_BOX_KEY"
             .unwrap_err();
         assert!(err.to_string().contains("does not exist"));
     }
+
+    #[test]
+    fn model_defaults_are_checked_and_given_to_folder_models() {
+        let base = "[scheduler]\nmodels_dir = \"m\"\n";
+        let s = Settings::from_toml(&format!(
+            "{base}[model_defaults]\nmax_concurrent = 3\nkeep_alive = \"5m\"\n"
+        ))
+        .unwrap();
+        assert!(
+            s.models.is_empty(),
+            "a models folder alone is a valid config"
+        );
+        let m = s
+            .folder_model("x-Q4_0", vec!["x".into()], Path::new("m/x-Q4_0.gguf"))
+            .unwrap();
+        assert_eq!(
+            (m.max_concurrent, m.aliases.clone()),
+            (3, vec!["x".to_string()])
+        );
+        assert_eq!(m.source, ModelSource::File("m/x-Q4_0.gguf".into()));
+        for bad in [
+            "[model_defaults]\nsource = \"a.gguf\"\n",
+            "[model_defaults]\nmax_concurrent = 0\n",
+            "[model_defaults]\nflavour = \"x\"\n",
+        ] {
+            let err = Settings::from_toml(&format!("{base}{bad}")).unwrap_err();
+            assert!(err.to_string().contains("model_defaults"), "{bad}: {err}");
+        }
+        let err = Settings::from_toml("[scheduler]\nmodels_dir = \"\"\n").unwrap_err();
+        assert!(err.to_string().contains("models_dir"), "{err}");
+    }
 }

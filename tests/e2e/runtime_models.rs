@@ -94,8 +94,12 @@ async fn finishes(res: reqwest::Response, mut body: Vec<u8>) {
 async fn the_models_folder_serves_new_files_and_follows_changes() {
     let dir = scratch();
     link(&dir, "SmolLM2-135M-Instruct.Q4_1.gguf", &model_path());
-    let served = serve_binary_with_env("", &[(NO_MODELS_DIR, dir.as_os_str())]).await;
-    // There at start, by file stem and short alias, with [model_defaults] (none here).
+    let served = serve_binary_with_env(
+        "[model_defaults]\ncontext_length = 1024\nengine = \"llama.cpp\"\n",
+        &[(NO_MODELS_DIR, dir.as_os_str())],
+    )
+    .await;
+    // There at start, by file stem and short alias, with [model_defaults].
     assert_eq!(ids(&served).await, ["SmolLM2-135M-Instruct.Q4_1"]);
     let m = get_json(&served.server.url("/v1/models/SmolLM2-135M-Instruct.Q4_1")).await;
     assert_eq!(
@@ -105,6 +109,9 @@ async fn the_models_folder_serves_new_files_and_follows_changes() {
     );
     assert_eq!(m["engine"], "llama.cpp");
     assert_eq!(chat(&served, "smollm2-135m-instruct").await.0, 200);
+    let m = get_json(&served.server.url("/v1/models/smollm2-135m-instruct")).await;
+    assert_eq!(m["context_length"], 1024, "{m}");
+    assert_eq!(m["context_source"], "configured", "{m}");
 
     // A new file is served without a restart.
     link(&dir, "tiny-chat.gguf", &model_path());
