@@ -60,6 +60,9 @@ pub struct Scheduler {
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
     engine: Arc<dyn Engine>,
+    /// Serialises model additions and removals (folder, admin API, reload): a slot's
+    /// index must be the pool's next entry.
+    changes: std::sync::Mutex<()>,
 }
 
 impl Scheduler {
@@ -80,6 +83,7 @@ impl Scheduler {
             pool,
             metrics,
             engine,
+            changes: std::sync::Mutex::new(()),
         }
     }
 
@@ -93,20 +97,15 @@ impl Scheduler {
         origin: registry::Origin,
         replace: bool,
     ) -> Result<Arc<registry::ModelSlot>, String> {
+        let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         self.metrics.register_model(&settings.name);
-        let (slot, old) = if replace {
-            self.registry
-                .replace(settings, origin, self.engine.as_ref())?
-        } else {
-            (
-                self.registry
-                    .insert(settings, origin, self.engine.as_ref())?,
-                None,
-            )
-        };
-        // The new slot is known to the pool before the old one stops admitting.
+        let slot = self
+            .registry
+            .prepare(settings, origin, self.engine.as_ref(), replace)?;
+        // The pool knows the slot before any request can reach it; the old definition
+        // stops admitting only once the new one routes.
         self.pool.add(slot.clone());
-        if let Some(old) = old {
+        if let Some(old) = self.registry.publish(&slot) {
             self.pool.retire(old.index);
         }
         tracing::info!(model = %settings.name, source = %settings.source, origin = origin.as_str(), replaced = replace, "model added");
@@ -183,6 +182,7 @@ impl Scheduler {
     /// Removes the model named `name` (not an alias): it routes no more, its running
     /// requests finish, then it unloads. Returns the removed slot.
     pub fn remove_model(&self, name: &str) -> Option<Arc<registry::ModelSlot>> {
+        let _changing = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let slot = self.registry.retire(name)?;
         self.pool.retire(slot.index);
         tracing::info!(model = %name, origin = slot.origin.as_str(), "model removed");

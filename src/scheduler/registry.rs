@@ -188,45 +188,38 @@ impl Registry {
         })
     }
 
-    /// Adds a model; its name and aliases must not name another live model. Blocking:
-    /// reads the GGUF header (before taking the lock).
+    /// Adds and routes a model; its name and aliases must not name another live model.
+    /// Blocking: reads the GGUF header (before taking the lock). For start-up: at run
+    /// time the scheduler prepares, gives the pool, then publishes.
     pub fn insert(
         &self,
         settings: &ModelSettings,
         origin: Origin,
         engine: &dyn Engine,
     ) -> Result<Arc<ModelSlot>, String> {
-        self.place(settings, origin, engine, false)
-            .map(|(new, _)| new)
+        let slot = self.prepare(settings, origin, engine, false)?;
+        self.publish(&slot);
+        Ok(slot)
     }
 
-    /// Adds `settings`, retiring the live model of the same name if there is one (its
-    /// ids move to the new slot at once, so no request finds neither). Returns the new
-    /// slot and the retired one.
-    pub fn replace(
-        &self,
-        settings: &ModelSettings,
-        origin: Origin,
-        engine: &dyn Engine,
-    ) -> Result<(Arc<ModelSlot>, Option<Arc<ModelSlot>>), String> {
-        self.place(settings, origin, engine, true)
-    }
-
-    fn place(
+    /// Makes the slot of a new model (the next index), not routed yet, after checking that
+    /// its name and aliases are free (with `replacing`, the live model of the same name
+    /// may hold them). Blocking: reads the GGUF header (before taking the lock). Callers
+    /// serialise prepare + publish (the scheduler's change lock).
+    pub fn prepare(
         &self,
         settings: &ModelSettings,
         origin: Origin,
         engine: &dyn Engine,
         replacing: bool,
-    ) -> Result<(Arc<ModelSlot>, Option<Arc<ModelSlot>>), String> {
+    ) -> Result<Arc<ModelSlot>, String> {
         let file = file_facts(settings);
         let mut slots = self.write();
-        let old = self
+        let exists = self
             .routes
             .get(&settings.name)
-            .map(|s| s.clone())
-            .filter(|s| s.settings.name == settings.name);
-        if old.is_some() && !replacing {
+            .is_some_and(|s| s.settings.name == settings.name);
+        if exists && !replacing {
             return Err(format!("a model named `{}` already exists", settings.name));
         }
         for id in std::iter::once(&settings.name).chain(&settings.aliases) {
@@ -240,17 +233,33 @@ impl Registry {
             }
         }
         let slot = self.make(slots.len(), settings, file, origin, engine);
+        // Not live until published: counted as retired until then.
+        slot.retired.store(true, Ordering::Release);
+        slots.push(slot.clone());
+        Ok(slot)
+    }
+
+    /// Routes a prepared slot: its name and aliases point at it from now on; the live model
+    /// of the same name, if any, is retired (and returned). Atomic for readers of a name:
+    /// they find the old model or the new one, never neither.
+    pub fn publish(&self, slot: &Arc<ModelSlot>) -> Option<Arc<ModelSlot>> {
+        let _slots = self.write();
+        let old = self
+            .routes
+            .get(&slot.settings.name)
+            .map(|s| s.clone())
+            .filter(|s| s.settings.name == slot.settings.name && !Arc::ptr_eq(s, slot));
+        slot.retired.store(false, Ordering::Release);
+        for id in std::iter::once(&slot.settings.name).chain(&slot.settings.aliases) {
+            self.routes.insert(id.clone(), slot.clone());
+        }
         if let Some(old) = &old {
             old.retired.store(true, Ordering::Release);
             for id in std::iter::once(&old.settings.name).chain(&old.settings.aliases) {
                 self.routes.remove_if(id, |_, s| Arc::ptr_eq(s, old));
             }
         }
-        for id in std::iter::once(&slot.settings.name).chain(&slot.settings.aliases) {
-            self.routes.insert(id.clone(), slot.clone());
-        }
-        slots.push(slot.clone());
-        Ok((slot, old))
+        old
     }
 
     /// Retires the live model named `name` (not an alias): it routes no more. Returns it.

@@ -769,3 +769,30 @@ async fn a_replaced_model_finishes_its_work_and_its_queue_moves_to_the_new_one()
     ));
     assert!(sched.remove_model("a").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_added_at_once_from_many_threads_each_serve() {
+    let engine = Arc::new(ScriptedEngine::default());
+    let (sched, _) = scheduler(&settings(vec![model("a", 10)], 1000), engine);
+    let adds: Vec<_> = (0..8)
+        .map(|i| {
+            let s = sched.clone();
+            tokio::task::spawn_blocking(move || {
+                s.add_model(&model(&format!("m{i}"), 10), super::registry::Origin::Api, false)
+                    .unwrap()
+            })
+        })
+        .collect();
+    for add in adds {
+        let slot = add.await.unwrap();
+        assert_eq!(
+            sched.registry().resolve(&slot.settings.name).unwrap().index,
+            slot.index
+        );
+    }
+    for i in 0..8 {
+        assert_eq!(run(&sched, &format!("m{i}"), 3).await.unwrap(), 3);
+        let slot = sched.registry().resolve(&format!("m{i}")).unwrap();
+        assert_eq!(sched.pool().status(slot.index).status, "ready");
+    }
+}

@@ -22,6 +22,8 @@ use crate::helpers::{
 
 const EMBED: &str = "minilm";
 const SHORT: &str = "minilm-short";
+/// A model only `metrics_count_embedding_requests_and_tokens` sends to.
+const METRICS_ONLY: &str = "minilm-metrics";
 const CHAT: &str = "chat-llama";
 const Q8: &str = "minilm-q8";
 
@@ -68,7 +70,14 @@ fn server() -> &'static TestServer {
         short.matryoshka = true;
         let mut chat = smollm2(CHAT);
         chat.engine = Some(EngineKind::LlamaCpp);
-        let mut settings = settings_with(vec![minilm(EMBED), short, chat, minilm_q8()]);
+        // `minilm-metrics` serves only the metrics test, whose counts must be its own.
+        let mut settings = settings_with(vec![
+            minilm(EMBED),
+            short,
+            chat,
+            minilm_q8(),
+            minilm(METRICS_ONLY),
+        ]);
         settings.limits.max_embedding_inputs = 16;
         spawn_server(settings)
     })
@@ -322,32 +331,32 @@ async fn each_model_serves_its_kind_and_says_so() {
 async fn metrics_count_embedding_requests_and_tokens() {
     let before = server()
         .metric(&format!(
-            "llamagate_embedding_requests_total{{model=\"{SHORT}\"}}"
+            "llamagate_embedding_requests_total{{model=\"{METRICS_ONLY}\"}}"
         ))
         .await;
     let tokens_before = server()
         .metric(&format!(
-            "llamagate_embedding_input_tokens_total{{model=\"{SHORT}\"}}"
+            "llamagate_embedding_input_tokens_total{{model=\"{METRICS_ONLY}\"}}"
         ))
         .await;
-    let (status, body) = embed(json!({"model": SHORT, "input": ["one two", "three"]})).await;
+    let (status, body) = embed(json!({"model": METRICS_ONLY, "input": ["one two", "three"]})).await;
     assert_eq!(status, 200);
     let used = body["usage"]["prompt_tokens"].as_f64().unwrap();
     let text = server().metrics_text().await;
     let after = server()
         .metric(&format!(
-            "llamagate_embedding_requests_total{{model=\"{SHORT}\"}}"
+            "llamagate_embedding_requests_total{{model=\"{METRICS_ONLY}\"}}"
         ))
         .await;
     let tokens_after = server()
         .metric(&format!(
-            "llamagate_embedding_input_tokens_total{{model=\"{SHORT}\"}}"
+            "llamagate_embedding_input_tokens_total{{model=\"{METRICS_ONLY}\"}}"
         ))
         .await;
     assert_eq!(after - before, 1.0);
     assert_eq!(tokens_after - tokens_before, used);
     assert!(text.contains(&format!(
-        "llamagate_embedding_duration_seconds_count{{model=\"{SHORT}\"}}"
+        "llamagate_embedding_duration_seconds_count{{model=\"{METRICS_ONLY}\"}}"
     )));
 }
 
