@@ -778,8 +778,12 @@ async fn models_added_at_once_from_many_threads_each_serve() {
         .map(|i| {
             let s = sched.clone();
             tokio::task::spawn_blocking(move || {
-                s.add_model(&model(&format!("m{i}"), 10), super::registry::Origin::Api, false)
-                    .unwrap()
+                s.add_model(
+                    &model(&format!("m{i}"), 10),
+                    super::registry::Origin::Api,
+                    false,
+                )
+                .unwrap()
             })
         })
         .collect();

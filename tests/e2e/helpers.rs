@@ -368,6 +368,13 @@ async fn post_stream(url: &str, body: &serde_json::Value) -> reqwest::Response {
     res
 }
 
+/// Asserts an error answer: its status, and that its message mentions `needle`.
+pub fn assert_refused(status: u16, body: &serde_json::Value, expected: u16, needle: &str) {
+    assert_eq!(status, expected, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "`{needle}` not in {body}");
+}
+
 /// POSTs a streamed request and returns its whole SSE body.
 pub async fn post_sse(url: &str, body: &serde_json::Value) -> String {
     post_stream(url, body).await.text().await.unwrap()

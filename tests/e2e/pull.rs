@@ -331,13 +331,6 @@ async fn the_server_pulls_with_progress_and_then_serves_the_model() {
         &serde_json::json!({"model": "hf://test-org/gated-GGUF", "stream": false}),
     )
     .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("HF_TOKEN"),
-        "{body}"
-    );
+    crate::helpers::assert_refused(status, &body, 400, "HF_TOKEN");
     let _ = std::fs::remove_dir_all(dir);
 }
