@@ -69,9 +69,16 @@ pub struct AddQuery {
         (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope)))]
 pub async fn add_model(
     state: web::Data<AppState>,
-    query: web::Query<AddQuery>,
+    req: actix_web::HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<AddQuery>::from_query(req.query_string()).map_err(|e| {
+        ApiError::InvalidRequest {
+            message: format!("bad query: {e}; use ?replace=true or ?replace=false"),
+            param: Some("replace".into()),
+            code: None,
+        }
+    })?;
     let settings: crate::config::ModelSettings =
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
             message: format!("not a model definition: {e}"),
@@ -83,6 +90,18 @@ pub async fn add_model(
         param: None,
         code: None,
     })?;
+    if let crate::config::ModelSource::File(path) = &settings.source {
+        if !tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()) {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "`source`: no model file `{}` on the server",
+                    settings.source.file_name()
+                ),
+                param: Some("source".into()),
+                code: None,
+            });
+        }
+    }
     let replace = query.replace;
     let scheduler = state.scheduler.clone();
     // Reading the GGUF header is blocking I/O: off the async threads.

@@ -184,6 +184,21 @@ async fn admin_adds_and_deletes_models_and_running_requests_finish() {
     let (status, body) =
         post_json(&url, &serde_json::json!({"name": "z", "sauce": "x.gguf"})).await;
     assert_eq!(status, 400, "{body}");
+    let (status, body) = post_json(
+        &url,
+        &serde_json::json!({"name": "z", "source": "/nope/z.gguf"}),
+    )
+    .await;
+    crate::helpers::assert_refused(status, &body, 400, "z.gguf");
+    let res = reqwest::Client::new()
+        .post(format!("{url}?replace=maybe"))
+        .json(&definition)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "replace", "{body}");
     assert_eq!(ids(&served).await, ["base", "extra"]);
 
     // Deleted while it answers: the answer finishes; new requests get 404.
