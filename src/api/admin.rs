@@ -53,6 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Where to add a model: `?replace=true` replaces a model of the same name.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AddQuery {
     /// Replace the model of the same name (it drains and unloads) instead of refusing.
