@@ -380,7 +380,10 @@ impl Client {
         let partial = dir.join(format!(".{}.partial", file.name()));
         let url = format!(
             "{}/{}/resolve/{}/{}",
-            self.endpoint, reference.repo, reference.revision, file.path
+            self.endpoint,
+            reference.repo,
+            encode_path(&reference.revision),
+            encode_path(&file.path)
         );
         let mut fetched = 0u64;
         let mut last_error = None;
@@ -519,6 +522,24 @@ impl Client {
 enum Attempt {
     Retry(PullError),
     Fatal(PullError),
+}
+
+/// `path` with each segment percent-encoded (file names may hold spaces, `#`, `?`...).
+fn encode_path(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            segment
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A file's size in bytes (its LFS size for a large file).
@@ -687,6 +708,12 @@ mod tests {
         let r = Reference::parse("o/r").unwrap();
         assert_eq!(choose(&r, &one).unwrap()[0].path, "m-Q4_0.gguf");
         assert!(choose(&r, &[file("a.md")]).unwrap_err().contains("no GGUF"));
+    }
+
+    #[test]
+    fn file_paths_are_encoded_per_segment() {
+        assert_eq!(encode_path("sub dir/a#b?.gguf"), "sub%20dir/a%23b%3F.gguf");
+        assert_eq!(encode_path("Q4_K_M/m-Q4_K_M.gguf"), "Q4_K_M/m-Q4_K_M.gguf");
     }
 
     #[test]
