@@ -147,6 +147,19 @@ impl Sizing {
             .flatten();
         Ok(Self { full, scale })
     }
+
+    /// What to reserve within `available` bytes, and the context chosen when the trained
+    /// one does not fit and the context is the pool's to choose (`(context, trained)`).
+    /// When not even the floor fits, the floor's footprint (the caller refuses it).
+    fn fit(&self, available: u64) -> (Footprint, Option<(u64, u64)>) {
+        match self.scale {
+            Some(scale) if self.full.total() > available => match scale.fit(available) {
+                Some(context) => (scale.at(context), Some((context, scale.trained))),
+                None => (scale.at_floor, None),
+            },
+            _ => (self.full, None),
+        }
+    }
 }
 
 impl Entry {
@@ -678,22 +691,12 @@ impl Pool {
             .sum();
         let available = budget.saturating_sub(pinned_used);
         let footprint = sizing.full;
-        let mut fitted = None;
         // A hub file not downloaded yet: its size is unknown, so it may need everything.
-        let need = if footprint.is_unknown() {
-            available
+        let (need, fitted) = if footprint.is_unknown() {
+            (available, None)
         } else {
-            match sizing.scale {
-                // No configured context and the trained one does not fit: the largest that does.
-                Some(scale) if footprint.total() > available => match scale.fit(available) {
-                    Some(context) => {
-                        fitted = Some((context, scale.trained));
-                        scale.at(context).total()
-                    }
-                    None => scale.at_floor.total(),
-                },
-                _ => footprint.total(),
-            }
+            let (reserve, fitted) = sizing.fit(available);
+            (reserve.total(), fitted)
         };
         // Pinned models never leave: if they alone leave no room (memory or model
         // count), this model can never load.
@@ -798,14 +801,11 @@ impl Pool {
         if let Some((context, trained)) = fitted {
             tracing::info!(model = %name, context_length = context, trained_context_length = trained, device, available = %ByteSize(available), "context shrunk to fit the memory budget (context_length is not configured)");
         }
-        self.spawn_load(
-            slot.settings.clone(),
-            index,
-            generation,
-            need,
-            footprint.is_unknown(),
-            fitted.map(|f| f.0),
-        );
+        let mut settings = slot.settings.clone();
+        if let Some((context, _)) = fitted {
+            settings.context_length = Some(context as usize);
+        }
+        self.spawn_load(settings, index, generation, need, footprint.is_unknown());
         Ok(Step::Wait)
     }
 
@@ -813,17 +813,13 @@ impl Pool {
     /// fail, but the reservation stays until the engine's loader has really ended.
     fn spawn_load(
         self: &Arc<Self>,
-        mut settings: crate::config::ModelSettings,
+        settings: crate::config::ModelSettings,
         index: usize,
         generation: u64,
         need: u64,
         unknown: bool,
-        fitted_context: Option<u64>,
     ) {
         let pool = self.clone();
-        if let Some(context) = fitted_context {
-            settings.context_length = Some(context as usize);
-        }
         tracing::info!(model = %settings.name, source = %settings.source, footprint = %ByteSize(need), "loading model");
         tokio::spawn(async move {
             let started = Instant::now();
@@ -839,19 +835,11 @@ impl Pool {
                     pool.refresh_footprint(index).await;
                     let mut st = pool.lock();
                     let e = &mut st.entries[index];
-                    if let Some((
-                        _,
-                        Ok(Sizing {
-                            full,
-                            scale: Some(scale),
-                        }),
-                    )) = &e.footprint
-                    {
-                        if full.total() > need {
-                            if let Some(context) = scale.fit(need) {
-                                local.context_length = Some(context as usize);
-                                e.fitted_context = Some((context, scale.trained));
-                            }
+                    if let Some((_, Ok(sizing))) = &e.footprint {
+                        let (_, fitted) = sizing.fit(need);
+                        if let Some((context, _)) = fitted {
+                            local.context_length = Some(context as usize);
+                            e.fitted_context = fitted;
                         }
                     }
                 }
