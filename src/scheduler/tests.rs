@@ -34,7 +34,10 @@ fn settings(models: Vec<ModelSettings>, budget_mib: u64) -> Settings {
     s
 }
 
-fn scheduler(s: &Settings, engine: Arc<ScriptedEngine>) -> (Arc<Scheduler>, Arc<Metrics>) {
+fn scheduler(
+    s: &Settings,
+    engine: Arc<dyn crate::engine::Engine>,
+) -> (Arc<Scheduler>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let sched = Arc::new(Scheduler::new(s, engine, metrics.clone()));
     sched.start_background();
@@ -566,6 +569,7 @@ async fn metrics_count_exactly_what_happened() {
 
 /// The fake engine, sized as the llama.cpp engine sizes a GGUF from its header, recording
 /// the context each load was asked for.
+#[derive(Default)]
 struct HeaderSized {
     fake: ScriptedEngine,
     contexts: Mutex<Vec<(String, Option<usize>)>>,
@@ -616,10 +620,7 @@ async fn an_unset_context_shrinks_to_fit_and_a_set_one_is_refused_with_numbers()
         ("llama-3.2-3b", LLAMA_3_2_3B),
         ("qwen2.5-7b", QWEN_2_5_7B),
     ] {
-        let engine = Arc::new(HeaderSized {
-            fake: ScriptedEngine::default(),
-            contexts: Mutex::new(Vec::new()),
-        });
+        let engine = Arc::new(HeaderSized::default());
         let m = real_geometry(name, &g);
         let full = engine.estimate_footprint(&m).unwrap();
         assert!(
@@ -628,8 +629,7 @@ async fn an_unset_context_shrinks_to_fit_and_a_set_one_is_refused_with_numbers()
         );
         let mut s = settings(vec![m.clone()], budget / MIB);
         s.scheduler.cpu_memory_budget = Some(ByteSize(budget));
-        let sched = Arc::new(Scheduler::new(&s, engine.clone(), Arc::new(Metrics::new())));
-        sched.start_background();
+        let sched = scheduler(&s, engine.clone()).0;
         run(&sched, name, 1).await.unwrap();
         let asked = engine.contexts.lock().unwrap()[0].1.unwrap() as u64;
         let at = |c: u64| {
@@ -662,8 +662,7 @@ async fn an_unset_context_shrinks_to_fit_and_a_set_one_is_refused_with_numbers()
         let s = settings(vec![explicit.clone()], 0);
         let mut s = s;
         s.scheduler.cpu_memory_budget = Some(ByteSize(budget));
-        let sched = Arc::new(Scheduler::new(&s, engine.clone(), Arc::new(Metrics::new())));
-        sched.start_background();
+        let sched = scheduler(&s, engine.clone()).0;
         match run(&sched, &explicit.name, 1).await {
             Err(SchedulerError::InsufficientMemory {
                 needed, budget: b, ..
@@ -676,10 +675,7 @@ async fn an_unset_context_shrinks_to_fit_and_a_set_one_is_refused_with_numbers()
     }
 
     // Next to a pinned 3B, an 8B gets what is left; a 1B that fits whole keeps its context.
-    let engine = Arc::new(HeaderSized {
-        fake: ScriptedEngine::default(),
-        contexts: Mutex::new(Vec::new()),
-    });
+    let engine = Arc::new(HeaderSized::default());
     let mut pinned = real_geometry("pinned-3b", &LLAMA_3_2_3B);
     pinned.pinned = true;
     pinned.context_length = Some(8192);
@@ -688,8 +684,7 @@ async fn an_unset_context_shrinks_to_fit_and_a_set_one_is_refused_with_numbers()
     small.max_concurrent = 1;
     let mut s = settings(vec![pinned.clone(), big.clone(), small], 0);
     s.scheduler.cpu_memory_budget = Some(ByteSize(32 * GIB));
-    let sched = Arc::new(Scheduler::new(&s, engine.clone(), Arc::new(Metrics::new())));
-    sched.start_background();
+    let sched = scheduler(&s, engine.clone()).0;
     run(&sched, "pinned-3b", 1).await.unwrap();
     run(&sched, "llama-3.1-8b", 1).await.unwrap();
     let pinned_bytes = engine.estimate_footprint(&pinned).unwrap().total();
@@ -713,8 +708,7 @@ async fn an_unset_context_shrinks_to_fit_and_a_set_one_is_refused_with_numbers()
     let tiny = real_geometry("llama-3.1-8b", &LLAMA_3_1_8B);
     let mut s = settings(vec![tiny.clone()], 0);
     s.scheduler.cpu_memory_budget = Some(ByteSize(4 * GIB));
-    let sched = Arc::new(Scheduler::new(&s, engine.clone(), Arc::new(Metrics::new())));
-    sched.start_background();
+    let sched = scheduler(&s, engine.clone()).0;
     match run(&sched, "llama-3.1-8b", 1).await {
         Err(SchedulerError::InsufficientMemory { needed, .. }) => {
             let mut floor = tiny.clone();
