@@ -846,26 +846,14 @@ impl Settings {
         }
         let mut seen: HashSet<&str> = HashSet::new();
         for model in &self.models {
-            if !valid_model_id(&model.name) {
-                return invalid(format!(
-                    "model name `{}` must be 1-128 characters of letters, digits, '.', '-', '_', ':' or '/'",
-                    model.name
-                ));
-            }
-            for id in std::iter::once(&model.name).chain(&model.aliases) {
-                if !valid_model_id(id) {
-                    return invalid(format!(
-                        "alias `{id}` of model `{}` must be 1-128 characters of letters, digits, '.', '-', '_', ':' or '/'",
-                        model.name
-                    ));
-                }
+            model.validate()?;
+            for id in model.ids() {
                 if !seen.insert(id.as_str()) {
                     return invalid(format!(
                         "`{id}` is used by more than one model (as a name or alias); every name and alias must be unique"
                     ));
                 }
             }
-            model.validate()?;
         }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes must be at least 1024".into());
@@ -892,14 +880,25 @@ impl Settings {
 }
 
 impl ModelSettings {
+    /// Its name, then its aliases: every id that routes to it.
+    pub fn ids(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.name).chain(&self.aliases)
+    }
+
     /// Checks one model definition on its own (names and aliases unique across models are
     /// checked by [`Settings::validate`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        for id in std::iter::once(&self.name).chain(&self.aliases) {
+        if !valid_model_id(&self.name) {
+            return invalid(format!(
+                "model name `{}` must be 1-128 characters of letters, digits, '.', '-', '_', ':' or '/'",
+                self.name
+            ));
+        }
+        for id in &self.aliases {
             if !valid_model_id(id) {
                 return invalid(format!(
-                    "`{id}` (a name or alias of model `{}`) must be 1-128 characters of letters, digits, '.', '-', '_', ':' or '/'",
+                    "alias `{id}` of model `{}` must be 1-128 characters of letters, digits, '.', '-', '_', ':' or '/'",
                     self.name
                 ));
             }

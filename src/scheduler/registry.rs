@@ -215,14 +215,10 @@ impl Registry {
     ) -> Result<Arc<ModelSlot>, String> {
         let file = file_facts(settings);
         let mut slots = self.write();
-        let exists = self
-            .routes
-            .get(&settings.name)
-            .is_some_and(|s| s.settings.name == settings.name);
-        if exists && !replacing {
+        if self.live(&settings.name).is_some() && !replacing {
             return Err(format!("a model named `{}` already exists", settings.name));
         }
-        for id in std::iter::once(&settings.name).chain(&settings.aliases) {
+        for id in settings.ids() {
             if let Some(taken) = self.routes.get(id) {
                 if taken.settings.name != settings.name {
                     return Err(format!(
@@ -245,35 +241,39 @@ impl Registry {
     pub fn publish(&self, slot: &Arc<ModelSlot>) -> Option<Arc<ModelSlot>> {
         let _slots = self.write();
         let old = self
-            .routes
-            .get(&slot.settings.name)
-            .map(|s| s.clone())
-            .filter(|s| s.settings.name == slot.settings.name && !Arc::ptr_eq(s, slot));
+            .live(&slot.settings.name)
+            .filter(|s| !Arc::ptr_eq(s, slot));
         slot.retired.store(false, Ordering::Release);
-        for id in std::iter::once(&slot.settings.name).chain(&slot.settings.aliases) {
+        for id in slot.settings.ids() {
             self.routes.insert(id.clone(), slot.clone());
         }
         if let Some(old) = &old {
-            old.retired.store(true, Ordering::Release);
-            for id in std::iter::once(&old.settings.name).chain(&old.settings.aliases) {
-                self.routes.remove_if(id, |_, s| Arc::ptr_eq(s, old));
-            }
+            self.unroute(old);
         }
         old
+    }
+
+    /// The live model whose name (not alias) is `name`.
+    fn live(&self, name: &str) -> Option<Arc<ModelSlot>> {
+        self.routes
+            .get(name)
+            .map(|s| s.clone())
+            .filter(|s| s.settings.name == name)
+    }
+
+    /// Retires `slot` and removes the routes that still lead to it.
+    fn unroute(&self, slot: &Arc<ModelSlot>) {
+        slot.retired.store(true, Ordering::Release);
+        for id in slot.settings.ids() {
+            self.routes.remove_if(id, |_, s| Arc::ptr_eq(s, slot));
+        }
     }
 
     /// Retires the live model named `name` (not an alias): it routes no more. Returns it.
     pub fn retire(&self, name: &str) -> Option<Arc<ModelSlot>> {
         let _slots = self.write();
-        let slot = self
-            .routes
-            .get(name)
-            .map(|s| s.clone())
-            .filter(|s| s.settings.name == name)?;
-        slot.retired.store(true, Ordering::Release);
-        for id in std::iter::once(&slot.settings.name).chain(&slot.settings.aliases) {
-            self.routes.remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
-        }
+        let slot = self.live(name)?;
+        self.unroute(&slot);
         Some(slot)
     }
 
