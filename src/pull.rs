@@ -154,19 +154,11 @@ impl HubFile {
     }
 }
 
-/// Whether `quant` is a whole part of `name` (split at `.`, `-`, `_` boundaries the
-/// quantization itself does not contain).
-fn names_quant(name: &str, quant: &str) -> bool {
-    let name = name.to_ascii_lowercase();
+/// Whether `quant` is a whole part of the model name `model` (split at `.`, `-`, `_`
+/// boundaries the quantization itself does not contain).
+fn names_quant(model: &str, quant: &str) -> bool {
+    let stem = model.to_ascii_lowercase();
     let quant = quant.to_ascii_lowercase();
-    let stem = name.strip_suffix(".gguf").unwrap_or(&name);
-    let stem = match crate::scheduler::folder::shard_part(&name) {
-        Some(_) => stem
-            .rsplit_once("-of-")
-            .and_then(|(b, _)| b.rsplit_once('-'))
-            .map_or(stem, |(b, _)| b),
-        None => stem,
-    };
     stem.match_indices(&quant).any(|(i, _)| {
         let before = stem[..i].chars().last();
         let after = stem[i + quant.len()..].chars().next();
@@ -205,7 +197,7 @@ pub fn choose(reference: &Reference, files: &[HubFile]) -> Result<Vec<HubFile>, 
     let chosen: Vec<String> = match &reference.quant {
         Some(q) => models
             .iter()
-            .filter(|m| names_quant(&format!("{m}.gguf"), q))
+            .filter(|m| names_quant(m, q))
             .cloned()
             .collect(),
         None => models.clone(),
@@ -282,16 +274,37 @@ pub struct Progress {
 pub struct Pulled {
     /// The model's name in the models folder (its file stem).
     pub model: String,
-    /// The files written (the first part is the model).
-    pub files: Vec<PathBuf>,
     /// Bytes fetched over the network in this pull (less than the size after a resume).
     pub fetched: u64,
 }
 
 /// A pull that failed, for people: what failed, without local paths.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct PullError(pub String);
+#[error("{message}")]
+pub struct PullError {
+    /// What failed.
+    pub message: String,
+    /// The hub (or the way to it) failed: unreachable, a 5xx, an unreadable answer, a
+    /// download that kept breaking. Otherwise the request is at fault (a repo or file that
+    /// does not exist, a refused token, a quantization the repo lacks) or this machine is.
+    pub hub_failed: bool,
+}
+
+impl PullError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hub_failed: false,
+        }
+    }
+
+    fn hub(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hub_failed: true,
+        }
+    }
+}
 
 struct Client {
     http: reqwest::Client,
@@ -306,7 +319,7 @@ impl Client {
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("llamagate/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| PullError(format!("cannot make an HTTP client: {e}")))?;
+            .map_err(|e| PullError::new(format!("cannot make an HTTP client: {e}")))?;
         Ok(Self {
             http,
             endpoint: endpoint(),
@@ -322,13 +335,34 @@ impl Client {
         r
     }
 
+    /// `{endpoint}/{repo}/resolve/{revision}/{path}`, each segment percent-encoded (file
+    /// names may hold spaces, `#`, `?`...).
+    fn file_url(&self, reference: &Reference, path: &str) -> Result<reqwest::Url, PullError> {
+        let bad = || {
+            PullError::new(format!(
+                "HF_ENDPOINT `{}` is not an http(s) URL",
+                self.endpoint
+            ))
+        };
+        let mut url = reqwest::Url::parse(&self.endpoint).map_err(|_| bad())?;
+        url.path_segments_mut()
+            .map_err(|_| bad())?
+            .pop_if_empty()
+            .extend(reference.repo.split('/'))
+            .push("resolve")
+            .push(&reference.revision)
+            .extend(path.split('/'));
+        Ok(url)
+    }
+
     fn refused(&self, status: reqwest::StatusCode, what: &str) -> PullError {
         match status.as_u16() {
-            401 | 403 => PullError(format!(
+            401 | 403 => PullError::new(format!(
                 "the hub refused {what}: a gated or private repository needs HF_TOKEN (or `huggingface-cli login`), and access granted on its page"
             )),
-            404 => PullError(format!("{what} does not exist on the hub")),
-            s => PullError(format!("the hub answered {s} for {what}")),
+            404 => PullError::new(format!("{what} does not exist on the hub")),
+            s if s >= 500 => PullError::hub(format!("the hub answered {s} for {what}")),
+            s => PullError::new(format!("the hub answered {s} for {what}")),
         }
     }
 
@@ -340,7 +374,7 @@ impl Client {
         let mut files = Vec::new();
         for _ in 0..MAX_PAGES {
             let res = self.get(&url).send().await.map_err(|e| {
-                PullError(format!(
+                PullError::hub(format!(
                     "the hub could not be reached at {}: {}",
                     self.endpoint,
                     e.without_url()
@@ -357,7 +391,7 @@ impl Client {
             let page: Vec<HubFile> = res
                 .json()
                 .await
-                .map_err(|e| PullError(format!("the hub's file list is not readable: {e}")))?;
+                .map_err(|e| PullError::hub(format!("the hub's file list is not readable: {e}")))?;
             files.extend(page);
             match next {
                 Some(n) => url = n,
@@ -367,7 +401,7 @@ impl Client {
         Ok(files)
     }
 
-    /// Fetches `file` into `dir`, resuming a partial copy; returns bytes fetched now.
+    /// Fetches `file` into `dir`, resuming a partial copy; returns the bytes fetched now.
     async fn fetch(
         &self,
         reference: &Reference,
@@ -375,21 +409,15 @@ impl Client {
         dir: &Path,
         progress: &Progress,
         base: u64,
-    ) -> Result<(PathBuf, u64), PullError> {
+    ) -> Result<u64, PullError> {
         let target = dir.join(file.name());
         let partial = dir.join(format!(".{}.partial", file.name()));
-        let url = format!(
-            "{}/{}/resolve/{}/{}",
-            self.endpoint,
-            reference.repo,
-            encode_path(&reference.revision),
-            encode_path(&file.path)
-        );
+        let url = self.file_url(reference, &file.path)?;
         let mut fetched = 0u64;
         let mut last_error = None;
         for attempt in 1..=ATTEMPTS {
             match self
-                .fetch_once(&url, file, &partial, progress, base, &mut fetched)
+                .fetch_once(url.as_str(), file, &partial, progress, base, &mut fetched)
                 .await
             {
                 Ok(()) => {
@@ -405,7 +433,7 @@ impl Client {
             }
         }
         if let Some(e) = last_error {
-            return Err(PullError(format!(
+            return Err(PullError::hub(format!(
                 "downloading {} failed {ATTEMPTS} times (the partial file is kept; pulling again resumes): {e}",
                 file.path
             )));
@@ -415,12 +443,12 @@ impl Client {
         let check = partial.clone();
         let actual = tokio::task::spawn_blocking(move || sha256_of(&check))
             .await
-            .map_err(|_| PullError("checking the download failed".into()))?
-            .map_err(|e| PullError(format!("reading the download failed: {}", e.kind())))?;
+            .map_err(|_| PullError::new("checking the download failed"))?
+            .map_err(|e| PullError::new(format!("reading the download failed: {}", e.kind())))?;
         if let Some(expected) = expected {
             if actual != expected {
                 let _ = tokio::fs::remove_file(&partial).await;
-                return Err(PullError(format!(
+                return Err(PullError::new(format!(
                     "{} is corrupt (sha256 {actual}, the hub says {expected}); it was deleted, pull again",
                     file.path
                 )));
@@ -428,8 +456,8 @@ impl Client {
         }
         tokio::fs::rename(&partial, &target)
             .await
-            .map_err(|e| PullError(format!("placing {} failed: {}", file.name(), e.kind())))?;
-        Ok((target, fetched))
+            .map_err(|e| PullError::new(format!("placing {} failed: {}", file.name(), e.kind())))?;
+        Ok(fetched)
     }
 
     async fn fetch_once(
@@ -455,7 +483,7 @@ impl Client {
         let res = request
             .send()
             .await
-            .map_err(|e| Attempt::Retry(PullError(e.without_url().to_string())))?;
+            .map_err(|e| Attempt::Retry(PullError::new(e.without_url().to_string())))?;
         let status = res.status();
         let append = match status.as_u16() {
             206 => true,
@@ -463,12 +491,14 @@ impl Client {
             416 if have > 0 => {
                 // Past the end: the partial file is wrong; start again.
                 let _ = tokio::fs::remove_file(partial).await;
-                return Err(Attempt::Retry(PullError(
-                    "the partial file was longer than the file".into(),
+                return Err(Attempt::Retry(PullError::new(
+                    "the partial file was longer than the file",
                 )));
             }
             s if s >= 500 || s == 429 => {
-                return Err(Attempt::Retry(PullError(format!("the hub answered {s}"))))
+                return Err(Attempt::Retry(PullError::new(format!(
+                    "the hub answered {s}"
+                ))))
             }
             _ => {
                 return Err(Attempt::Fatal(
@@ -484,7 +514,7 @@ impl Client {
             .open(partial)
             .await
             .map_err(|e| {
-                Attempt::Fatal(PullError(format!(
+                Attempt::Fatal(PullError::new(format!(
                     "cannot write into the models folder: {}",
                     e.kind()
                 )))
@@ -496,9 +526,12 @@ impl Client {
         let mut body = res.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk =
-                chunk.map_err(|e| Attempt::Retry(PullError(e.without_url().to_string())))?;
+                chunk.map_err(|e| Attempt::Retry(PullError::new(e.without_url().to_string())))?;
             out.write_all(&chunk).await.map_err(|e| {
-                Attempt::Fatal(PullError(format!("writing the model failed: {}", e.kind())))
+                Attempt::Fatal(PullError::new(format!(
+                    "writing the model failed: {}",
+                    e.kind()
+                )))
             })?;
             let n = chunk.len() as u64;
             *fetched += n;
@@ -506,12 +539,15 @@ impl Client {
             progress.done.store(base + have, Ordering::Relaxed);
         }
         out.flush().await.map_err(|e| {
-            Attempt::Fatal(PullError(format!("writing the model failed: {}", e.kind())))
+            Attempt::Fatal(PullError::new(format!(
+                "writing the model failed: {}",
+                e.kind()
+            )))
         })?;
         drop(out);
         let now = tokio::fs::metadata(partial).await.map_or(0, |m| m.len());
         if size > 0 && now < size {
-            return Err(Attempt::Retry(PullError(format!(
+            return Err(Attempt::Retry(PullError::new(format!(
                 "the connection ended at {now} of {size} bytes"
             ))));
         }
@@ -522,24 +558,6 @@ impl Client {
 enum Attempt {
     Retry(PullError),
     Fatal(PullError),
-}
-
-/// `path` with each segment percent-encoded (file names may hold spaces, `#`, `?`...).
-fn encode_path(path: &str) -> String {
-    path.split('/')
-        .map(|segment| {
-            segment
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// A file's size in bytes (its LFS size for a large file).
@@ -585,7 +603,7 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
 pub async fn resolve(reference: &Reference) -> Result<Vec<HubFile>, PullError> {
     let client = Client::new()?;
     let files = client.list(reference).await?;
-    choose(reference, &files).map_err(PullError)
+    choose(reference, &files).map_err(PullError::new)
 }
 
 /// Pulls `files` of `reference` into `dir`, counting into `progress`.
@@ -598,28 +616,21 @@ pub async fn pull(
     let client = Client::new()?;
     tokio::fs::create_dir_all(dir)
         .await
-        .map_err(|e| PullError(format!("cannot make the models folder: {}", e.kind())))?;
+        .map_err(|e| PullError::new(format!("cannot make the models folder: {}", e.kind())))?;
     progress
         .total
         .store(files.iter().map(file_size).sum(), Ordering::Relaxed);
-    let mut written = Vec::new();
     let mut fetched = 0;
     let mut base = 0;
     for file in files {
-        let (path, n) = client.fetch(reference, file, dir, &progress, base).await?;
-        written.push(path);
-        fetched += n;
+        fetched += client.fetch(reference, file, dir, &progress, base).await?;
         base += file_size(file);
     }
     let model = files
         .first()
         .map(model_of)
-        .ok_or_else(|| PullError("nothing to pull".into()))?;
-    Ok(Pulled {
-        model,
-        files: written,
-        fetched,
-    })
+        .ok_or_else(|| PullError::new("nothing to pull"))?;
+    Ok(Pulled { model, fetched })
 }
 
 #[cfg(test)]
@@ -712,8 +723,21 @@ mod tests {
 
     #[test]
     fn file_paths_are_encoded_per_segment() {
-        assert_eq!(encode_path("sub dir/a#b?.gguf"), "sub%20dir/a%23b%3F.gguf");
-        assert_eq!(encode_path("Q4_K_M/m-Q4_K_M.gguf"), "Q4_K_M/m-Q4_K_M.gguf");
+        let client = Client {
+            http: reqwest::Client::new(),
+            endpoint: "http://mirror.lan/hf/".into(),
+            token: None,
+        };
+        let r = Reference::parse("o/r@v1").unwrap();
+        let url = |path: &str| client.file_url(&r, path).unwrap().to_string();
+        assert_eq!(
+            url("sub dir/a#b?.gguf"),
+            "http://mirror.lan/hf/o/r/resolve/v1/sub%20dir/a%23b%3F.gguf"
+        );
+        assert_eq!(
+            url("Q4_K_M/m-Q4_K_M.gguf"),
+            "http://mirror.lan/hf/o/r/resolve/v1/Q4_K_M/m-Q4_K_M.gguf"
+        );
     }
 
     #[test]

@@ -185,10 +185,10 @@ pub async fn pull_model(
     let reference = crate::pull::Reference::parse(&ask.model).map_err(invalid)?;
     let files = crate::pull::resolve(&reference).await.map_err(|e| {
         // What the repo has (or lacks) is the client's to fix; an unreachable hub is not.
-        if e.0.contains("could not be reached") || e.0.contains("answered 5") {
-            ApiError::BadGateway(e.0)
+        if e.hub_failed {
+            ApiError::BadGateway(e.message)
         } else {
-            invalid(e.0)
+            invalid(e.message)
         }
     })?;
     let metrics = state.metrics.clone();
@@ -225,7 +225,7 @@ pub async fn pull_model(
                     break;
                 }
                 Some(Err(e)) => {
-                    yield pull_status(&model, &pull, "error", Some(e.0), None);
+                    yield pull_status(&model, &pull, "error", Some(e.message), None);
                     break;
                 }
                 None => {

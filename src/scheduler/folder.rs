@@ -57,32 +57,25 @@ pub fn is_candidate(path: &Path) -> bool {
 
 /// `(part, parts)` of a multi-part GGUF name (`…-00002-of-00003.gguf`).
 pub fn shard_part(name: &str) -> Option<(u32, u32)> {
-    let stem = name.strip_suffix(".gguf")?;
+    split_part(name.strip_suffix(".gguf")?).map(|(_, part, parts)| (part, parts))
+}
+
+/// A multi-part stem (`x-00002-of-00003`) as its base (`x`), part and number of parts.
+fn split_part(stem: &str) -> Option<(&str, u32, u32)> {
     let (rest, parts) = stem.rsplit_once("-of-")?;
-    let (_, part) = rest.rsplit_once('-')?;
+    let (base, part) = rest.rsplit_once('-')?;
     if part.len() != 5 || parts.len() != 5 {
         return None;
     }
-    Some((part.parse().ok()?, parts.parse().ok()?))
+    Some((base, part.parse().ok()?, parts.parse().ok()?))
 }
 
 /// The model name of a file: its stem (without a part suffix), with characters model
 /// ids do not allow replaced by `-`.
 pub fn model_name(path: &Path) -> String {
-    let stem = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("model")
-        .to_string();
-    let lower = stem.to_ascii_lowercase();
-    let mut stem = stem[..stem.len() - ".gguf".len().min(stem.len())].to_string();
-    if shard_part(&lower).is_some() {
-        if let Some((base, _)) = stem.rsplit_once("-of-") {
-            if let Some((base, _)) = base.rsplit_once('-') {
-                stem = base.to_string();
-            }
-        }
-    }
+    let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let stem = &file[..file.len() - ".gguf".len().min(file.len())];
+    let stem = split_part(stem).map_or(stem, |(base, _, _)| base);
     let name: String = stem
         .chars()
         .map(|c| {
