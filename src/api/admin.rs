@@ -80,12 +80,7 @@ pub async fn add_model(
             code: None,
         }
     })?;
-    let settings: crate::config::ModelSettings =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
-            message: format!("not a model definition: {e}"),
-            param: None,
-            code: None,
-        })?;
+    let settings: crate::config::ModelSettings = crate::validation::parse_json(&body)?;
     settings.validate().map_err(|e| ApiError::InvalidRequest {
         message: e.to_string(),
         param: None,
@@ -166,11 +161,7 @@ pub async fn pull_model(
     req: actix_web::HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let ask: PullRequest = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidRequest {
-        message: format!("expected {{\"model\": \"hf://owner/repo:QUANT\"}}: {e}"),
-        param: None,
-        code: None,
-    })?;
+    let ask: PullRequest = crate::validation::parse_json(&body)?;
     let invalid = |message: String| ApiError::InvalidRequest {
         message,
         param: Some("model".into()),
@@ -343,48 +334,26 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, String> {
         .await
         .map_err(|_| "reading the configuration failed".to_string())?
         .map_err(|e| format!("the configuration was refused, nothing changed: {e}"))?;
-    let old = state.settings.clone();
-    let mut restart_required = Vec::new();
-    let differs = |a: String, b: String| a != b;
-    for (section, changed) in [
-        (
-            "server",
-            differs(format!("{:?}", old.server), format!("{:?}", new.server)),
-        ),
-        (
-            "limits",
-            differs(format!("{:?}", old.limits), format!("{:?}", new.limits)),
-        ),
-        (
-            "auth",
-            differs(format!("{:?}", old.auth), format!("{:?}", new.auth)),
-        ),
-        (
-            "responses",
-            differs(
-                format!("{:?}", old.responses),
-                format!("{:?}", new.responses),
-            ),
-        ),
-        (
-            "scheduler",
-            differs(
-                format!("{:?}", old.scheduler),
-                format!("{:?}", new.scheduler),
-            ),
-        ),
+    let old = &state.settings;
+    // Settings hold no floats or maps with unstable order: equal Debug text is equal.
+    fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let restart_required: Vec<String> = [
+        ("server", differs(&old.server, &new.server)),
+        ("limits", differs(&old.limits, &new.limits)),
+        ("auth", differs(&old.auth, &new.auth)),
+        ("responses", differs(&old.responses, &new.responses)),
+        ("scheduler", differs(&old.scheduler, &new.scheduler)),
         (
             "model_defaults",
-            differs(
-                format!("{:?}", old.model_defaults),
-                format!("{:?}", new.model_defaults),
-            ),
+            differs(&old.model_defaults, &new.model_defaults),
         ),
-    ] {
-        if changed {
-            restart_required.push(section.to_string());
-        }
-    }
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(section, _)| section.to_string())
+    .collect();
     let scheduler = state.scheduler.clone();
     let changes = web::block(move || scheduler.apply_config_models(&new.models))
         .await

@@ -83,14 +83,13 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
 /// Lists every configured model.
 #[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList), (status = 401, body = crate::error::ErrorEnvelope)))]
 pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
-    let data: Vec<ModelObject> = state
+    let mut data: Vec<ModelObject> = state
         .scheduler
         .registry()
         .slots()
         .iter()
         .map(|s| model_object(&state, s))
         .collect();
-    let mut data = data;
     // Models being pulled into the models folder, not served yet.
     for (model, pull) in state.pulls.list() {
         if data.iter().any(|m| m.id == model) {
@@ -103,24 +102,10 @@ pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
             created: state.started_at,
             owned_by: "llamagate".into(),
             status: "downloading".into(),
-            aliases: Vec::new(),
             source: pull.reference.clone(),
-            engine: String::new(),
-            engine_reason: String::new(),
-            device: String::new(),
-            context_length: None,
-            context_source: None,
-            trained_context_length: None,
             downloaded_bytes: Some(pull.progress.done.load(Ordering::Relaxed)),
             download_total_bytes: Some(pull.progress.total.load(Ordering::Relaxed)),
-            quantization: None,
-            size_bytes: None,
-            parameters: None,
-            memory_bytes: 0,
-            loaded_at: None,
-            pinned: false,
-            error: None,
-            capabilities: Capabilities::default(),
+            ..ModelObject::default()
         });
     }
     HttpResponse::Ok().json(ModelList {
