@@ -431,6 +431,7 @@ impl GgufSummary {
 
 #[cfg(test)]
 mod tests {
+    use super::geometry::{header, string_value};
     use super::*;
     use std::io::Write;
 
@@ -438,39 +439,6 @@ mod tests {
         let p = std::env::temp_dir().join(format!("llamagate-gguf-{}.gguf", uuid::Uuid::new_v4()));
         std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
         p
-    }
-
-    fn header(kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, u32, Vec<u64>)]) -> Vec<u8> {
-        let mut b = b"GGUF".to_vec();
-        b.extend(3u32.to_le_bytes());
-        b.extend((tensors.len() as u64).to_le_bytes());
-        b.extend((kv.len() as u64).to_le_bytes());
-        for (k, t, v) in kv {
-            b.extend((k.len() as u64).to_le_bytes());
-            b.extend(k.as_bytes());
-            b.extend(t.to_le_bytes());
-            b.extend(v);
-        }
-        let mut offset = 0u64;
-        for (name, t, dims) in tensors {
-            b.extend((name.len() as u64).to_le_bytes());
-            b.extend(name.as_bytes());
-            b.extend((dims.len() as u32).to_le_bytes());
-            for d in dims {
-                b.extend(d.to_le_bytes());
-            }
-            b.extend(t.to_le_bytes());
-            b.extend(offset.to_le_bytes());
-            let (bs, ts) = ggml_type_layout(*t).unwrap();
-            offset += dims.iter().product::<u64>() / bs * ts;
-        }
-        b
-    }
-
-    fn string_value(s: &str) -> Vec<u8> {
-        let mut v = (s.len() as u64).to_le_bytes().to_vec();
-        v.extend(s.as_bytes());
-        v
     }
 
     #[test]
@@ -596,9 +564,45 @@ pub(crate) mod geometry {
     const Q4_K: u32 = 12;
     const F32: u32 = 0;
 
-    fn string(b: &mut Vec<u8>, s: &str) {
-        b.extend((s.len() as u64).to_le_bytes());
-        b.extend(s.as_bytes());
+    /// A GGUF v3 header: metadata `(key, type, value bytes)` and tensors `(name, type,
+    /// dims)` whose data follows packed in order.
+    pub fn header(kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, u32, Vec<u64>)]) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend((kv.len() as u64).to_le_bytes());
+        for (k, t, v) in kv {
+            b.extend((k.len() as u64).to_le_bytes());
+            b.extend(k.as_bytes());
+            b.extend(t.to_le_bytes());
+            b.extend(v);
+        }
+        let mut offset = 0u64;
+        for (name, t, dims) in tensors {
+            b.extend((name.len() as u64).to_le_bytes());
+            b.extend(name.as_bytes());
+            b.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend(d.to_le_bytes());
+            }
+            b.extend(t.to_le_bytes());
+            b.extend(offset.to_le_bytes());
+            offset += data_bytes(*t, dims);
+        }
+        b
+    }
+
+    /// Bytes of a tensor's data.
+    pub fn data_bytes(ggml_type: u32, dims: &[u64]) -> u64 {
+        let (block, size) = super::ggml_type_layout(ggml_type).unwrap();
+        dims.iter().product::<u64>() / block * size
+    }
+
+    /// A GGUF string value.
+    pub fn string_value(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend(s.as_bytes());
+        v
     }
 
     /// Writes `g` as a Q4_K_M-like GGUF at `path` (header only, sparse data).
@@ -627,7 +631,12 @@ pub(crate) mod geometry {
             ]);
         }
         let a = g.arch;
-        let ints = [
+        let mut kv: Vec<(String, u32, Vec<u8>)> = vec![
+            ("general.architecture".into(), 8, string_value(a)),
+            // Q4_K_M
+            ("general.file_type".into(), 4, 15u32.to_le_bytes().to_vec()),
+        ];
+        for (k, v) in [
             ("block_count", g.layers),
             ("embedding_length", g.embedding),
             ("attention.head_count", g.heads),
@@ -635,35 +644,22 @@ pub(crate) mod geometry {
             ("feed_forward_length", g.feed_forward),
             ("context_length", g.context),
             ("vocab_size", g.vocab),
-        ];
-        let mut b = b"GGUF".to_vec();
-        b.extend(3u32.to_le_bytes());
-        b.extend((tensors.len() as u64).to_le_bytes());
-        b.extend((ints.len() as u64 + 2).to_le_bytes());
-        string(&mut b, "general.architecture");
-        b.extend(8u32.to_le_bytes());
-        string(&mut b, a);
-        string(&mut b, "general.file_type");
-        b.extend(4u32.to_le_bytes());
-        b.extend(15u32.to_le_bytes()); // Q4_K_M
-        for (k, v) in ints {
-            string(&mut b, &format!("{a}.{k}"));
-            b.extend(4u32.to_le_bytes());
-            b.extend((v as u32).to_le_bytes());
+        ] {
+            kv.push((format!("{a}.{k}"), 4, (v as u32).to_le_bytes().to_vec()));
         }
-        let mut offset = 0u64;
-        for (name, t, dims) in &tensors {
-            string(&mut b, name);
-            b.extend((dims.len() as u32).to_le_bytes());
-            for d in dims {
-                b.extend(d.to_le_bytes());
-            }
-            b.extend(t.to_le_bytes());
-            b.extend(offset.to_le_bytes());
-            let (bs, ts) = super::ggml_type_layout(*t).unwrap_or((1, 4));
-            let bytes = dims.iter().product::<u64>() / bs * ts;
-            offset += bytes.div_ceil(32) * 32;
-        }
+        let kv: Vec<(&str, u32, Vec<u8>)> = kv
+            .iter()
+            .map(|(k, t, v)| (k.as_str(), *t, v.clone()))
+            .collect();
+        let tensors: Vec<(&str, u32, Vec<u64>)> = tensors
+            .iter()
+            .map(|(n, t, d)| (n.as_str(), *t, d.clone()))
+            .collect();
+        let b = header(&kv, &tensors);
+        let offset: u64 = tensors
+            .iter()
+            .map(|(_, t, dims)| data_bytes(*t, dims))
+            .sum();
         let data = (b.len() as u64).div_ceil(32) * 32;
         let mut f = std::fs::File::create(path).unwrap();
         f.write_all(&b).unwrap();
