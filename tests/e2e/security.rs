@@ -77,10 +77,17 @@ fn route_table() -> Vec<(&'static str, String)> {
     let mut routes = Vec::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         let concrete = path.replace("{id}", LLAMA_CPP.model);
-        for method in ["get", "post"] {
+        for (method, m) in [("get", "GET"), ("post", "POST"), ("delete", "DELETE")] {
             if ops.get(method).is_some() {
-                let m = if method == "get" { "GET" } else { "POST" };
-                routes.push((m, concrete.clone()));
+                // A DELETE that got through with the right key must not remove the model
+                // the other checks use: it names one that does not exist (still a handler's
+                // 404, not the router's).
+                let target = if m == "DELETE" {
+                    path.replace("{id}", "absent-model")
+                } else {
+                    concrete.clone()
+                };
+                routes.push((m, target));
             }
         }
     }
