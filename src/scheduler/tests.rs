@@ -794,3 +794,38 @@ async fn models_added_at_once_from_many_threads_each_serve() {
         assert_eq!(sched.pool().status(slot.index).status, "ready");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_around_a_replacement_all_finish() {
+    let engine = Arc::new(ScriptedEngine {
+        token_delay: Duration::from_millis(5),
+        load_delay: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let a = model("a", 100);
+    let (sched, _) = scheduler(
+        &settings(vec![a.clone(), model("b", 100)], 1000),
+        engine.clone(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..24u64 {
+        let s = sched.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 7)).await;
+            run(&s, "a", 20).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut changed = a.clone();
+    changed.max_concurrent = 3;
+    let s = sched.clone();
+    tokio::task::spawn_blocking(move || {
+        s.apply_config_models(&[changed, model("c", 100)]);
+    })
+    .await
+    .unwrap();
+    for t in tasks {
+        let done = tokio::time::timeout(Duration::from_secs(4), t).await;
+        assert_eq!(done.expect("a request was stuck").unwrap().unwrap(), 20);
+    }
+}

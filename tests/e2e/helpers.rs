@@ -328,13 +328,24 @@ pub async fn serve_binary_with_env(body: &str, env: &[(&str, &std::ffi::OsStr)])
         format!("[server]\nbind = \"127.0.0.1:{port}\"\n{body}"),
     )
     .unwrap();
+    // LLAMAGATE_TEST_LOGS=DIR keeps each server's log there (for a failure's story).
+    let (stdout, stderr) = match std::env::var_os("LLAMAGATE_TEST_LOGS") {
+        Some(dir) => {
+            let log = std::fs::File::create(
+                std::path::Path::new(&dir).join(format!("server-{port}.log")),
+            )
+            .unwrap();
+            (Stdio::from(log.try_clone().unwrap()), Stdio::from(log))
+        }
+        None => (Stdio::null(), Stdio::null()),
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
         .args(["serve", "--config"])
         .arg(&config)
         .env(NO_MODELS_DIR, "")
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let server = TestServer {

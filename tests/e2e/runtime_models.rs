@@ -236,12 +236,15 @@ async fn admin_adds_and_deletes_models_and_running_requests_finish() {
     }
 }
 
+/// Models of one file. Their queues wait up to 10 minutes: the reload test's eight
+/// requests take turns on two slots, and on a busy 2-core CI machine (another test's
+/// server decoding beside it) that once took longer than the default 120 s.
 fn config(models: &[(&str, usize)]) -> String {
     models
         .iter()
         .map(|(name, max)| {
             format!(
-                "[[models]]\nname = \"{name}\"\nsource = \"{}\"\nmax_concurrent = {max}\nqueue_size = 64\n",
+                "[[models]]\nname = \"{name}\"\nsource = \"{}\"\nmax_concurrent = {max}\nqueue_size = 64\nqueue_timeout_secs = 600\n",
                 model_path().display()
             )
         })
