@@ -603,6 +603,24 @@ pub struct ModelSettings {
     /// chunks, before the request fails with 504.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_secs: u64,
+    /// More upstream servers for the same model, beside `source` (which must then be an
+    /// upstream too): each a URL, or a table `{ url, api_key, weight, max_concurrent,
+    /// upstream_model }`. Requests go to the member with the fewest outstanding requests
+    /// per unit of weight; a failing member is ejected with backoff and a request that
+    /// failed before its first byte is retried on another one.
+    #[serde(default)]
+    pub sources: Vec<UpstreamMemberSetting>,
+    /// Seconds between active health checks of a pool's members (`GET {url}/models`);
+    /// `0` turns them off (failures seen by requests still eject).
+    #[serde(default = "default_health_interval")]
+    pub health_check_interval_secs: u64,
+    /// Seconds a health check may take.
+    #[serde(default = "default_health_timeout")]
+    pub health_check_timeout_secs: u64,
+    /// Seconds over which a recovered member's share of the traffic ramps up to its
+    /// weight.
+    #[serde(default = "default_slow_start")]
+    pub slow_start_secs: u64,
     /// `auto`, `cpu`, `cuda:N` or `metal:N`.
     #[serde(default)]
     pub device: DeviceSetting,
@@ -678,6 +696,88 @@ fn default_load_timeout() -> u64 {
 fn default_upstream_timeout() -> u64 {
     120
 }
+fn default_health_interval() -> u64 {
+    10
+}
+fn default_health_timeout() -> u64 {
+    2
+}
+fn default_slow_start() -> u64 {
+    30
+}
+
+/// One more member of an upstream pool (`sources = [...]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamMemberSetting {
+    /// Its base URL, `http(s)://host:port/v1`.
+    pub url: String,
+    /// Bearer key sent to it (`env:NAME` reads a variable); default: the model's
+    /// `upstream_api_key`.
+    pub api_key: Option<Secret>,
+    /// Its share of the traffic (default 1).
+    pub weight: u32,
+    /// Requests it may run at once (default: no limit of its own).
+    pub max_concurrent: Option<usize>,
+    /// The model's id there (default: the model's `upstream_model`, else its name).
+    pub upstream_model: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamMemberSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: String,
+            #[serde(default)]
+            api_key: Option<Secret>,
+            #[serde(default = "one")]
+            weight: u32,
+            #[serde(default)]
+            max_concurrent: Option<usize>,
+            #[serde(default)]
+            upstream_model: Option<String>,
+        }
+        fn one() -> u32 {
+            1
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Url(String),
+            Table(Table),
+        }
+        let table = match Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "each of `sources` is a URL or a table { url, api_key, weight, max_concurrent, upstream_model }",
+            )
+        })? {
+            Form::Url(url) => Table {
+                url,
+                api_key: None,
+                weight: 1,
+                max_concurrent: None,
+                upstream_model: None,
+            },
+            Form::Table(t) => t,
+        };
+        let url = match ModelSource::parse(&table.url).map_err(serde::de::Error::custom)? {
+            ModelSource::Upstream { base_url } => base_url,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "`{}` in `sources` is not an upstream URL; write http://host:port/v1",
+                    table.url
+                )))
+            }
+        };
+        Ok(Self {
+            url,
+            api_key: table.api_key,
+            weight: table.weight,
+            max_concurrent: table.max_concurrent,
+            upstream_model: table.upstream_model,
+        })
+    }
+}
 
 impl ModelSettings {
     /// A model entry with defaults for everything but its name and source (used by tests).
@@ -691,6 +791,10 @@ impl ModelSettings {
             upstream_model: None,
             upstream_api_key: None,
             upstream_timeout_secs: default_upstream_timeout(),
+            sources: Vec::new(),
+            health_check_interval_secs: default_health_interval(),
+            health_check_timeout_secs: default_health_timeout(),
+            slow_start_secs: default_slow_start(),
             device: DeviceSetting::Auto,
             context_length: None,
             max_concurrent: default_max_concurrent(),
@@ -940,6 +1044,41 @@ impl ModelSettings {
         }
         if self.threads == Some(0) {
             return invalid(format!("model `{}`: threads must be at least 1", self.name));
+        }
+        if !self.sources.is_empty() && !upstream_source {
+            return invalid(format!(
+                "model `{}`: `sources` adds upstream servers to an upstream model; its `source` must be an http(s):// URL too (a local model with upstreams for its overflow is not supported yet)",
+                self.name
+            ));
+        }
+        if let Some(member) = self.sources.iter().find(|m| m.weight == 0) {
+            return invalid(format!(
+                "model `{}`: the weight of `{}` in `sources` must be at least 1",
+                self.name, member.url
+            ));
+        }
+        if let Some(member) = self.sources.iter().find(|m| m.max_concurrent == Some(0)) {
+            return invalid(format!(
+                "model `{}`: the max_concurrent of `{}` in `sources` must be at least 1",
+                self.name, member.url
+            ));
+        }
+        if let ModelSource::Upstream { base_url } = &self.source {
+            let mut urls: Vec<&str> = self.sources.iter().map(|m| m.url.as_str()).collect();
+            urls.push(base_url);
+            urls.sort_unstable();
+            if let Some(w) = urls.windows(2).find(|w| w[0] == w[1]) {
+                return invalid(format!(
+                    "model `{}`: `{}` is named twice among `source` and `sources`",
+                    self.name, w[0]
+                ));
+            }
+        }
+        if self.health_check_timeout_secs == 0 {
+            return invalid(format!(
+                "model `{}`: health_check_timeout_secs must be at least 1",
+                self.name
+            ));
         }
         if self.upstream_timeout_secs == 0 {
             return invalid(format!(

@@ -147,6 +147,14 @@ pub enum ApiError {
     /// The upstream server did not answer in time.
     #[error("The upstream server did not answer in time: {0}")]
     GatewayTimeout(String),
+    /// No server of an upstream pool can take the request now (circuit open).
+    #[error("No upstream server can take the request now: {message}")]
+    NoUpstream {
+        /// Why.
+        message: String,
+        /// When a server may take requests again.
+        retry_after: Duration,
+    },
 }
 
 /// OpenAI's well-known error codes, as static strings (an upstream's code is kept only
@@ -228,6 +236,13 @@ impl ApiError {
             },
             EngineError::UpstreamUnavailable(m) => Self::BadGateway(m),
             EngineError::UpstreamTimeout(m) => Self::GatewayTimeout(m),
+            EngineError::NoUpstream {
+                message,
+                retry_after,
+            } => Self::NoUpstream {
+                message,
+                retry_after: Duration::from_secs(retry_after.max(1)),
+            },
         }
     }
 
@@ -484,6 +499,12 @@ impl ApiError {
                 Some("upstream_timeout"),
                 None,
             ),
+            NoUpstream { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("upstream_unavailable"),
+                None,
+            ),
         }
     }
 
@@ -493,7 +514,9 @@ impl ApiError {
             Self::QueueFull { retry_after, .. } | Self::QueueTimeout { retry_after, .. } => {
                 Some(*retry_after)
             }
-            Self::ModelLoadFailed { retry_after, .. } => Some(*retry_after),
+            Self::ModelLoadFailed { retry_after, .. } | Self::NoUpstream { retry_after, .. } => {
+                Some(*retry_after)
+            }
             Self::ShuttingDown => Some(Duration::from_secs(5)),
             Self::UpstreamRejected { retry_after, .. } => *retry_after,
             Self::BadGateway(_) | Self::GatewayTimeout(_) => Some(Duration::from_secs(2)),

@@ -2,8 +2,8 @@
 //! bounded: configured model names, route patterns, status classes, finish reasons.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets (seconds) wide enough for a GPU (ms) and a CPU (s).
@@ -76,6 +76,18 @@ pub struct Metrics {
     pub generated_tokens_per_request: HistogramVec,
     /// Build identity (always 1).
     pub build_info: IntGaugeVec,
+    /// Attempts sent to each member of an upstream pool.
+    pub upstream_requests: IntCounterVec,
+    /// Attempts that failed on the member's side.
+    pub upstream_failures: IntCounterVec,
+    /// Times a member was ejected.
+    pub upstream_ejections: IntCounterVec,
+    /// Seconds from sending to the member's first byte, summed over answered attempts.
+    pub upstream_response_seconds: CounterVec,
+    /// 1 while the member takes traffic (healthy or recovering), 0 while ejected.
+    pub upstream_healthy: IntGaugeVec,
+    /// Requests the member runs now.
+    pub upstream_outstanding: IntGaugeVec,
 }
 
 /// Token-count buckets: 1 to 16384 in powers of two.
@@ -287,6 +299,45 @@ impl Metrics {
                 "Generated tokens per finished request.",
                 &["model"],
                 token_buckets(),
+            ),
+            upstream_requests: counter(
+                "llamagate_upstream_requests_total",
+                "Attempts sent to each member of an upstream pool (retries count again).",
+                &["model", "upstream"],
+            ),
+            upstream_failures: counter(
+                "llamagate_upstream_failures_total",
+                "Attempts that failed on the member's side (connection, 5xx, timeout, broken stream).",
+                &["model", "upstream"],
+            ),
+            upstream_ejections: counter(
+                "llamagate_upstream_ejections_total",
+                "Times a member of an upstream pool was ejected after failures.",
+                &["model", "upstream"],
+            ),
+            upstream_response_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "llamagate_upstream_response_seconds_total",
+                        "Seconds from sending to the member's first byte, summed over answered attempts (divide by answered requests for the mean).",
+                    ),
+                    &["model", "upstream"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
+            upstream_healthy: gauge(
+                "llamagate_upstream_healthy",
+                "1 while the member of an upstream pool takes traffic (healthy or recovering), 0 while ejected.",
+                &["model", "upstream"],
+            ),
+            upstream_outstanding: gauge(
+                "llamagate_upstream_outstanding_requests",
+                "Requests the member of an upstream pool runs now.",
+                &["model", "upstream"],
             ),
             build_info: {
                 let g = gauge(

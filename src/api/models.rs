@@ -61,6 +61,21 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
                 .map(|d| d.as_secs())
         }),
         pinned: slot.settings.pinned,
+        upstreams: status
+            .upstreams
+            .into_iter()
+            .map(|m| crate::openai::models::UpstreamObject {
+                url: m.url,
+                state: m.state.into(),
+                outstanding: m.outstanding,
+                weight: m.weight,
+                ejected_for_secs: m.ejected_for_secs,
+                last_error: m.last_error,
+                requests: m.requests,
+                failures: m.failures,
+                ejections: m.ejections,
+            })
+            .collect(),
         error: status.error,
         capabilities: Capabilities {
             context_length: status.context_length,

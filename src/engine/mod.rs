@@ -14,6 +14,7 @@ pub mod router;
 pub mod stop;
 pub mod tools;
 pub mod upstream;
+pub mod upstream_pool;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -323,6 +324,15 @@ pub enum EngineError {
     /// The upstream server did not answer in time (HTTP 504).
     #[error("{0}")]
     UpstreamTimeout(String),
+    /// No member of an upstream pool can take the request now (all ejected or busy):
+    /// HTTP 503 with `Retry-After`.
+    #[error("{message}")]
+    NoUpstream {
+        /// Why, with each member's last failure.
+        message: String,
+        /// Seconds until a member may take requests again.
+        retry_after: u64,
+    },
 }
 
 /// A generation in progress. Dropping it cancels the generation.
@@ -442,6 +452,12 @@ pub trait LoadedModel: Send + Sync {
 
     /// Starts a generation. The returned stream ends with [`TokenEvent::Done`].
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError>;
+
+    /// The servers behind an upstream model and where each stands (empty for a local
+    /// model).
+    fn upstreams(&self) -> Vec<upstream_pool::MemberStatus> {
+        Vec::new()
+    }
 
     /// Tokenizes one embedding input (text with the model's special tokens; token ids
     /// checked against the vocabulary): its size for the per-input limit, and its tokens.

@@ -4,6 +4,13 @@
 //! and passed on chunk by chunk; dropping the stream closes the connection, which
 //! cancels the upstream's generation. A down upstream is a 502, a slow one a 504, and
 //! the upstream's own 4xx errors reach the client as they were.
+//!
+//! A model may name several servers (`source` plus `sources`): a pool. Each attempt goes
+//! to the member [`upstream_pool::Members::pick`] chooses; an attempt that fails before
+//! its first token (connection refused, 5xx, timeout, a 429) is retried on another
+//! member, never one whose tokens already reached the client. Failures eject members
+//! with backoff, active health checks (`GET {url}/models`) bring them back, and with
+//! every member out the request is a 503 with `Retry-After` at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +19,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use super::upstream_pool::{self, MemberConfig, Members, NoMember, Taken};
 use super::{
     EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, Prompt, TokenEvent,
     TokenLogprob, TokenStream, TokenUsage, TopLogprob,
@@ -30,15 +38,16 @@ const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Default, Clone)]
 pub struct UpstreamEngine;
 
-/// One model at an upstream server.
+/// One model at one upstream server or a pool of them.
 pub struct UpstreamModel {
     client: reqwest::Client,
-    base_url: String,
-    model: String,
-    api_key: Option<String>,
+    members: Arc<Members>,
     timeout: Duration,
     facts: ModelFacts,
 }
+
+/// Most attempts one request makes across a pool's members.
+const MAX_ATTEMPTS: usize = 3;
 
 /// Resolves `env:NAME` to the variable's value; any other text is the key itself.
 fn resolve_key(raw: &str) -> Result<String, EngineError> {
@@ -74,14 +83,48 @@ impl super::Engine for UpstreamEngine {
             .as_ref()
             .map(|k| resolve_key(&k.0))
             .transpose()?;
+        let model = settings
+            .upstream_model
+            .clone()
+            .unwrap_or_else(|| settings.name.clone());
+        let mut configs = vec![MemberConfig {
+            url: base_url.clone(),
+            model: model.clone(),
+            api_key: api_key.clone(),
+            weight: 1,
+            max_concurrent: None,
+        }];
+        for member in &settings.sources {
+            configs.push(MemberConfig {
+                url: member.url.clone(),
+                model: member
+                    .upstream_model
+                    .clone()
+                    .unwrap_or_else(|| model.clone()),
+                api_key: match &member.api_key {
+                    Some(k) => Some(resolve_key(&k.0)?),
+                    None => api_key.clone(),
+                },
+                weight: member.weight,
+                max_concurrent: member.max_concurrent,
+            });
+        }
+        let policy = upstream_pool::Policy {
+            slow_start: Duration::from_secs(settings.slow_start_secs),
+            ..Default::default()
+        };
+        let members = Members::new(&settings.name, configs, policy);
+        if members.len() > 1 && settings.health_check_interval_secs > 0 {
+            spawn_health_checks(
+                client.clone(),
+                Arc::downgrade(&members),
+                Duration::from_secs(settings.health_check_interval_secs),
+                Duration::from_secs(settings.health_check_timeout_secs),
+            );
+        }
         Ok(Arc::new(UpstreamModel {
             client,
-            base_url: base_url.clone(),
-            model: settings
-                .upstream_model
-                .clone()
-                .unwrap_or_else(|| settings.name.clone()),
-            api_key,
+            members,
             timeout,
             facts: ModelFacts {
                 // The upstream enforces its own window; it is not known here.
@@ -94,6 +137,83 @@ impl super::Engine for UpstreamEngine {
                 tool_syntax: None,
             },
         }))
+    }
+}
+
+/// Checks every member of a pool each `interval` (`GET {url}/models`) until the pool is
+/// dropped: a passing check brings an ejected member back (slow start), a failing one
+/// ejects it.
+fn spawn_health_checks(
+    client: reqwest::Client,
+    members: std::sync::Weak<Members>,
+    interval: Duration,
+    timeout: Duration,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(pool) = members.upgrade() else { break };
+            let checks = pool.all().iter().enumerate().map(|(i, member)| {
+                let mut call = client
+                    .get(format!("{}/models", member.config.url))
+                    .timeout(timeout);
+                if let Some(key) = &member.config.api_key {
+                    call = call.bearer_auth(key);
+                }
+                async move {
+                    let outcome = match call.send().await {
+                        Ok(r) if r.status().is_success() => Ok(()),
+                        Ok(r) => Err(format!("health check: HTTP {}", r.status().as_u16())),
+                        Err(e) if e.is_timeout() => Err("health check timed out".to_string()),
+                        Err(_) => Err("health check: cannot connect".to_string()),
+                    };
+                    (i, outcome)
+                }
+            });
+            for (i, outcome) in futures::future::join_all(checks).await {
+                let now = std::time::Instant::now();
+                match outcome {
+                    Ok(()) => pool.succeeded(i, now),
+                    Err(error) => pool.check_failed(i, &error, now),
+                }
+            }
+        }
+    });
+}
+
+/// An attempt's failure: the error, and whether another member may be tried.
+struct Failure {
+    error: EngineError,
+    /// The member is at fault (down, 5xx, timeout, refused our key): count it.
+    member_fault: bool,
+    /// The connection was refused: the member is down.
+    refused: bool,
+}
+
+impl Failure {
+    fn of(error: EngineError) -> Self {
+        let member_fault = matches!(
+            error,
+            EngineError::UpstreamUnavailable(_) | EngineError::UpstreamTimeout(_)
+        );
+        Self {
+            error,
+            member_fault,
+            refused: false,
+        }
+    }
+
+    /// Whether the request may go to another member: the member failed, or it is
+    /// rate-limited (429). A client error (any other 4xx) would fail anywhere.
+    fn retryable(&self) -> bool {
+        self.member_fault
+            || matches!(
+                self.error,
+                EngineError::UpstreamRejected { status: 429, .. }
+            )
     }
 }
 
@@ -339,41 +459,45 @@ fn take_events(buffer: &mut Vec<u8>) -> Vec<String> {
 }
 
 impl UpstreamModel {
-    /// Sends `body` to `{base_url}/{path}`; an error status becomes the matching engine
-    /// error (its body read within the timeout, at most [`MAX_ERROR_BODY`] bytes).
-    async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, EngineError> {
-        let url = format!("{}/{path}", self.base_url);
+    /// Sends `body` to `{url}/{path}` of `member`; an error status becomes the matching
+    /// engine error (its body read within the timeout, at most [`MAX_ERROR_BODY`] bytes).
+    async fn post(
+        &self,
+        member: &MemberConfig,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, Failure> {
+        let url = format!("{}/{path}", member.url);
         let mut call = self.client.post(&url).json(&body);
-        if let Some(key) = &self.api_key {
+        if let Some(key) = &member.api_key {
             call = call.bearer_auth(key);
         }
         let timeout = self.timeout;
+        let base = &member.url;
         let response = match tokio::time::timeout(timeout, call.send()).await {
             Err(_) => {
-                return Err(EngineError::UpstreamTimeout(format!(
-                    "no answer from {} within {} s (upstream_timeout_secs)",
-                    self.base_url,
+                return Err(Failure::of(EngineError::UpstreamTimeout(format!(
+                    "no answer from {base} within {} s (upstream_timeout_secs)",
                     timeout.as_secs()
-                )))
+                ))))
             }
             Ok(Err(e)) if e.is_connect() => {
-                return Err(EngineError::UpstreamUnavailable(format!(
-                    "cannot connect to {}",
-                    self.base_url
-                )))
+                let mut failure = Failure::of(EngineError::UpstreamUnavailable(format!(
+                    "cannot connect to {base}"
+                )));
+                failure.refused = true;
+                return Err(failure);
             }
             Ok(Err(e)) if e.is_timeout() => {
-                return Err(EngineError::UpstreamTimeout(format!(
-                    "connecting to {} timed out",
-                    self.base_url
-                )))
+                return Err(Failure::of(EngineError::UpstreamTimeout(format!(
+                    "connecting to {base} timed out"
+                ))))
             }
             Ok(Err(e)) => {
-                return Err(EngineError::UpstreamUnavailable(format!(
-                    "request to {} failed: {}",
-                    self.base_url,
+                return Err(Failure::of(EngineError::UpstreamUnavailable(format!(
+                    "request to {base} failed: {}",
                     e.without_url()
-                )))
+                ))))
             }
             Ok(Ok(r)) => r,
         };
@@ -392,10 +516,96 @@ impl UpstreamModel {
                     break;
                 }
             }
-            return Err(upstream_error(status.as_u16(), retry_after, &body));
+            return Err(Failure::of(upstream_error(
+                status.as_u16(),
+                retry_after,
+                &body,
+            )));
         }
-
         Ok(response)
+    }
+
+    /// Runs `attempt` on members of the pool until one succeeds, a failure that no other
+    /// member could avoid, or [`MAX_ATTEMPTS`]. `attempt` succeeds once the member's first
+    /// byte (of a streamed answer: its first event) arrived, so nothing a client saw is
+    /// ever retried.
+    async fn on_members<T, F, Fut>(&self, mut attempt: F) -> Result<T, EngineError>
+    where
+        F: FnMut(Taken) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last: Option<EngineError> = None;
+        while tried.len() < MAX_ATTEMPTS.min(self.members.len()) {
+            let taken = match self.members.pick(&tried, std::time::Instant::now()) {
+                Ok(taken) => taken,
+                Err(why) => return Err(self.ran_out(last, why)),
+            };
+            let index = taken.index;
+            tried.push(index);
+            let sent = std::time::Instant::now();
+            match attempt(taken).await {
+                Ok(value) => {
+                    self.members.responded_in(index, sent.elapsed());
+                    self.members.succeeded(index, std::time::Instant::now());
+                    return Ok(value);
+                }
+                Err(failure) => {
+                    if failure.member_fault {
+                        self.members.failed(
+                            index,
+                            &failure.error.to_string(),
+                            failure.refused,
+                            std::time::Instant::now(),
+                        );
+                    }
+                    if !failure.retryable() {
+                        return Err(failure.error);
+                    }
+                    if tried.len() < self.members.len() {
+                        tracing::info!(upstream = %self.members.all()[index].config.url, error = %failure.error, "upstream attempt failed before its first byte: trying another member");
+                    }
+                    last = Some(failure.error);
+                }
+            }
+        }
+        Err(self.ran_out(last, NoMember::AllTried))
+    }
+
+    /// The error when no member is left to try: a pool of one passes its member's own
+    /// failure on (502, 504, its 429); a larger pool answers 503 with `Retry-After` and
+    /// every member's state.
+    fn ran_out(&self, last: Option<EngineError>, why: NoMember) -> EngineError {
+        match last {
+            Some(error) if self.members.len() < 2 => error,
+            _ => self.no_member(why),
+        }
+    }
+
+    /// The 503 for a pool with no member to take a request.
+    fn no_member(&self, why: NoMember) -> EngineError {
+        let now = std::time::Instant::now();
+        let errors: Vec<String> = self
+            .members
+            .status(now)
+            .into_iter()
+            .map(|m| match m.last_error {
+                Some(e) => format!("{} {} ({e})", m.url, m.state),
+                None => format!("{} {}", m.url, m.state),
+            })
+            .collect();
+        let (what, retry_after) = match why {
+            NoMember::AllEjected(wait) => (
+                "every upstream server is ejected after failures",
+                wait.as_secs().max(1),
+            ),
+            NoMember::AllBusy => ("every upstream server runs its max_concurrent", 1),
+            NoMember::AllTried => ("every upstream server failed", 2),
+        };
+        EngineError::NoUpstream {
+            message: format!("{what}: {}", errors.join("; ")),
+            retry_after,
+        }
     }
 }
 
@@ -431,150 +641,212 @@ impl LoadedModel for UpstreamModel {
                 super::EmbedInput::Tokens(tokens) => json!(tokens),
             })
             .collect();
-        let mut body = json!({"model": self.model, "input": inputs, "encoding_format": "float"});
-        if let Some(d) = request.dimensions {
-            body["dimensions"] = json!(d);
-        }
-        let response = self.post("embeddings", &body).await?;
-        let mut bytes = Vec::new();
-        let mut chunks = response.bytes_stream();
-        loop {
-            match tokio::time::timeout(self.timeout, chunks.next()).await {
-                Err(_) => {
-                    return Err(EngineError::UpstreamTimeout(format!(
-                        "{} stopped sending for {} s",
-                        self.base_url,
-                        self.timeout.as_secs()
-                    )))
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    return Err(EngineError::UpstreamUnavailable(format!(
-                        "reading from {} failed: {}",
-                        self.base_url,
-                        e.without_url()
-                    )))
-                }
-                Ok(Some(Ok(chunk))) => {
-                    if bytes.len() + chunk.len() > MAX_EMBEDDINGS_BODY {
-                        return Err(EngineError::UpstreamUnavailable(format!(
-                            "the embeddings from {} are larger than {MAX_EMBEDDINGS_BODY} bytes",
-                            self.base_url
-                        )));
+        let count = request.inputs.len();
+        let dimensions = request.dimensions;
+        let inputs = &inputs;
+        let timeout = self.timeout;
+        self.on_members(|taken| async move {
+            let member = &self.members.all()[taken.index].config;
+            let mut body =
+                json!({"model": member.model, "input": inputs, "encoding_format": "float"});
+            if let Some(d) = dimensions {
+                body["dimensions"] = json!(d);
+            }
+            let response = self.post(member, "embeddings", &body).await?;
+            let base = &member.url;
+            let mut bytes = Vec::new();
+            let mut chunks = response.bytes_stream();
+            loop {
+                match tokio::time::timeout(timeout, chunks.next()).await {
+                    Err(_) => {
+                        return Err(Failure::of(EngineError::UpstreamTimeout(format!(
+                            "{base} stopped sending for {} s",
+                            timeout.as_secs()
+                        ))))
                     }
-                    bytes.extend_from_slice(&chunk);
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        return Err(Failure::of(EngineError::UpstreamUnavailable(format!(
+                            "reading from {base} failed: {}",
+                            e.without_url()
+                        ))))
+                    }
+                    Ok(Some(Ok(chunk))) => {
+                        if bytes.len() + chunk.len() > MAX_EMBEDDINGS_BODY {
+                            return Err(Failure::of(EngineError::UpstreamUnavailable(format!(
+                                "the embeddings from {base} are larger than {MAX_EMBEDDINGS_BODY} bytes"
+                            ))));
+                        }
+                        bytes.extend_from_slice(&chunk);
+                    }
                 }
             }
-        }
-        parse_embeddings(&bytes, request.inputs.len())
+            parse_embeddings(&bytes, count).map_err(Failure::of)
+        })
+        .await
     }
 
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
-        let (path, body) = request_body(&self.model, &request);
-        let response = self.post(path, &body).await?;
-        let timeout = self.timeout;
-
-        let n = request.sampling.n.max(1);
-        let on_token = request.on_token.clone();
-        let base_url = self.base_url.clone();
-        let mut bytes = response.bytes_stream();
-        let stream = async_stream::stream! {
-            let mut buffer: Vec<u8> = Vec::new();
-            let mut finished = vec![false; n];
-            let mut usage: Option<TokenUsage> = None;
-            let mut chunks_seen = 0usize;
-            'read: loop {
-                let next = match tokio::time::timeout(timeout, bytes.next()).await {
-                    Err(_) => {
-                        yield Err(EngineError::UpstreamTimeout(format!(
-                            "{base_url} stopped sending for {} s", timeout.as_secs()
-                        )));
-                        return;
-                    }
-                    Ok(next) => next,
-                };
-                match next {
-                    None => break 'read,
-                    Some(Err(_)) => {
-                        yield Err(EngineError::UpstreamUnavailable(format!(
-                            "{base_url} broke the connection mid-answer"
-                        )));
-                        return;
-                    }
-                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+        let request = &request;
+        self.on_members(|taken| async move {
+            let member = &self.members.all()[taken.index].config;
+            let (path, body) = request_body(&member.model, request);
+            let response = self.post(member, path, &body).await?;
+            let mut stream = relay(
+                response,
+                request,
+                self.timeout,
+                member.url.clone(),
+                self.members.clone(),
+                taken,
+            );
+            // Nothing has reached the client until the first event: a failure up to
+            // here may be retried on another member.
+            match stream.next().await {
+                Some(Err(error)) => Err(Failure::of(error)),
+                Some(first) => {
+                    let rest: TokenStream =
+                        Box::pin(futures::stream::once(async { first }).chain(stream));
+                    Ok(rest)
                 }
-                if buffer.len() > MAX_EVENT_BYTES {
-                    yield Err(EngineError::UpstreamUnavailable("the upstream sent an oversized event".into()));
+                None => Err(Failure::of(EngineError::UpstreamUnavailable(format!(
+                    "{} sent nothing",
+                    member.url
+                )))),
+            }
+        })
+        .await
+    }
+
+    fn upstreams(&self) -> Vec<upstream_pool::MemberStatus> {
+        self.members.status(std::time::Instant::now())
+    }
+}
+
+/// The upstream's streamed answer as token events. The member's place (`taken`) is held
+/// until the stream ends or is dropped; a failure after the first event is counted
+/// against the member (it cannot be retried: the client has seen tokens).
+fn relay(
+    response: reqwest::Response,
+    request: &GenerationRequest,
+    timeout: Duration,
+    base_url: String,
+    members: Arc<Members>,
+    taken: Taken,
+) -> TokenStream {
+    let n = request.sampling.n.max(1);
+    let on_token = request.on_token.clone();
+    let mut bytes = response.bytes_stream();
+    let index = taken.index;
+    let inner = async_stream::stream! {
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut finished = vec![false; n];
+        let mut usage: Option<TokenUsage> = None;
+        let mut chunks_seen = 0usize;
+        'read: loop {
+            let next = match tokio::time::timeout(timeout, bytes.next()).await {
+                Err(_) => {
+                    yield Err(EngineError::UpstreamTimeout(format!(
+                        "{base_url} stopped sending for {} s", timeout.as_secs()
+                    )));
                     return;
                 }
-                for data in take_events(&mut buffer) {
-                    if data.trim() == "[DONE]" {
-                        break 'read;
-                    }
-                    let Ok(value) = serde_json::from_str::<Value>(&data) else {
+                Ok(next) => next,
+            };
+            match next {
+                None => break 'read,
+                Some(Err(_)) => {
+                    yield Err(EngineError::UpstreamUnavailable(format!(
+                        "{base_url} broke the connection mid-answer"
+                    )));
+                    return;
+                }
+                Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+            }
+            if buffer.len() > MAX_EVENT_BYTES {
+                yield Err(EngineError::UpstreamUnavailable("the upstream sent an oversized event".into()));
+                return;
+            }
+            for data in take_events(&mut buffer) {
+                if data.trim() == "[DONE]" {
+                    break 'read;
+                }
+                let Ok(value) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                if let Some(error) = value.get("error") {
+                    let message = error
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("the upstream failed mid-answer");
+                    yield Err(EngineError::UpstreamUnavailable(message.to_string()));
+                    return;
+                }
+                if let Some(u) = value.get("usage").filter(|u| !u.is_null()) {
+                    let count = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+                    usage = Some(TokenUsage {
+                        prompt_tokens: count("prompt_tokens"),
+                        completion_tokens: count("completion_tokens"),
+                        cached_prompt_tokens: u
+                            .pointer("/prompt_tokens_details/cached_tokens")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0) as usize,
+                    });
+                }
+                let choices = value.get("choices").and_then(Value::as_array).cloned().unwrap_or_default();
+                for c in choices {
+                    let index = c.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                    if index >= n || finished[index] {
                         continue;
-                    };
-                    if let Some(error) = value.get("error") {
-                        let message = error
-                            .get("message")
-                            .and_then(Value::as_str)
-                            .unwrap_or("the upstream failed mid-answer");
-                        yield Err(EngineError::UpstreamUnavailable(message.to_string()));
-                        return;
                     }
-                    if let Some(u) = value.get("usage").filter(|u| !u.is_null()) {
-                        let count = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
-                        usage = Some(TokenUsage {
-                            prompt_tokens: count("prompt_tokens"),
-                            completion_tokens: count("completion_tokens"),
-                            cached_prompt_tokens: u
-                                .pointer("/prompt_tokens_details/cached_tokens")
-                                .and_then(Value::as_u64)
-                                .unwrap_or(0) as usize,
-                        });
+                    let text = c
+                        .get("delta")
+                        .and_then(|d| d.get("content"))
+                        .or_else(|| c.get("text"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    let logprobs = chunk_logprobs(c.get("logprobs"));
+                    if !text.is_empty() || !logprobs.is_empty() {
+                        chunks_seen += 1;
+                        if let Some(callback) = &on_token {
+                            callback();
+                        }
+                        yield Ok(TokenEvent::Text { choice: index, text, logprobs });
                     }
-                    let choices = value.get("choices").and_then(Value::as_array).cloned().unwrap_or_default();
-                    for c in choices {
-                        let index = c.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                        if index >= n || finished[index] {
-                            continue;
-                        }
-                        let text = c
-                            .get("delta")
-                            .and_then(|d| d.get("content"))
-                            .or_else(|| c.get("text"))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string();
-                        let logprobs = chunk_logprobs(c.get("logprobs"));
-                        if !text.is_empty() || !logprobs.is_empty() {
-                            chunks_seen += 1;
-                            if let Some(callback) = &on_token {
-                                callback();
-                            }
-                            yield Ok(TokenEvent::Text { choice: index, text, logprobs });
-                        }
-                        if let Some(reason) = c.get("finish_reason").and_then(Value::as_str) {
-                            finished[index] = true;
-                            yield Ok(TokenEvent::Finished { choice: index, reason: finish_reason(reason) });
-                        }
+                    if let Some(reason) = c.get("finish_reason").and_then(Value::as_str) {
+                        finished[index] = true;
+                        yield Ok(TokenEvent::Finished { choice: index, reason: finish_reason(reason) });
                     }
                 }
             }
-            if !finished.iter().all(|f| *f) {
-                yield Err(EngineError::UpstreamUnavailable(format!(
-                    "{base_url} ended the stream before every choice finished"
-                )));
-                return;
+        }
+        if !finished.iter().all(|f| *f) {
+            yield Err(EngineError::UpstreamUnavailable(format!(
+                "{base_url} ended the stream before every choice finished"
+            )));
+            return;
+        }
+        yield Ok(TokenEvent::Done(usage.unwrap_or(TokenUsage {
+            prompt_tokens: 0,
+            completion_tokens: chunks_seen,
+            cached_prompt_tokens: 0,
+        })));
+    };
+    let stream = async_stream::stream! {
+        let _taken = taken;
+        let mut first = true;
+        let inner = inner;
+        futures::pin_mut!(inner);
+        while let Some(item) = inner.next().await {
+            if let (Err(e), false) = (&item, first) {
+                members.failed(index, &e.to_string(), false, std::time::Instant::now());
             }
-            yield Ok(TokenEvent::Done(usage.unwrap_or(TokenUsage {
-                prompt_tokens: 0,
-                completion_tokens: chunks_seen,
-                cached_prompt_tokens: 0,
-            })));
-        };
-        Ok(Box::pin(stream))
-    }
+            first = false;
+            yield item;
+        }
+    };
+    Box::pin(stream)
 }
 
 #[cfg(test)]

@@ -57,6 +57,37 @@ pub struct ModelObject {
     pub error: Option<String>,
     /// What the model can do through this server.
     pub capabilities: Capabilities,
+    /// For a pool of upstream servers (`sources`), once loaded: each member and where it
+    /// stands.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub upstreams: Vec<UpstreamObject>,
+}
+
+/// One server of an upstream pool.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct UpstreamObject {
+    /// Its base URL.
+    pub url: String,
+    /// `healthy`, `ejected` (after failures, for `ejected_for_secs`) or `recovering`
+    /// (its ejection is over or a health check passed: on probation, its share of the
+    /// traffic ramping up).
+    pub state: String,
+    /// Requests it runs now.
+    pub outstanding: usize,
+    /// Its share of the traffic.
+    pub weight: u32,
+    /// Seconds until its ejection ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for_secs: Option<u64>,
+    /// Its last failure, while not healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Attempts sent to it since the server started.
+    pub requests: u64,
+    /// Attempts that failed on its side.
+    pub failures: u64,
+    /// Times it was ejected.
+    pub ejections: u64,
 }
 
 /// What a model supports, stated honestly.

@@ -217,6 +217,38 @@ impl Scheduler {
                 .running_requests
                 .with_label_values(&[name])
                 .set(slot.admission.running() as i64);
+            for member in self.pool.status(slot.index).upstreams {
+                self.export_member(name, &member);
+            }
+        }
+    }
+
+    /// Copies one upstream member's state into the gauges and its counts (kept by the
+    /// engine for the life of the process) into the counters.
+    fn export_member(&self, model: &str, m: &crate::engine::upstream_pool::MemberStatus) {
+        let labels = [model, m.url.as_str()];
+        let m_ = &self.metrics;
+        m_.upstream_healthy
+            .with_label_values(&labels)
+            .set(i64::from(m.state != "ejected"));
+        m_.upstream_outstanding
+            .with_label_values(&labels)
+            .set(m.outstanding as i64);
+        for (counter, total) in [
+            (&m_.upstream_requests, m.requests),
+            (&m_.upstream_failures, m.failures),
+            (&m_.upstream_ejections, m.ejections),
+        ] {
+            let counter = counter.with_label_values(&labels);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+        let seconds = m_.upstream_response_seconds.with_label_values(&labels);
+        let total = m.response_micros as f64 / 1e6;
+        if total > seconds.get() {
+            seconds.inc_by(total - seconds.get());
         }
     }
 

@@ -210,6 +210,8 @@ pub struct ModelStatus {
     /// While loading or loaded: the context chosen to fit its device and the model's
     /// trained one, when `context_length` is not configured and the trained one did not fit.
     pub fitted_context: Option<(u64, u64)>,
+    /// For a loaded pool of upstream servers: each member and where it stands.
+    pub upstreams: Vec<crate::engine::upstream_pool::MemberStatus>,
 }
 
 /// Memory budget and use of one device.
@@ -433,7 +435,9 @@ impl Pool {
         let pool = self.clone();
         let index = slot.index;
         tokio::spawn(async move { pool.refresh_footprint(index).await });
-        if slot.settings.pinned {
+        // A pool of upstream servers loads at once (nothing to read): its members are
+        // health-checked and shown from the start.
+        if slot.settings.pinned || !slot.settings.sources.is_empty() {
             let pool = self.clone();
             let timeout = slot.settings.load_timeout() + Duration::from_secs(5);
             tokio::spawn(async move {
@@ -467,6 +471,7 @@ impl Pool {
             Life::Failed { error, .. } => ("failed", None, Some(error.clone())),
         };
         ModelStatus {
+            upstreams: model.map(|m| m.upstreams()).unwrap_or_default(),
             status,
             context_length: model.and_then(|m| m.facts().context_length),
             embedding_length: model.and_then(|m| m.facts().embedding_length),

@@ -1,6 +1,6 @@
 //! Starting real servers (real engine, real model) on port 0, and talking to them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -288,6 +288,7 @@ pub struct Served {
     /// Its address.
     pub server: TestServer,
     config: std::path::PathBuf,
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl Served {
@@ -328,38 +329,81 @@ pub async fn serve_binary_with_env(body: &str, env: &[(&str, &std::ffi::OsStr)])
         format!("[server]\nbind = \"127.0.0.1:{port}\"\n{body}"),
     )
     .unwrap();
+    let env: Vec<(String, std::ffi::OsString)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_os_string()))
+        .collect();
+    let child = spawn_child(&config, port, &env);
+    let served = Served {
+        child,
+        server: TestServer {
+            base: format!("http://127.0.0.1:{port}"),
+        },
+        config,
+        env,
+    };
+    served.wait_for_health().await;
+    served
+}
+
+/// Starts `llamagate serve --config CONFIG` (whose bind port is `port`).
+fn spawn_child(config: &Path, port: u16, env: &[(String, std::ffi::OsString)]) -> Child {
     // LLAMAGATE_TEST_LOGS=DIR keeps each server's log there (for a failure's story).
     let (stdout, stderr) = match std::env::var_os("LLAMAGATE_TEST_LOGS") {
         Some(dir) => {
-            let log = std::fs::File::create(
-                std::path::Path::new(&dir).join(format!("server-{port}.log")),
-            )
-            .unwrap();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(Path::new(&dir).join(format!("server-{port}.log")))
+                .unwrap();
             (Stdio::from(log.try_clone().unwrap()), Stdio::from(log))
         }
         None => (Stdio::null(), Stdio::null()),
     };
-    let child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
+    Command::new(env!("CARGO_BIN_EXE_llamagate"))
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(config)
         .env(NO_MODELS_DIR, "")
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
-        .unwrap();
-    let server = TestServer {
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(server.url("/health")).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        .unwrap()
+}
+
+impl Served {
+    /// Waits (up to 30 s) until `/health` answers.
+    async fn wait_for_health(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(self.server.url("/health")).await.is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    Served {
-        child,
-        server,
-        config,
+
+    /// Kills the process (as a crash would: SIGKILL, no draining).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again on the same port with the same config.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let port = self.port();
+        self.child = spawn_child(&self.config, port, &self.env);
+        self.wait_for_health().await;
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.server
+            .base
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 }
 

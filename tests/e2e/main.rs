@@ -30,3 +30,4 @@ mod runtime_models;
 mod security;
 mod structured;
 mod upstream;
+mod upstream_pool;

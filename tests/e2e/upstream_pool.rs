@@ -1,0 +1,250 @@
+//! A pool of upstream servers behind one model, on real processes: two llamagate
+//! servers with the real model and a server that answers every request with a 500.
+//! Requests are balanced, a member that fails is ejected and its requests retried on
+//! another before their first byte, a member killed mid-answer is not retried (the
+//! client sees the error, not a second answer), a member that comes back is taken back
+//! after its health check, and with every member down the answer is a 503 with
+//! `Retry-After` at once.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::helpers::{get_json, model_path, post_json, serve_binary, Served};
+
+/// A member that answers everything with a 500 after reading the request.
+fn failing_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 65536];
+                let _ = stream.read(&mut buf);
+                let body = r#"{"error":{"message":"out of GPU memory","type":"server_error"}}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// A member: the real model as `m`.
+async fn member() -> Served {
+    serve_binary(&format!(
+        "[[models]]\nname = \"m\"\nsource = \"{}\"\nengine = \"llama.cpp\"\npinned = true\nmax_concurrent = 2\n",
+        model_path().display()
+    ))
+    .await
+}
+
+fn chat(max_tokens: u32) -> Value {
+    json!({"model": "pooled", "max_tokens": max_tokens, "temperature": 0,
+           "messages": [{"role": "user", "content": "Count from one to twenty."}]})
+}
+
+async fn members(front: &Served) -> Vec<Value> {
+    let model = get_json(&front.server.url("/v1/models/pooled")).await;
+    model["upstreams"].as_array().cloned().unwrap_or_default()
+}
+
+async fn state_of(front: &Served, url: &str) -> String {
+    members(front)
+        .await
+        .iter()
+        .find(|m| m["url"] == url)
+        .map(|m| m["state"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Waits (up to 30 s) until the member at `url` is in `state`.
+async fn until_state(front: &Served, url: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if state_of(front, url).await == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never became {state}: {:?}",
+            members(front).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends `count` chat requests, `at_once` at a time; returns their statuses.
+async fn burst(front: &Served, count: usize, at_once: usize) -> Vec<u16> {
+    let url = front.server.url("/v1/chat/completions");
+    futures::stream::iter(0..count)
+        .map(|_| {
+            let url = url.clone();
+            async move { post_json(&url, &chat(4)).await.0 }
+        })
+        .buffer_unordered(at_once)
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn a_pool_balances_fails_over_and_recovers() {
+    let mut a = member().await;
+    let mut b = member().await;
+    let failing = format!("http://127.0.0.1:{}/v1", failing_port());
+    let url_a = format!("{}/v1", a.server.base);
+    let url_b = format!("{}/v1", b.server.base);
+    let front = serve_binary(&format!(
+        "[[models]]\nname = \"pooled\"\nsource = \"{url_a}\"\nupstream_model = \"m\"\nupstream_timeout_secs = 30\nhealth_check_interval_secs = 1\nslow_start_secs = 1\nmax_concurrent = 8\nsources = [\"{url_b}\", {{ url = \"{failing}\", weight = 2 }}]\n"
+    ))
+    .await;
+    // The pool is shown from the start, every member taking traffic.
+    let listed = members(&front).await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+
+    // Every request is answered: those sent to the failing member are retried on another
+    // one before their first byte, and the failing member is ejected (its health check
+    // passes nothing: /v1/models answers 500 too).
+    let statuses = burst(&front, 12, 4).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    until_state(&front, &failing, "ejected").await;
+    let listed = members(&front).await;
+    for m in &listed {
+        if m["url"] != failing {
+            assert!(m["requests"].as_u64().unwrap() > 0, "balanced: {listed:?}");
+        }
+    }
+    let failing_entry = listed.iter().find(|m| m["url"] == failing).unwrap();
+    assert!(
+        failing_entry["failures"].as_u64().unwrap() >= 1,
+        "{listed:?}"
+    );
+    assert!(
+        failing_entry["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP"),
+        "{listed:?}"
+    );
+
+    // A member killed: its requests go to the other; nothing is lost.
+    b.kill();
+    let statuses = burst(&front, 8, 4).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    until_state(&front, &url_b, "ejected").await;
+
+    // Back again: its health check takes it back (recovering, then healthy).
+    b.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_of(&front, &url_b).await == "ejected" {
+        assert!(Instant::now() < deadline, "{:?}", members(&front).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    until_state(&front, &url_b, "healthy").await;
+    let before = members(&front)
+        .await
+        .iter()
+        .find(|m| m["url"] == url_b)
+        .unwrap()["requests"]
+        .as_u64()
+        .unwrap();
+    let statuses = burst(&front, 8, 4).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let after = members(&front)
+        .await
+        .iter()
+        .find(|m| m["url"] == url_b)
+        .unwrap()["requests"]
+        .as_u64()
+        .unwrap();
+    assert!(after > before, "the recovered member takes traffic again");
+
+    // A member killed mid-answer: the client sees the stream fail, and no second answer
+    // (it is never retried once tokens went out).
+    let res = reqwest::Client::new()
+        .post(front.server.url("/v1/chat/completions"))
+        .json(&json!({"model": "pooled", "max_tokens": 400, "temperature": 0, "stream": true,
+                      "messages": [{"role": "user", "content": "Count from one to five hundred."}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\"content\":\"") {
+        text.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    let busy: Vec<String> = members(&front)
+        .await
+        .iter()
+        .filter(|m| m["outstanding"].as_u64() == Some(1))
+        .map(|m| m["url"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(busy.len(), 1, "one member streams: {busy:?}");
+    if busy[0] == url_a {
+        a.kill();
+    } else {
+        b.kill();
+    }
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(30), body.next()).await
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.contains("\"error\""),
+        "the stream ends in an error: {text}"
+    );
+    assert_eq!(
+        text.matches("\"role\":\"assistant\"").count(),
+        1,
+        "one answer, never a second: {text}"
+    );
+
+    // Every member down: refused at once with 503 and Retry-After (circuit open).
+    a.kill();
+    b.kill();
+    until_state(&front, &url_a, "ejected").await;
+    until_state(&front, &url_b, "ejected").await;
+    let started = Instant::now();
+    let res = reqwest::Client::new()
+        .post(front.server.url("/v1/chat/completions"))
+        .json(&chat(4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unavailable", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Metrics per member.
+    let metrics = reqwest::get(front.server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "llamagate_upstream_requests_total",
+        "llamagate_upstream_failures_total",
+        "llamagate_upstream_ejections_total",
+        "llamagate_upstream_response_seconds_total",
+        "llamagate_upstream_healthy",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "{name}{{model=\"pooled\",upstream=\"{failing}\"}}"
+            )),
+            "{name} for the failing member in {metrics}"
+        );
+    }
+}
