@@ -621,6 +621,12 @@ pub struct ModelSettings {
     /// weight.
     #[serde(default = "default_slow_start")]
     pub slow_start_secs: u64,
+    /// Send each end user's requests to the same member of a pool while it is healthy
+    /// (the body's `user`, Messages'
+    /// `metadata.user_id`; rendezvous hashing by weight), so that member's prefix cache
+    /// serves their conversation. Requests without one are balanced as usual.
+    #[serde(default)]
+    pub session_affinity: bool,
     /// `auto`, `cpu`, `cuda:N` or `metal:N`.
     #[serde(default)]
     pub device: DeviceSetting,
@@ -795,6 +801,7 @@ impl ModelSettings {
             health_check_interval_secs: default_health_interval(),
             health_check_timeout_secs: default_health_timeout(),
             slow_start_secs: default_slow_start(),
+            session_affinity: false,
             device: DeviceSetting::Auto,
             context_length: None,
             max_concurrent: default_max_concurrent(),

@@ -219,6 +219,8 @@ struct CommonSampling<'a> {
     max_tokens: Option<usize>,
     logprobs: bool,
     top_logprobs: usize,
+    /// The end user, for session affinity.
+    user: Option<&'a str>,
 }
 
 fn sampling(c: CommonSampling<'_>, limits: &LimitSettings) -> Result<ValidSampling, ApiError> {
@@ -250,6 +252,10 @@ fn sampling(c: CommonSampling<'_>, limits: &LimitSettings) -> Result<ValidSampli
         },
         max_tokens: c.max_tokens,
         json_schema: None,
+        affinity: c
+            .user
+            .filter(|u| !u.is_empty())
+            .map(|u| u.chars().take(256).collect()),
     })
 }
 
@@ -424,6 +430,7 @@ pub fn validate_chat(
             max_tokens: max_completion.or(max_tokens),
             logprobs: req.logprobs.unwrap_or(false),
             top_logprobs,
+            user: req.user.as_deref(),
         },
         limits,
     )?;
@@ -997,6 +1004,7 @@ pub fn validate_completion(
             max_tokens: positive("max_tokens", req.max_tokens)?.or(Some(16)),
             logprobs: top_logprobs.is_some(),
             top_logprobs: top_logprobs.unwrap_or(0),
+            user: req.user.as_deref(),
         },
         limits,
     )?;

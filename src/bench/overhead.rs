@@ -88,6 +88,7 @@ async fn in_process(
     let prepared = model.prepare(&prompt).await.map_err(fail)?;
     let prompt_tokens = prepared.token_count;
     let request = GenerationRequest {
+        affinity: None,
         prompt,
         sampling: SamplingSettings {
             temperature: 0.0,

@@ -195,6 +195,9 @@ impl Default for SamplingSettings {
 /// One generation to run.
 #[derive(Clone)]
 pub struct GenerationRequest {
+    /// Who the request is for (the client's end-user id), for session affinity in a
+    /// pool of upstream servers.
+    pub affinity: Option<String>,
     /// What to continue.
     pub prompt: Prompt,
     /// How to sample.

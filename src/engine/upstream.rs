@@ -111,6 +111,7 @@ impl super::Engine for UpstreamEngine {
         }
         let policy = upstream_pool::Policy {
             slow_start: Duration::from_secs(settings.slow_start_secs),
+            affinity: settings.session_affinity,
             ..Default::default()
         };
         let members = Members::new(&settings.name, configs, policy);
@@ -529,7 +530,11 @@ impl UpstreamModel {
     /// member could avoid, or [`MAX_ATTEMPTS`]. `attempt` succeeds once the member's first
     /// byte (of a streamed answer: its first event) arrived, so nothing a client saw is
     /// ever retried.
-    async fn on_members<T, F, Fut>(&self, mut attempt: F) -> Result<T, EngineError>
+    async fn on_members<T, F, Fut>(
+        &self,
+        user: Option<&str>,
+        mut attempt: F,
+    ) -> Result<T, EngineError>
     where
         F: FnMut(Taken) -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
@@ -537,7 +542,7 @@ impl UpstreamModel {
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<EngineError> = None;
         while tried.len() < MAX_ATTEMPTS.min(self.members.len()) {
-            let taken = match self.members.pick(&tried, std::time::Instant::now()) {
+            let taken = match self.members.pick(&tried, std::time::Instant::now(), user) {
                 Ok(taken) => taken,
                 Err(why) => return Err(self.ran_out(last, why)),
             };
@@ -645,7 +650,7 @@ impl LoadedModel for UpstreamModel {
         let dimensions = request.dimensions;
         let inputs = &inputs;
         let timeout = self.timeout;
-        self.on_members(|taken| async move {
+        self.on_members(None, |taken| async move {
             let member = &self.members.all()[taken.index].config;
             let mut body =
                 json!({"model": member.model, "input": inputs, "encoding_format": "float"});
@@ -688,7 +693,7 @@ impl LoadedModel for UpstreamModel {
 
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError> {
         let request = &request;
-        self.on_members(|taken| async move {
+        self.on_members(request.affinity.as_deref(), |taken| async move {
             let member = &self.members.all()[taken.index].config;
             let (path, body) = request_body(&member.model, request);
             let response = self.post(member, path, &body).await?;

@@ -37,6 +37,9 @@ pub struct Policy {
     pub max_ejection: Duration,
     /// A recovered member's share ramps from a tenth to all of its weight over this.
     pub slow_start: Duration,
+    /// Requests that name their end user go to that user's member (rendezvous hashing
+    /// by weight) while it can take them.
+    pub affinity: bool,
 }
 
 impl Default for Policy {
@@ -46,6 +49,7 @@ impl Default for Policy {
             base_ejection: Duration::from_secs(2),
             max_ejection: Duration::from_secs(60),
             slow_start: Duration::from_secs(30),
+            affinity: false,
         }
     }
 }
@@ -151,6 +155,16 @@ pub enum NoMember {
     AllTried,
 }
 
+/// Weighted rendezvous score of `url` for `user`: `weight / -ln(h)` with `h` the pair's
+/// hash in (0, 1); each user's highest-scoring member is theirs.
+fn rendezvous(user: &str, url: &str, weight: f64) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (user, url).hash(&mut hasher);
+    let h = (hasher.finish() as f64 + 1.0) / (u64::MAX as f64 + 2.0);
+    weight / -h.ln()
+}
+
 /// The members of one pool.
 #[derive(Debug)]
 pub struct Members {
@@ -201,7 +215,18 @@ impl Members {
 
     /// Picks the member for the next attempt, skipping `tried`: the one with the fewest
     /// outstanding requests per unit of (slow-start ramped) weight, ties taken in turn.
-    pub fn pick(self: &Arc<Self>, tried: &[usize], now: Instant) -> Result<Taken, NoMember> {
+    ///
+    /// With session affinity on and a `user`, the member is the one with the highest
+    /// weighted rendezvous score for that user among those that can take the request: the
+    /// same one for every request of that user while it stays healthy, and only that
+    /// user's requests move when it leaves.
+    pub fn pick(
+        self: &Arc<Self>,
+        tried: &[usize],
+        now: Instant,
+        user: Option<&str>,
+    ) -> Result<Taken, NoMember> {
+        let user = user.filter(|_| self.policy.affinity);
         let count = self.members.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(f64, usize)> = None;
@@ -238,7 +263,12 @@ impl Members {
                 busy = true;
                 continue;
             }
-            let score = (outstanding + 1) as f64 / (f64::from(member.config.weight.max(1)) * ramp);
+            let weight = f64::from(member.config.weight.max(1));
+            // Lower is better: outstanding per unit of weight, or the user's rendezvous rank.
+            let score = match user {
+                Some(user) => -rendezvous(user, &member.config.url, weight),
+                None => (outstanding + 1) as f64 / (weight * ramp),
+            };
             if best.is_none_or(|(b, _)| score < b) {
                 best = Some((score, i));
             }
@@ -384,7 +414,7 @@ mod tests {
         let mut held = Vec::new();
         let mut counts = [0usize; 2];
         for _ in 0..8 {
-            let t = p.pick(&[], now).unwrap();
+            let t = p.pick(&[], now, None).unwrap();
             counts[t.index] += 1;
             held.push(t);
         }
@@ -403,7 +433,7 @@ mod tests {
         let now = Instant::now();
         p.failed(0, "connection refused", true, now);
         for _ in 0..4 {
-            assert_eq!(p.pick(&[], now).unwrap().index, 1);
+            assert_eq!(p.pick(&[], now, None).unwrap().index, 1);
         }
         assert_eq!(p.status(now)[0].state, "ejected");
         assert_eq!(p.status(now)[0].ejected_for_secs, Some(2));
@@ -465,23 +495,23 @@ mod tests {
         p.failed(0, "down", true, now);
         p.failed(1, "down", true, now);
         assert_eq!(
-            p.pick(&[], now).unwrap_err(),
+            p.pick(&[], now, None).unwrap_err(),
             NoMember::AllEjected(Duration::from_secs(2))
         );
-        assert_eq!(p.pick(&[0, 1], now).unwrap_err(), NoMember::AllTried);
+        assert_eq!(p.pick(&[0, 1], now, None).unwrap_err(), NoMember::AllTried);
         let one = pool("one", &[1], None);
         one.failed(0, "down", true, now);
-        assert_eq!(one.pick(&[], now).unwrap().index, 0);
+        assert_eq!(one.pick(&[], now, None).unwrap().index, 0);
     }
 
     #[test]
     fn max_concurrent_and_slow_start_bound_a_member() {
         let p = pool("busy", &[1, 1], Some(1));
         let now = Instant::now();
-        let a = p.pick(&[], now).unwrap();
-        let b = p.pick(&[], now).unwrap();
+        let a = p.pick(&[], now, None).unwrap();
+        let b = p.pick(&[], now, None).unwrap();
         assert_ne!(a.index, b.index);
-        assert_eq!(p.pick(&[], now).unwrap_err(), NoMember::AllBusy);
+        assert_eq!(p.pick(&[], now, None).unwrap_err(), NoMember::AllBusy);
         drop((a, b));
         // Member 0 just recovered: at a tenth of its weight it takes one request in
         // eleven against a full member.
@@ -491,7 +521,7 @@ mod tests {
         let mut held = Vec::new();
         let mut to_new = 0;
         for _ in 0..22 {
-            let t = q.pick(&[], now).unwrap();
+            let t = q.pick(&[], now, None).unwrap();
             to_new += usize::from(t.index == 0);
             held.push(t);
         }
@@ -499,12 +529,54 @@ mod tests {
     }
 
     #[test]
+    fn a_users_requests_stay_on_one_member_while_it_is_healthy() {
+        let configs: Vec<MemberConfig> = (0..3)
+            .map(|i| MemberConfig {
+                url: format!("http://s{i}/v1"),
+                model: "x".into(),
+                api_key: None,
+                weight: 1,
+                max_concurrent: None,
+            })
+            .collect();
+        let policy = Policy {
+            affinity: true,
+            ..Policy::default()
+        };
+        let p = Members::new("affinity", configs, policy);
+        let now = Instant::now();
+        let homes: Vec<usize> = (0..30)
+            .map(|u| p.pick(&[], now, Some(&format!("user-{u}"))).unwrap().index)
+            .collect();
+        // Held places do not move a user (affinity beats load).
+        let held: Vec<Taken> = (0..5)
+            .map(|_| p.pick(&[], now, Some("user-0")).unwrap())
+            .collect();
+        assert!(held.iter().all(|t| t.index == homes[0]));
+        drop(held);
+        // Users spread over the members.
+        for m in 0..3 {
+            assert!(homes.contains(&m), "{homes:?}");
+        }
+        // A member ejected: only its users move.
+        p.failed(homes[0], "down", true, now);
+        for (u, home) in homes.iter().enumerate() {
+            let now_at = p.pick(&[], now, Some(&format!("user-{u}"))).unwrap().index;
+            if *home == homes[0] {
+                assert_ne!(now_at, *home);
+            } else {
+                assert_eq!(now_at, *home);
+            }
+        }
+    }
+
+    #[test]
     fn counts_outlive_a_rebuilt_pool() {
         let now = Instant::now();
         let first = pool("kept", &[1, 1], None);
-        drop(first.pick(&[], now).unwrap());
+        drop(first.pick(&[], now, None).unwrap());
         let second = pool("kept", &[1, 1], None);
-        drop(second.pick(&[], now).unwrap());
+        drop(second.pick(&[], now, None).unwrap());
         let total: u64 = second.status(now).iter().map(|s| s.requests).sum();
         assert_eq!(total, 2);
     }

@@ -37,6 +37,8 @@ pub struct Sampling {
     pub max_tokens: Option<usize>,
     /// JSON schema the output must match (structured output, tool calls).
     pub json_schema: Option<serde_json::Value>,
+    /// The end user the request is for (`user`), for session affinity.
+    pub affinity: Option<String>,
 }
 
 /// What a configuration reload did to the models.
@@ -727,6 +729,7 @@ async fn launch(
     let mut settings = sampling.settings.clone();
     settings.max_tokens = max_tokens;
     let request = GenerationRequest {
+        affinity: sampling.affinity.clone(),
         prompt,
         sampling: settings,
         prompt_tokens,

@@ -49,6 +49,7 @@ fn sampling(max_tokens: usize) -> super::Sampling {
         settings: Default::default(),
         max_tokens: Some(max_tokens),
         json_schema: None,
+        affinity: None,
     }
 }
 

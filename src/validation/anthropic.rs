@@ -365,6 +365,11 @@ pub fn validate_messages(
             max_tokens: Some(max_tokens),
             logprobs: false,
             top_logprobs: 0,
+            user: req
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("user_id"))
+                .and_then(serde_json::Value::as_str),
         },
         limits,
     )

@@ -371,6 +371,7 @@ pub fn validate_response(
             max_tokens,
             logprobs: false,
             top_logprobs: 0,
+            user: req.user.as_deref(),
         },
         limits,
     )?;

@@ -1,9 +1,10 @@
 //! A pool of upstream servers behind one model, on real processes: two llamagate
-//! servers with the real model and a server that answers every request with a 500.
-//! Requests are balanced, a member that fails is ejected and its requests retried on
-//! another before their first byte, a member killed mid-answer is not retried (the
-//! client sees the error, not a second answer), a member that comes back is taken back
-//! after its health check, and with every member down the answer is a 503 with
+//! servers with the real model and a server that is up but answers every generation
+//! with a 500. Requests are balanced, those the failing member fails are retried on
+//! another before their first byte, a member that goes down is ejected, one killed
+//! mid-answer is not retried (the client sees the error, not a second answer), one that
+//! comes back is taken back after its health check, one user's requests stay on one
+//! member (session affinity), and with every member down the answer is a 503 with
 //! `Retry-After` at once.
 
 use std::io::{Read, Write};
@@ -14,7 +15,8 @@ use serde_json::{json, Value};
 
 use crate::helpers::{get_json, model_path, post_json, serve_binary, Served};
 
-/// A member that answers everything with a 500 after reading the request.
+/// A member that is up (its `GET /v1/models`, the health check, answers 200) but fails
+/// every generation with a 500.
 fn failing_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -23,11 +25,18 @@ fn failing_port() -> u16 {
             std::thread::spawn(move || {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut buf = [0u8; 65536];
-                let _ = stream.read(&mut buf);
-                let body = r#"{"error":{"message":"out of GPU memory","type":"server_error"}}"#;
+                let read = stream.read(&mut buf).unwrap_or(0);
+                let (status, body) = if buf[..read].starts_with(b"GET ") {
+                    ("200 OK", r#"{"object":"list","data":[]}"#)
+                } else {
+                    (
+                        "500 Internal Server Error",
+                        r#"{"error":{"message":"out of GPU memory","type":"server_error"}}"#,
+                    )
+                };
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
             });
@@ -61,6 +70,16 @@ async fn state_of(front: &Served, url: &str) -> String {
         .iter()
         .find(|m| m["url"] == url)
         .map(|m| m["state"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Attempts the member at `url` of `pooled` was sent so far.
+async fn requests_of(front: &Served, url: &str) -> u64 {
+    members(front)
+        .await
+        .iter()
+        .find(|m| m["url"] == url)
+        .and_then(|m| m["requests"].as_u64())
         .unwrap_or_default()
 }
 
@@ -101,19 +120,17 @@ async fn a_pool_balances_fails_over_and_recovers() {
     let url_a = format!("{}/v1", a.server.base);
     let url_b = format!("{}/v1", b.server.base);
     let front = serve_binary(&format!(
-        "[[models]]\nname = \"pooled\"\nsource = \"{url_a}\"\nupstream_model = \"m\"\nupstream_timeout_secs = 30\nhealth_check_interval_secs = 1\nslow_start_secs = 1\nmax_concurrent = 8\nsources = [\"{url_b}\", {{ url = \"{failing}\", weight = 2 }}]\n"
+        "[[models]]\nname = \"pooled\"\nsource = \"{url_a}\"\nupstream_model = \"m\"\nupstream_timeout_secs = 30\nhealth_check_interval_secs = 1\nslow_start_secs = 1\nmax_concurrent = 8\nsources = [\"{url_b}\", {{ url = \"{failing}\", weight = 2 }}]\n[[models]]\nname = \"sticky\"\nsource = \"{url_a}\"\nupstream_model = \"m\"\nsession_affinity = true\nsources = [\"{url_b}\"]\n"
     ))
     .await;
     // The pool is shown from the start, every member taking traffic.
     let listed = members(&front).await;
     assert_eq!(listed.len(), 3, "{listed:?}");
 
-    // Every request is answered: those sent to the failing member are retried on another
-    // one before their first byte, and the failing member is ejected (its health check
-    // passes nothing: /v1/models answers 500 too).
+    // Every request is answered: those sent to the failing member (its health checks
+    // pass, so it stays in rotation) are retried on another one before their first byte.
     let statuses = burst(&front, 12, 4).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    until_state(&front, &failing, "ejected").await;
     let listed = members(&front).await;
     for m in &listed {
         if m["url"] != failing {
@@ -125,13 +142,27 @@ async fn a_pool_balances_fails_over_and_recovers() {
         failing_entry["failures"].as_u64().unwrap() >= 1,
         "{listed:?}"
     );
-    assert!(
-        failing_entry["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("HTTP"),
-        "{listed:?}"
-    );
+
+    // Session affinity: one user's requests all go to one member (balanced, one after
+    // another, they would alternate).
+    for _ in 0..6 {
+        let (status, body) = post_json(
+            &front.server.url("/v1/chat/completions"),
+            &json!({"model": "sticky", "user": "alice", "max_tokens": 2,
+                    "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let sticky = get_json(&front.server.url("/v1/models/sticky")).await;
+    let mut counts: Vec<u64> = sticky["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["requests"].as_u64().unwrap())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [0, 6], "{sticky}");
 
     // A member killed: its requests go to the other; nothing is lost.
     b.kill();
@@ -147,22 +178,10 @@ async fn a_pool_balances_fails_over_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     until_state(&front, &url_b, "healthy").await;
-    let before = members(&front)
-        .await
-        .iter()
-        .find(|m| m["url"] == url_b)
-        .unwrap()["requests"]
-        .as_u64()
-        .unwrap();
+    let before = requests_of(&front, &url_b).await;
     let statuses = burst(&front, 8, 4).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let after = members(&front)
-        .await
-        .iter()
-        .find(|m| m["url"] == url_b)
-        .unwrap()["requests"]
-        .as_u64()
-        .unwrap();
+    let after = requests_of(&front, &url_b).await;
     assert!(after > before, "the recovered member takes traffic again");
 
     // A member killed mid-answer: the client sees the stream fail, and no second answer
