@@ -509,6 +509,63 @@ impl ModelKind {
     }
 }
 
+/// An API whose requests an upstream model forwards as the client sent them
+/// (`forward_apis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardApi {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `POST /v1/responses` (OpenAI's Responses API).
+    Responses,
+    /// `POST /v1/messages` (Anthropic's Messages API).
+    Messages,
+}
+
+impl ForwardApi {
+    /// The name used in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat_completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
+            Self::Messages => "messages",
+        }
+    }
+
+    /// Its path below an upstream's base URL (`http://host:port/v1`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat/completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
+            Self::Messages => "messages",
+        }
+    }
+
+    /// What a model must serve to answer it.
+    pub fn kind(self) -> ModelKind {
+        match self {
+            Self::Embeddings => ModelKind::Embedding,
+            _ => ModelKind::Chat,
+        }
+    }
+}
+
+fn default_forward_apis() -> Vec<ForwardApi> {
+    vec![
+        ForwardApi::ChatCompletions,
+        ForwardApi::Completions,
+        ForwardApi::Embeddings,
+    ]
+}
+
 /// How an embedding model turns its per-token states into one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -603,6 +660,10 @@ pub struct ModelSettings {
     /// chunks, before the request fails with 504.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_secs: u64,
+    /// Seconds a forwarded request that is not streamed may take from sending to the
+    /// end of its answer: such an upstream says nothing until it has generated it all.
+    #[serde(default = "default_upstream_answer_timeout")]
+    pub upstream_answer_timeout_secs: u64,
     /// More upstream servers for the same model, beside `source` (which must then be an
     /// upstream too): each a URL, or a table `{ url, api_key, weight, max_concurrent,
     /// upstream_model }`. Requests go to the member with the fewest outstanding requests
@@ -627,6 +688,18 @@ pub struct ModelSettings {
     /// serves their conversation. Requests without one are balanced as usual.
     #[serde(default)]
     pub session_affinity: bool,
+    /// With `session_affinity`: a request header whose value keys the affinity before the
+    /// body's fields (`x-session-id`, say), for clients that name a conversation there.
+    #[serde(default)]
+    pub affinity_header: Option<String>,
+    /// The APIs whose requests this upstream model forwards as the client sent them, only
+    /// `model` rewritten (tools, images, unknown fields and all), its answers relayed
+    /// unchanged, event by event. Default: `chat_completions`, `completions`,
+    /// `embeddings`; add `responses` and `messages` when the upstream speaks them (another
+    /// llamagate, vLLM, a recent llama.cpp server). An API not listed is checked by
+    /// llamagate and rebuilt as a chat or completion request for the upstream.
+    #[serde(default = "default_forward_apis")]
+    pub forward_apis: Vec<ForwardApi>,
     /// `auto`, `cpu`, `cuda:N` or `metal:N`.
     #[serde(default)]
     pub device: DeviceSetting,
@@ -701,6 +774,9 @@ fn default_load_timeout() -> u64 {
 }
 fn default_upstream_timeout() -> u64 {
     120
+}
+fn default_upstream_answer_timeout() -> u64 {
+    600
 }
 fn default_health_interval() -> u64 {
     10
@@ -797,11 +873,14 @@ impl ModelSettings {
             upstream_model: None,
             upstream_api_key: None,
             upstream_timeout_secs: default_upstream_timeout(),
+            upstream_answer_timeout_secs: default_upstream_answer_timeout(),
             sources: Vec::new(),
             health_check_interval_secs: default_health_interval(),
             health_check_timeout_secs: default_health_timeout(),
             slow_start_secs: default_slow_start(),
             session_affinity: false,
+            affinity_header: None,
+            forward_apis: default_forward_apis(),
             device: DeviceSetting::Auto,
             context_length: None,
             max_concurrent: default_max_concurrent(),
@@ -1081,6 +1160,15 @@ impl ModelSettings {
                 ));
             }
         }
+        if let Some(header) = &self.affinity_header {
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if header.is_empty() || !header.chars().all(token) {
+                return invalid(format!(
+                    "model `{}`: affinity_header `{header}` is not a header name",
+                    self.name
+                ));
+            }
+        }
         if self.health_check_timeout_secs == 0 {
             return invalid(format!(
                 "model `{}`: health_check_timeout_secs must be at least 1",
@@ -1090,6 +1178,12 @@ impl ModelSettings {
         if self.upstream_timeout_secs == 0 {
             return invalid(format!(
                 "model `{}`: upstream_timeout_secs must be at least 1",
+                self.name
+            ));
+        }
+        if self.upstream_answer_timeout_secs == 0 {
+            return invalid(format!(
+                "model `{}`: upstream_answer_timeout_secs must be at least 1",
                 self.name
             ));
         }

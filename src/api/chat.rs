@@ -8,6 +8,7 @@ use futures::StreamExt;
 use super::disconnect::unless_client_gone;
 use super::sse::{render_events, sse_response, OpenAiEvents};
 use super::{read_body, render_answer, AppState};
+use crate::engine::forward::ForwardApi;
 use crate::error::ApiError;
 use crate::openai::chat::{
     AssistantMessage, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
@@ -42,12 +43,20 @@ pub async fn create_chat_completion(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&state, &req, payload).await?;
+    if let Some(response) =
+        super::forward::relay(&state, &req, &body, ForwardApi::ChatCompletions).await?
+    {
+        return Ok(response);
+    }
     let request: ChatCompletionRequest = parse_json(&body)?;
-    let valid = validate_chat(
+    let mut valid = validate_chat(
         request,
         &state.settings.limits,
         state.settings.server.strict_params,
     )?;
+    if let Some(key) = super::forward::header_affinity(&state, &req, &valid.model) {
+        valid.sampling.affinity = Some(key);
+    }
     let n = valid.sampling.settings.n;
     let logprobs = valid.sampling.settings.logprobs;
     let ignored = valid.ignored_params.join(",");

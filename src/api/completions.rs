@@ -8,6 +8,7 @@ use futures::StreamExt;
 use super::disconnect::unless_client_gone;
 use super::sse::{render_events, sse_response, OpenAiEvents};
 use super::{read_body, render_answer, AppState};
+use crate::engine::forward::ForwardApi;
 use crate::engine::Prompt;
 use crate::error::ApiError;
 use crate::openai::common::{new_id, unix_now};
@@ -42,8 +43,16 @@ pub async fn create_completion(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&state, &req, payload).await?;
+    if let Some(response) =
+        super::forward::relay(&state, &req, &body, ForwardApi::Completions).await?
+    {
+        return Ok(response);
+    }
     let request: CompletionRequest = parse_json(&body)?;
-    let valid = validate_completion(request, &state.settings.limits)?;
+    let mut valid = validate_completion(request, &state.settings.limits)?;
+    if let Some(key) = super::forward::header_affinity(&state, &req, &valid.model) {
+        valid.sampling.affinity = Some(key);
+    }
     let work = async {
         let n = valid.sampling.settings.n;
         let prompts = valid.prompts.iter().cloned().map(Prompt::Text).collect();

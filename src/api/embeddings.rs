@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::disconnect::unless_client_gone;
 use super::{read_body, AppState};
+use crate::engine::forward::ForwardApi;
 use crate::error::ApiError;
 use crate::openai::embeddings::{
     EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage,
@@ -36,6 +37,11 @@ pub async fn create_embedding(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&state, &req, payload).await?;
+    if let Some(response) =
+        super::forward::relay(&state, &req, &body, ForwardApi::Embeddings).await?
+    {
+        return Ok(response);
+    }
     let request: EmbeddingRequest = parse_json(&body)?;
     let valid = validate_embedding(request, &state.settings.limits)?;
     let work = async {

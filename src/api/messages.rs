@@ -15,6 +15,7 @@ use crate::anthropic::messages::{
     BlockDelta, ContentBlock, CountTokensRequest, CountTokensResponse, DeltaUsage, Message,
     MessageDeltaBody, MessageUsage, MessagesRequest, StreamEvent,
 };
+use crate::engine::forward::ForwardApi;
 use crate::error::{AnthropicError, ApiError};
 use crate::render::messages::{MessageAnswer, MessageMeta, MessagesRenderer};
 use crate::validation::anthropic::validate_messages;
@@ -61,12 +62,19 @@ pub async fn create_message(
     payload: web::Payload,
 ) -> Result<HttpResponse, AnthropicError> {
     let body = read_body(&state, &req, payload).await?;
+    if let Some(response) = super::forward::relay(&state, &req, &body, ForwardApi::Messages).await?
+    {
+        return Ok(response);
+    }
     let request: MessagesRequest = parse_json(&body)?;
-    let valid = validate_messages(
+    let mut valid = validate_messages(
         request,
         &state.settings.limits,
         state.settings.server.strict_params,
     )?;
+    if let Some(key) = super::forward::header_affinity(&state, &req, &valid.model) {
+        valid.sampling.affinity = Some(key);
+    }
     let stop_sequences = valid.sampling.settings.stop.clone();
     let work = async {
         let generation = state

@@ -9,6 +9,7 @@ pub mod completions;
 pub mod disconnect;
 pub mod docs;
 pub mod embeddings;
+pub mod forward;
 pub mod health;
 pub mod messages;
 pub mod metrics;

@@ -14,6 +14,7 @@ use super::disconnect::unless_client_gone;
 use super::response_store::{ResponseStore, Stored};
 use super::sse::{render_events, sse_response, ResponsesEvents};
 use super::{read_body, render_answer, AppState};
+use crate::engine::forward::ForwardApi;
 use crate::engine::{ChatTurn, Role};
 use crate::error::ApiError;
 use crate::openai::common::unix_now;
@@ -143,6 +144,11 @@ pub async fn create_response(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&state, &req, payload).await?;
+    if let Some(response) =
+        super::forward::relay(&state, &req, &body, ForwardApi::Responses).await?
+    {
+        return Ok(response);
+    }
     let request: ResponseRequest = parse_json(&body)?;
     let previous = match request.previous_response_id.as_deref() {
         None => None,
@@ -154,7 +160,10 @@ pub async fn create_response(
                 .conversation,
         ),
     };
-    let valid = validate_response(&request, &state.settings.limits, previous)?;
+    let mut valid = validate_response(&request, &state.settings.limits, previous)?;
+    if let Some(key) = super::forward::header_affinity(&state, &req, &valid.chat.model) {
+        valid.chat.sampling.affinity = Some(key);
+    }
     let work = async {
         let generation = state
             .scheduler

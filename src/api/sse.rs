@@ -164,14 +164,15 @@ impl Drop for AbortOnDrop {
 /// buffer has been full for `server.write_timeout_secs`, `events` is dropped (cancelling
 /// the generation), the connection is shut down and `llamagate_client_timeouts_total`
 /// counts it.
-pub fn sse_response<S>(state: &AppState, req: &HttpRequest, events: S) -> HttpResponse
+pub fn sse_response<S, T>(state: &AppState, req: &HttpRequest, events: S) -> HttpResponse
 where
-    S: Stream<Item = String> + 'static,
+    S: Stream<Item = T> + 'static,
+    T: Into<actix_web::web::Bytes>,
 {
     let server = &state.settings.server;
     let keep_alive = Duration::from_secs(server.keep_alive_interval_secs.max(1));
     let write_timeout = Duration::from_secs(server.write_timeout_secs.max(1));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(SEND_BUFFER_EVENTS);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<actix_web::web::Bytes>(SEND_BUFFER_EVENTS);
     let metrics = state.metrics.clone();
     let socket = req.conn_data::<PeerSocket>().copied();
     // Spawned on this worker's thread: it never runs concurrently with the connection,
@@ -180,7 +181,7 @@ where
     let producer = actix_web::rt::spawn(async move {
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
-            match tokio::time::timeout(write_timeout, tx.send(event)).await {
+            match tokio::time::timeout(write_timeout, tx.send(event.into())).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
                 Err(_) => {
@@ -211,7 +212,7 @@ where
                 event = rx.recv() => match event {
                     Some(e) => {
                         ticker.reset();
-                        yield Ok::<_, actix_web::Error>(actix_web::web::Bytes::from(e));
+                        yield Ok::<_, actix_web::Error>(e);
                     }
                     None => break,
                 },

@@ -5,6 +5,7 @@
 
 pub mod chat_template;
 pub mod fake;
+pub mod forward;
 pub mod json_end;
 pub mod llama_cpp;
 #[cfg(feature = "mistralrs")]
@@ -455,6 +456,17 @@ pub trait LoadedModel: Send + Sync {
 
     /// Starts a generation. The returned stream ends with [`TokenEvent::Done`].
     async fn generate(&self, request: GenerationRequest) -> Result<TokenStream, EngineError>;
+
+    /// Relays a request as the client sent it, for an upstream model that forwards its
+    /// API (`forward_apis`); the answer comes back unchanged.
+    async fn forward(
+        &self,
+        _request: forward::ForwardRequest,
+    ) -> Result<forward::Forwarded, EngineError> {
+        Err(EngineError::Rejected(
+            "this model does not forward requests".into(),
+        ))
+    }
 
     /// The servers behind an upstream model and where each stands (empty for a local
     /// model).

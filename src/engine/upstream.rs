@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use super::forward::{self, ForwardApi, ForwardRequest, Forwarded, ForwardedBody, RelayedEvent};
 use super::upstream_pool::{self, MemberConfig, Members, NoMember, Taken};
 use super::{
     EngineError, FinishReason, GenerationRequest, LoadedModel, ModelFacts, Prompt, TokenEvent,
@@ -43,6 +44,8 @@ pub struct UpstreamModel {
     client: reqwest::Client,
     members: Arc<Members>,
     timeout: Duration,
+    /// Longest wait for a whole (not streamed) forwarded answer.
+    answer_timeout: Duration,
     facts: ModelFacts,
 }
 
@@ -127,6 +130,7 @@ impl super::Engine for UpstreamEngine {
             client,
             members,
             timeout,
+            answer_timeout: Duration::from_secs(settings.upstream_answer_timeout_secs),
             facts: ModelFacts {
                 // The upstream enforces its own window; it is not known here.
                 context_length: None,
@@ -468,19 +472,49 @@ impl UpstreamModel {
         path: &str,
         body: &Value,
     ) -> Result<reqwest::Response, Failure> {
+        self.send(member, path, body, &[], false, self.timeout)
+            .await
+    }
+
+    /// [`Self::post`] with request headers passed on; with `pass_client_errors`, a 4xx
+    /// the member answered (other than 401/403/404, llamagate's configuration at fault,
+    /// and 429, retried elsewhere) is returned as a response, to relay as it is. `wait`
+    /// bounds the time to the answer's headers.
+    async fn send(
+        &self,
+        member: &MemberConfig,
+        path: &str,
+        body: &Value,
+        headers: &[(String, String)],
+        pass_client_errors: bool,
+        wait: Duration,
+    ) -> Result<reqwest::Response, Failure> {
         let url = format!("{}/{path}", member.url);
         let mut call = self.client.post(&url).json(&body);
+        for (name, value) in headers {
+            call = call.header(name, value);
+        }
         if let Some(key) = &member.api_key {
-            call = call.bearer_auth(key);
+            // Anthropic's API takes its key as `x-api-key`.
+            call = if path == "messages" {
+                call.header("x-api-key", key)
+            } else {
+                call.bearer_auth(key)
+            };
         }
         let timeout = self.timeout;
         let base = &member.url;
-        let response = match tokio::time::timeout(timeout, call.send()).await {
+        let response = match tokio::time::timeout(wait, call.send()).await {
             Err(_) => {
+                let setting = if wait == timeout {
+                    "upstream_timeout_secs"
+                } else {
+                    "upstream_answer_timeout_secs"
+                };
                 return Err(Failure::of(EngineError::UpstreamTimeout(format!(
-                    "no answer from {base} within {} s (upstream_timeout_secs)",
-                    timeout.as_secs()
-                ))))
+                    "no answer from {base} within {} s ({setting})",
+                    wait.as_secs()
+                ))));
             }
             Ok(Err(e)) if e.is_connect() => {
                 let mut failure = Failure::of(EngineError::UpstreamUnavailable(format!(
@@ -503,6 +537,12 @@ impl UpstreamModel {
             Ok(Ok(r)) => r,
         };
         let status = response.status();
+        if pass_client_errors
+            && status.is_client_error()
+            && !matches!(status.as_u16(), 401 | 403 | 404 | 429)
+        {
+            return Ok(response);
+        }
         if !status.is_success() {
             let retry_after = response
                 .headers()
@@ -658,34 +698,7 @@ impl LoadedModel for UpstreamModel {
                 body["dimensions"] = json!(d);
             }
             let response = self.post(member, "embeddings", &body).await?;
-            let base = &member.url;
-            let mut bytes = Vec::new();
-            let mut chunks = response.bytes_stream();
-            loop {
-                match tokio::time::timeout(timeout, chunks.next()).await {
-                    Err(_) => {
-                        return Err(Failure::of(EngineError::UpstreamTimeout(format!(
-                            "{base} stopped sending for {} s",
-                            timeout.as_secs()
-                        ))))
-                    }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
-                        return Err(Failure::of(EngineError::UpstreamUnavailable(format!(
-                            "reading from {base} failed: {}",
-                            e.without_url()
-                        ))))
-                    }
-                    Ok(Some(Ok(chunk))) => {
-                        if bytes.len() + chunk.len() > MAX_EMBEDDINGS_BODY {
-                            return Err(Failure::of(EngineError::UpstreamUnavailable(format!(
-                                "the embeddings from {base} are larger than {MAX_EMBEDDINGS_BODY} bytes"
-                            ))));
-                        }
-                        bytes.extend_from_slice(&chunk);
-                    }
-                }
-            }
+            let bytes = read_whole(response, timeout, &member.url, MAX_EMBEDDINGS_BODY).await?;
             parse_embeddings(&bytes, count).map_err(Failure::of)
         })
         .await
@@ -726,6 +739,195 @@ impl LoadedModel for UpstreamModel {
     fn upstreams(&self) -> Vec<upstream_pool::MemberStatus> {
         self.members.status(std::time::Instant::now())
     }
+
+    /// Sends the client's body to the member's endpoint for its API, only `model`
+    /// rewritten. A streamed answer is relayed event by event once its first event
+    /// arrived (before that, a failure is retried on another member); a whole one is read
+    /// to its end first (at most [`MAX_FORWARDED_BODY`] bytes), so it is retried too.
+    async fn forward(&self, request: ForwardRequest) -> Result<Forwarded, EngineError> {
+        let request = &request;
+        let timeout = self.timeout;
+        // A whole answer's headers come once it is all generated; a stream's at once.
+        let streams = request.body.get("stream") == Some(&Value::Bool(true));
+        let wait = if streams {
+            timeout
+        } else {
+            self.answer_timeout.max(timeout)
+        };
+        self.on_members(request.affinity.as_deref(), |taken| async move {
+            let member = &self.members.all()[taken.index].config;
+            let body = forward::with_model(&request.body, &member.model);
+            let response = self
+                .send(
+                    member,
+                    request.api.path(),
+                    &body,
+                    &request.headers,
+                    true,
+                    wait,
+                )
+                .await?;
+            let status = response.status().as_u16();
+            let headers = passed_headers(response.headers());
+            let streamed = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("text/event-stream"));
+            let base = member.url.clone();
+            if !streamed {
+                let bytes = read_whole(response, timeout, &base, MAX_FORWARDED_BODY).await?;
+                let usage = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|v| forward::usage_in(request.api, &v));
+                return Ok(Forwarded {
+                    status,
+                    headers,
+                    body: ForwardedBody::Whole {
+                        bytes: bytes.into(),
+                        usage,
+                    },
+                });
+            }
+            let mut events = relay_events(
+                response,
+                request.api,
+                timeout,
+                base,
+                self.members.clone(),
+                taken,
+            );
+            // Nothing has reached the client until the first event: a failure up to
+            // here may be retried on another member.
+            match events.next().await {
+                Some(Err(error)) => Err(Failure::of(error)),
+                Some(Ok(first)) => Ok(Forwarded {
+                    status,
+                    headers,
+                    body: ForwardedBody::Events(Box::pin(
+                        futures::stream::once(async { Ok(first) }).chain(events),
+                    )),
+                }),
+                None => Err(Failure::of(EngineError::UpstreamUnavailable(format!(
+                    "{} sent nothing",
+                    member.url
+                )))),
+            }
+        })
+        .await
+    }
+}
+
+/// Largest whole (not streamed) answer relayed from an upstream.
+const MAX_FORWARDED_BODY: usize = 256 * 1024 * 1024;
+
+/// Answer headers passed back to the client with a forwarded answer.
+fn passed_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            name == "content-type"
+                || name == "retry-after"
+                || name.starts_with("x-ratelimit-")
+                || name.starts_with("anthropic-ratelimit-")
+                || name == "openai-processing-ms"
+        })
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// Reads a whole answer, failing when it stops for `timeout`, breaks or passes `limit`.
+async fn read_whole(
+    response: reqwest::Response,
+    timeout: Duration,
+    base: &str,
+    limit: usize,
+) -> Result<Vec<u8>, Failure> {
+    let mut bytes = Vec::new();
+    let mut chunks = response.bytes_stream();
+    loop {
+        match tokio::time::timeout(timeout, chunks.next()).await {
+            Err(_) => {
+                return Err(Failure::of(EngineError::UpstreamTimeout(format!(
+                    "{base} stopped sending for {} s",
+                    timeout.as_secs()
+                ))))
+            }
+            Ok(None) => return Ok(bytes),
+            Ok(Some(Err(e))) => {
+                return Err(Failure::of(EngineError::UpstreamUnavailable(format!(
+                    "reading from {base} failed: {}",
+                    e.without_url()
+                ))))
+            }
+            Ok(Some(Ok(chunk))) => {
+                if bytes.len() + chunk.len() > limit {
+                    return Err(Failure::of(EngineError::UpstreamUnavailable(format!(
+                        "the answer from {base} is larger than {limit} bytes"
+                    ))));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// The upstream's events, each as it wrote it. The member's place (`taken`) is held
+/// until the stream ends or is dropped; a failure after the first event is counted
+/// against the member.
+fn relay_events(
+    response: reqwest::Response,
+    api: ForwardApi,
+    timeout: Duration,
+    base_url: String,
+    members: Arc<Members>,
+    taken: Taken,
+) -> futures::stream::BoxStream<'static, Result<RelayedEvent, EngineError>> {
+    let mut bytes = response.bytes_stream();
+    let index = taken.index;
+    Box::pin(async_stream::stream! {
+        let _taken = taken;
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut first = true;
+        loop {
+            let failure = match tokio::time::timeout(timeout, bytes.next()).await {
+                Err(_) => Some(EngineError::UpstreamTimeout(format!(
+                    "{base_url} stopped sending for {} s", timeout.as_secs()
+                ))),
+                Ok(None) => {
+                    if !buffer.iter().all(u8::is_ascii_whitespace) {
+                        // A last event without its blank line: relay it completed.
+                        buffer.extend_from_slice(b"\n\n");
+                        yield Ok(forward::read_event(api, std::mem::take(&mut buffer)));
+                    }
+                    return;
+                }
+                Ok(Some(Err(_))) => Some(EngineError::UpstreamUnavailable(format!(
+                    "{base_url} broke the connection mid-answer"
+                ))),
+                Ok(Some(Ok(chunk))) => {
+                    buffer.extend_from_slice(&chunk);
+                    None
+                }
+            };
+            if let Some(error) = failure {
+                if !first {
+                    members.failed(index, &error.to_string(), false, std::time::Instant::now());
+                }
+                yield Err(error);
+                return;
+            }
+            for event in forward::split_events(&mut buffer) {
+                first = false;
+                yield Ok(forward::read_event(api, event));
+            }
+            if buffer.len() > MAX_EVENT_BYTES {
+                yield Err(EngineError::UpstreamUnavailable("the upstream sent an oversized event".into()));
+                return;
+            }
+        }
+    })
 }
 
 /// The upstream's streamed answer as token events. The member's place (`taken`) is held

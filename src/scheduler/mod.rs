@@ -6,10 +6,12 @@
 pub mod admission;
 mod error;
 pub mod folder;
+mod forward;
 pub mod pool;
 pub mod registry;
 
 pub use error::SchedulerError;
+pub use forward::{Forwarding, ForwardingBody, RelayedEvents};
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -369,7 +369,8 @@ async fn an_upstream_forwards_embeddings() {
     let body = json!({"model": "remote-minilm", "input": ["hello world", "x"], "encoding_format": "base64"});
     let (status, forwarded) = post_json(&front.url("/v1/embeddings"), &body).await;
     assert_eq!(status, 200, "{forwarded}");
-    assert_eq!(forwarded["model"], "remote-minilm");
+    // Relayed unchanged: the answer names the model as the upstream does.
+    assert_eq!(forwarded["model"], EMBED);
     let (_, direct) =
         embed(json!({"model": EMBED, "input": ["hello world", "x"], "encoding_format": "base64"}))
             .await;

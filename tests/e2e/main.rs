@@ -4,6 +4,8 @@
 
 // A test crate: failing loudly on the unexpected is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// The forwarding test writes a chat request with every field as one `json!`.
+#![recursion_limit = "256"]
 
 mod bench;
 mod cancel;
@@ -12,6 +14,7 @@ mod cli;
 mod completions;
 mod embeddings;
 mod errors;
+mod forwarding;
 mod helpers;
 mod http;
 mod lan;
