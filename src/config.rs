@@ -709,9 +709,14 @@ pub struct ModelSettings {
     /// Sequences handed to the engine at once.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: usize,
-    /// Requests allowed to wait for a sequence slot; more get 429.
+    /// Requests allowed to wait for a sequence slot; more get 429, or go to `overflow`.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
+    /// The model (by name) that takes this one's requests when its queue is full, instead
+    /// of a 429: typically an upstream model (a pool of servers) beside a local GGUF. One
+    /// hop: the overflow model's own `overflow` is not followed.
+    #[serde(default)]
+    pub overflow: Option<String>,
     /// Seconds a request may wait (queue, memory, load) before 503; default from `[scheduler]`.
     #[serde(default)]
     pub queue_timeout_secs: Option<u64>,
@@ -880,6 +885,7 @@ impl ModelSettings {
             slow_start_secs: default_slow_start(),
             session_affinity: false,
             affinity_header: None,
+            overflow: None,
             forward_apis: default_forward_apis(),
             device: DeviceSetting::Auto,
             context_length: None,
@@ -1045,6 +1051,33 @@ impl Settings {
                 }
             }
         }
+        for model in &self.models {
+            let Some(target) = &model.overflow else {
+                continue;
+            };
+            let Some(to) = self.models.iter().find(|m| &m.name == target) else {
+                return invalid(format!(
+                    "model `{}`: overflow `{target}` is not the name of a configured model",
+                    model.name
+                ));
+            };
+            if to.name == model.name {
+                return invalid(format!(
+                    "model `{}`: overflow names the model itself",
+                    model.name
+                ));
+            }
+            if let (Some(a), Some(b)) = (model.kind, to.kind) {
+                if a != b {
+                    return invalid(format!(
+                        "model `{}` serves {} and its overflow `{target}` {}",
+                        model.name,
+                        a.as_str(),
+                        b.as_str()
+                    ));
+                }
+            }
+        }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes must be at least 1024".into());
         }
@@ -1133,7 +1166,7 @@ impl ModelSettings {
         }
         if !self.sources.is_empty() && !upstream_source {
             return invalid(format!(
-                "model `{}`: `sources` adds upstream servers to an upstream model; its `source` must be an http(s):// URL too (a local model with upstreams for its overflow is not supported yet)",
+                "model `{}`: `sources` adds upstream servers to an upstream model; its `source` must be an http(s):// URL too (for upstreams that take a local model's overflow, make them a model of their own and name it in this one's `overflow`)",
                 self.name
             ));
         }
@@ -1380,5 +1413,32 @@ upstream_api_key = "env:GPU_BOX_KEY"
         }
         let err = Settings::from_toml("[scheduler]\nmodels_dir = \"\"\n").unwrap_err();
         assert!(err.to_string().contains("models_dir"), "{err}");
+    }
+
+    #[test]
+    fn overflow_names_another_configured_model() {
+        let two = "[[models]]\nname = \"a\"\nsource = \"a.gguf\"\n[[models]]\nname = \"b\"\nsource = \"http://h:1/v1\"\n";
+        let s = Settings::from_toml(&two.replace("a.gguf\"\n", "a.gguf\"\noverflow = \"b\"\n"))
+            .unwrap();
+        assert_eq!(s.models[0].overflow.as_deref(), Some("b"));
+        for (overflow, says) in [
+            ("nope", "not the name of a configured model"),
+            ("a", "names the model itself"),
+        ] {
+            let text = two.replace(
+                "a.gguf\"\n",
+                &format!("a.gguf\"\noverflow = \"{overflow}\"\n"),
+            );
+            let err = Settings::from_toml(&text).unwrap_err();
+            assert!(err.to_string().contains(says), "{overflow}: {err}");
+        }
+        let kinds = two
+            .replace(
+                "a.gguf\"\n",
+                "a.gguf\"\noverflow = \"b\"\nkind = \"chat\"\n",
+            )
+            .replace("/v1\"\n", "/v1\"\nkind = \"embedding\"\n");
+        let err = Settings::from_toml(&kinds).unwrap_err();
+        assert!(err.to_string().contains("serves chat"), "{err}");
     }
 }

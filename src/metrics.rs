@@ -25,6 +25,8 @@ pub struct Metrics {
     pub cancelled_requests: IntCounterVec,
     /// Requests refused by the scheduler, by reason.
     pub rejected_requests: IntCounterVec,
+    /// Requests a model with a full queue handed to its `overflow` model.
+    pub overflowed: IntCounterVec,
     /// Connections cut because the client was too slow: `body` (request body not sent in
     /// time) or `write` (a streamed answer not read in time).
     pub client_timeouts: IntCounterVec,
@@ -153,6 +155,11 @@ impl Metrics {
                 "llamagate_rejected_requests_total",
                 "Requests refused by the scheduler, by reason.",
                 &["model", "reason"],
+            ),
+            overflowed: counter(
+                "llamagate_overflow_requests_total",
+                "Requests a model with a full queue handed to its overflow model.",
+                &["model", "to"],
             ),
             client_timeouts: {
                 let c = counter(

@@ -71,9 +71,9 @@ pub async fn relay(
     else {
         return Ok(None);
     };
-    if !state.scheduler.forwards(&model, api) {
+    let Some(model) = state.scheduler.forward_target(&model, api) else {
         return Ok(None);
-    }
+    };
     let affinity = header_affinity(state, req, &model).or_else(|| body_affinity(api, &body));
     let headers = PASSED_HEADERS
         .iter()

@@ -79,6 +79,11 @@ impl Admission {
         n.clamp(1, self.max_concurrent)
     }
 
+    /// Whether [`Admission::enter`] would refuse now.
+    pub fn is_full(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) >= self.queue_size + self.slots.available_permits()
+    }
+
     /// Takes a place in the queue, or refuses with 429 when the queue is full.
     pub fn enter(&self) -> Result<QueueTicket, SchedulerError> {
         let mut current = self.waiting.load(Ordering::SeqCst);

@@ -53,6 +53,26 @@ impl Scheduler {
         })
     }
 
+    /// The model a request of `api` for `model_id` is forwarded to, if any: the model
+    /// itself when it [forwards](Self::forwards) `api`; its `overflow` model when its
+    /// queue is full now and that one forwards `api` (a request that finds the queue full
+    /// only later overflows when it takes its queue place, rebuilt for the upstream).
+    pub fn forward_target(&self, model_id: &str, api: ForwardApi) -> Option<String> {
+        if self.forwards(model_id, api) {
+            return Some(model_id.to_string());
+        }
+        let slot = self.registry.resolve(model_id).ok()?;
+        let to = slot.settings.overflow.as_deref()?;
+        if !slot.serves(api.kind()) || !slot.admission.is_full() || !self.forwards(to, api) {
+            return None;
+        }
+        self.metrics
+            .overflowed
+            .with_label_values(&[slot.settings.name.as_str(), to])
+            .inc();
+        Some(to.to_string())
+    }
+
     /// Admits a request to forward (a queue place, then one sequence slot) and relays it
     /// to the model's upstream servers.
     pub async fn forward(

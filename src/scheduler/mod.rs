@@ -265,8 +265,11 @@ impl Scheduler {
     ) -> Result<(Arc<registry::ModelSlot>, admission::QueueTicket, Lease), SchedulerError> {
         // A model replaced while its request waited: the request goes to the new one.
         let mut retries = 3;
+        let mut model_id = model_id.to_string();
+        // Once overflowed: the first model's refusal, answered if the overflow is full too.
+        let mut refused: Option<(String, SchedulerError)> = None;
         loop {
-            let slot = self.registry.resolve(model_id)?;
+            let slot = self.registry.resolve(&model_id)?;
             let name = slot.settings.name.clone();
             if !slot.serves(kind) {
                 return Err(SchedulerError::WrongKind {
@@ -281,7 +284,30 @@ impl Scheduler {
                 count_rejection(&self.metrics, &name, &e);
                 e
             };
-            let ticket = slot.admission.enter().map_err(counted)?;
+            let ticket = match slot.admission.enter() {
+                Ok(ticket) => ticket,
+                Err(e @ SchedulerError::QueueFull { .. }) => {
+                    if let Some((first, e)) = refused {
+                        count_rejection(&self.metrics, &first, &e);
+                        return Err(e);
+                    }
+                    match slot.settings.overflow.as_deref() {
+                        Some(to) if self.registry.resolve(to).is_ok_and(|s| s.serves(kind)) => {
+                            model_id = to.to_string();
+                            refused = Some((name.clone(), e));
+                            continue;
+                        }
+                        _ => return Err(counted(e)),
+                    }
+                }
+                Err(e) => return Err(counted(e)),
+            };
+            if let Some((first, _)) = refused.take() {
+                self.metrics
+                    .overflowed
+                    .with_label_values(&[first.as_str(), name.as_str()])
+                    .inc();
+            }
             match self.pool.acquire(slot.index, ticket.deadline()).await {
                 Ok(lease) => return Ok((slot, ticket, lease)),
                 Err(SchedulerError::ModelRemoved(_)) if retries > 0 => retries -= 1,

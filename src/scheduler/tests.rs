@@ -191,6 +191,41 @@ async fn full_queue_is_429_and_a_long_wait_is_503() {
 }
 
 #[tokio::test]
+async fn a_full_queue_overflows_to_the_overflow_model_once() {
+    let engine = Arc::new(ScriptedEngine {
+        token_delay: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let mut a = model("a", 10);
+    a.max_concurrent = 1;
+    a.queue_size = 0;
+    a.overflow = Some("b".into());
+    let mut b = model("b", 10);
+    b.max_concurrent = 1;
+    b.queue_size = 0;
+    b.overflow = Some("a".into());
+    let (sched, metrics) = scheduler(&settings(vec![a, b], 100), engine);
+    let s1 = sched.clone();
+    let running = tokio::spawn(async move { run(&s1, "a", 20).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(sched.registry().resolve("a").unwrap().admission.is_full());
+    // `a` is busy: the request runs on `b` instead of a 429.
+    let s2 = sched.clone();
+    let overflowed = tokio::spawn(async move { run(&s2, "a", 20).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let overflow = |from: &str, to: &str| metrics.overflowed.with_label_values(&[from, to]).get();
+    assert_eq!(overflow("a", "b"), 1);
+    // Both busy: one hop only (b's own overflow back to a is not followed), a 429.
+    assert!(matches!(
+        run(&sched, "a", 1).await,
+        Err(SchedulerError::QueueFull { .. })
+    ));
+    assert_eq!((overflow("a", "b"), overflow("b", "a")), (1, 0));
+    assert_eq!(running.await.unwrap().unwrap(), 20);
+    assert_eq!(overflowed.await.unwrap().unwrap(), 20);
+}
+
+#[tokio::test]
 async fn a_request_cancelled_while_queued_leaves_the_queue() {
     let engine = Arc::new(ScriptedEngine {
         token_delay: Duration::from_millis(20),

@@ -454,3 +454,52 @@ async fn requests_and_answers_pass_through_a_pool_unchanged() {
     let res = post(&front, "/v1/chat/completions", &huge, &[]).await;
     assert_eq!(res.status(), 413);
 }
+
+#[tokio::test]
+async fn a_busy_local_model_overflows_to_its_upstream_without_loss() {
+    let log: Log = Arc::default();
+    let a = recorder(0, log.clone());
+    let front = serve_binary(&format!(
+        "[[models]]\nname = \"local\"\nsource = \"{}\"\nmax_concurrent = 1\nqueue_size = 0\noverflow = \"fwd\"\n\n[[models]]\nname = \"fwd\"\nsource = \"{a}\"\nupstream_model = \"back-name\"\n",
+        crate::helpers::model_path().display()
+    ))
+    .await;
+
+    // The local model answers while it has room: the upstream sees nothing. A long
+    // answer, streamed, holds its one slot.
+    let mut held = post(
+        &front,
+        "/v1/chat/completions",
+        &json!({"model": "local", "stream": true, "max_tokens": 3000, "temperature": 0,
+                "messages": [{"role": "user", "content": "Count from 1 to 2000, one number per line."}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(held.status(), 200);
+    assert!(!held.chunk().await.unwrap().unwrap().is_empty());
+    assert!(log.lock().unwrap().is_empty());
+
+    // Busy, no queue: the next request goes to the overflow model as the client sent it
+    // (tools, images and all), not a 429.
+    let mut sent = every_chat_field();
+    sent["model"] = json!("local");
+    let res = post(&front, "/v1/chat/completions", &sent, &[]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), CHAT_JSON);
+    assert_eq!(last(&log).body, as_forwarded(&sent));
+    assert_eq!(
+        front
+            .server
+            .metric("llamagate_overflow_requests_total{model=\"local\",to=\"fwd\"}")
+            .await,
+        1.0
+    );
+
+    // The held answer was still going, and ends well.
+    let mut rest = Vec::new();
+    while let Some(chunk) = held.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("[DONE]"), "{rest}");
+}
