@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test. Does all set-up on a fresh machine: installs the test
-# dependencies (scripts/setup.sh), fetches the test model, builds, then runs formatting
+# dependencies (scripts/setup.sh), fetches the test model, builds llama.cpp's llama-server
+# (an upstream in the pool tests), builds, then runs formatting
 # and lint checks, the Rust test suite (unit tests; end-to-end tests with the real model,
 # a real Prometheus), the chat page in headless Chromium, the official OpenAI and
 # Anthropic Python SDKs and schemathesis against the live OpenAPI document.
@@ -14,6 +15,10 @@ scripts/setup.sh
 
 echo "== fetching the test model"
 scripts/fetch-models.sh --all
+
+echo "== llama.cpp's own llama-server (an upstream in the pool tests; ~10 min the first time)"
+LLAMA_SERVER="$(scripts/build-llama-server.sh)"
+export LLAMA_SERVER
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

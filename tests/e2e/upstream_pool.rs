@@ -5,7 +5,8 @@
 //! mid-answer is not retried (the client sees the error, not a second answer), one that
 //! comes back is taken back after its health check, one user's requests stay on one
 //! member (session affinity), and with every member down the answer is a 503 with
-//! `Retry-After` at once.
+//! `Retry-After` at once. llama.cpp's own llama-server is an upstream (its own request and
+//! answer fields pass) and a pool member beside llamagate (killed, ejected, taken back).
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -266,4 +267,155 @@ async fn a_pool_balances_fails_over_and_recovers() {
             "{name} for the failing member in {metrics}"
         );
     }
+}
+
+/// llama.cpp's own `llama-server` (scripts/build-llama-server.sh builds it; scripts/test.sh
+/// does so in its set-up and names it in `LLAMA_SERVER`) on the test model, killed on drop.
+struct LlamaServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl LlamaServer {
+    fn binary() -> std::path::PathBuf {
+        let path = std::env::var_os("LLAMA_SERVER")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/llamagate/llama-server/build/bin/llama-server")
+            });
+        assert!(
+            path.is_file(),
+            "llama-server {} missing: run scripts/build-llama-server.sh",
+            path.display()
+        );
+        path
+    }
+
+    /// Starts it on `port` and waits (up to 60 s) for its `/health`.
+    async fn start(port: u16) -> Self {
+        let child = std::process::Command::new(Self::binary())
+            .arg("-m")
+            .arg(model_path())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-t", "2", "-c", "4096", "-np", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("llama-server starts");
+        let server = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let health = format!("http://127.0.0.1:{port}/health");
+        loop {
+            if let Ok(res) = reqwest::get(&health).await {
+                if res.status() == 200 {
+                    return server;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "llama-server never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn llama_server_is_an_upstream_and_a_pool_member() {
+    let port = crate::helpers::free_port();
+    let mut peer = LlamaServer::start(port).await;
+    let back = member().await;
+    let url_peer = peer.url();
+    let url_back = format!("{}/v1", back.server.base);
+    let front = serve_binary(&format!(
+        "[[models]]\nname = \"direct\"\nsource = \"{url_peer}\"\nupstream_model = \"m\"\n[[models]]\nname = \"pooled\"\nsource = \"{url_peer}\"\nupstream_model = \"m\"\nupstream_timeout_secs = 30\nhealth_check_interval_secs = 1\nslow_start_secs = 1\nmax_concurrent = 8\nsources = [\"{url_back}\"]\n"
+    ))
+    .await;
+
+    // Fields only llama-server knows reach it, and its own answer fields come back.
+    let ask = json!({"model": "direct", "max_tokens": 6, "temperature": 0,
+        "top_k": 1, "min_p": 0.05, "cache_prompt": true, "samplers": ["top_k", "temperature"],
+        "logprobs": true, "top_logprobs": 2,
+        "messages": [{"role": "user", "content": "Name three colours."}]});
+    let (status, body) = post_json(&front.server.url("/v1/chat/completions"), &ask).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["timings"]["predicted_n"].as_u64().is_some(), "{body}");
+    assert!(
+        body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2),
+        "{body}"
+    );
+    let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    let completion = body["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(prompt > 5 && (1..=6).contains(&completion), "{body}");
+
+    // Streamed: its chunks as it wrote them, its usage in the metrics.
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let text = reqwest::Client::new()
+        .post(front.server.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = crate::helpers::sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    let usage = chunks
+        .iter()
+        .rev()
+        .find(|c| c["usage"].is_object())
+        .unwrap()["usage"]
+        .clone();
+    assert_eq!(usage["prompt_tokens"].as_u64(), Some(prompt), "{text}");
+    let metric = |name: &str| format!("llamagate_{name}_total{{model=\"direct\"}}");
+    assert_eq!(
+        front.server.metric(&metric("prompt_tokens")).await,
+        (2 * prompt) as f64
+    );
+    assert_eq!(
+        front.server.metric(&metric("generated_tokens")).await,
+        (completion + usage["completion_tokens"].as_u64().unwrap()) as f64
+    );
+
+    // A pool of llama-server and llamagate: both take requests.
+    assert!(burst(&front, 8, 4).await.iter().all(|s| *s == 200));
+    assert!(requests_of(&front, &url_peer).await > 0);
+    assert!(requests_of(&front, &url_back).await > 0);
+
+    // llama-server goes away: every request is still answered (by llamagate), and it is
+    // ejected; back again, it is taken back and serves.
+    peer.kill();
+    assert!(burst(&front, 6, 3).await.iter().all(|s| *s == 200));
+    until_state(&front, &url_peer, "ejected").await;
+    let peer = LlamaServer::start(port).await;
+    until_state(&front, &url_peer, "healthy").await;
+    let before = requests_of(&front, &url_peer).await;
+    assert!(burst(&front, 8, 4).await.iter().all(|s| *s == 200));
+    assert!(requests_of(&front, &url_peer).await > before);
+    drop(peer);
 }
