@@ -204,6 +204,100 @@ pub struct AuthSettings {
     pub protect_ui: bool,
     /// Require a key for `/docs` and `/openapi.json`.
     pub protect_docs: bool,
+    /// Named keys (`[[auth.keys]]`), each with optional limits and a model allow-list.
+    pub keys: Vec<NamedKeySettings>,
+}
+
+/// One named API key (`[[auth.keys]]`): who it is in metrics and usage, what it may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedKeySettings {
+    /// Its name in metrics, usage and errors (letters, digits, `-`, `_`, `.`); never the key.
+    pub name: String,
+    /// The key itself, `env:VARIABLE` (read from the environment), or `sha256:<hex>` (the
+    /// SHA-256 of the key, so the config file holds no secret).
+    pub key: Secret,
+    /// Models (names or aliases) it may use; absent = all.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Requests at once.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// Tokens (prompt + completion) per UTC day.
+    #[serde(default)]
+    pub daily_tokens: Option<u64>,
+}
+
+impl NamedKeySettings {
+    /// The SHA-256 digest of the key it accepts (read from the environment for `env:`).
+    pub fn digest(&self) -> Result<[u8; 32], ConfigError> {
+        use sha2::Digest;
+        let invalid = |m: String| ConfigError::Invalid(format!("auth.keys `{}`: {m}", self.name));
+        let raw = self.key.0.trim();
+        if let Some(hex) = raw.strip_prefix("sha256:") {
+            let hex = hex.trim();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid("a sha256: key is 64 hexadecimal digits".into()));
+            }
+            let mut digest = [0u8; 32];
+            for (i, byte) in digest.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map_err(|_| invalid("not hexadecimal".into()))?;
+            }
+            return Ok(digest);
+        }
+        let key = match raw.strip_prefix("env:") {
+            Some(var) => std::env::var(var)
+                .map_err(|_| invalid(format!("the environment variable `{var}` is not set")))?,
+            None => raw.to_string(),
+        };
+        if key.len() < 8 {
+            return Err(invalid("keys must be at least 8 characters long".into()));
+        }
+        Ok(sha2::Sha256::digest(key.as_bytes()).into())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return invalid(format!(
+                "auth.keys name `{}`: 1 to 64 letters, digits, `-`, `_` or `.`",
+                self.name
+            ));
+        }
+        for (field, zero) in [
+            ("rpm", self.rpm == Some(0)),
+            ("tpm", self.tpm == Some(0)),
+            ("max_concurrent", self.max_concurrent == Some(0)),
+            ("daily_tokens", self.daily_tokens == Some(0)),
+        ] {
+            if zero {
+                return invalid(format!(
+                    "auth.keys `{}`: {field} must be at least 1 (or absent)",
+                    self.name
+                ));
+            }
+        }
+        if self.models.as_ref().is_some_and(Vec::is_empty) {
+            return invalid(format!(
+                "auth.keys `{}`: models is an allow-list; an empty one allows nothing (remove the key instead)",
+                self.name
+            ));
+        }
+        self.digest().map(|_| ())
+    }
 }
 
 impl AuthSettings {
@@ -245,6 +339,21 @@ impl AuthSettings {
             return Err(ConfigError::Invalid(
                 "API keys must be at least 8 characters long".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks the named keys: names valid and unique, keys readable, limits sane.
+    fn validate_keys(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for key in &self.keys {
+            key.validate()?;
+            if !names.insert(key.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.keys: the name `{}` is used twice",
+                    key.name
+                )));
+            }
         }
         Ok(())
     }
@@ -1078,6 +1187,7 @@ impl Settings {
                 }
             }
         }
+        self.auth.validate_keys()?;
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes must be at least 1024".into());
         }
@@ -1440,5 +1550,28 @@ upstream_api_key = "env:GPU_BOX_KEY"
             .replace("/v1\"\n", "/v1\"\nkind = \"embedding\"\n");
         let err = Settings::from_toml(&kinds).unwrap_err();
         assert!(err.to_string().contains("serves chat"), "{err}");
+    }
+
+    #[test]
+    fn named_keys_are_checked() {
+        let base = "[[models]]\nname = \"m\"\nsource = \"m.gguf\"\n";
+        let ok = Settings::from_toml(&format!(
+            "[[auth.keys]]\nname = \"kids-tablet\"\nkey = \"sha256:{}\"\nmodels = [\"m\"]\nrpm = 10\n{base}",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(ok.auth.keys[0].rpm, Some(10));
+        for (bad, says) in [
+            ("name = \"a b\"\nkey = \"long-enough-key\"\n", "letters, digits"),
+            ("name = \"a\"\nkey = \"short\"\n", "at least 8"),
+            ("name = \"a\"\nkey = \"sha256:abc\"\n", "64 hexadecimal"),
+            ("name = \"a\"\nkey = \"env:LLAMAGATE_NO_SUCH_VAR_X\"\n", "not set"),
+            ("name = \"a\"\nkey = \"long-enough-key\"\ntpm = 0\n", "tpm must be at least 1"),
+            ("name = \"a\"\nkey = \"long-enough-key\"\nmodels = []\n", "allows nothing"),
+            ("name = \"a\"\nkey = \"long-enough-key\"\n[[auth.keys]]\nname = \"a\"\nkey = \"other-long-key\"\n", "used twice"),
+        ] {
+            let err = Settings::from_toml(&format!("[[auth.keys]]\n{bad}{base}")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 }

@@ -52,6 +52,18 @@ pub enum ApiError {
         /// Suggested wait.
         retry_after: Duration,
     },
+    /// A named key is over one of its limits (`rpm`, `tpm`, `max_concurrent`, `daily_tokens`).
+    #[error("Key `{key}` is over its limit of {value} {}. Retry after {} s.", limit_unit(limit), retry_after.as_secs().max(1))]
+    KeyLimited {
+        /// The key's name.
+        key: String,
+        /// The limit's setting name.
+        limit: &'static str,
+        /// Its value.
+        value: u64,
+        /// When a request would be admitted again.
+        retry_after: Duration,
+    },
     /// The request waited in the queue longer than the model's queue timeout.
     #[error("Request waited {} s in the queue of model `{model}` without getting a slot. Retry after {} s.", waited.as_secs(), retry_after.as_secs())]
     QueueTimeout {
@@ -196,6 +208,17 @@ pub struct ErrorBody {
     pub param: Option<String>,
     /// Machine-readable code, if any.
     pub code: Option<&'static str>,
+}
+
+/// What a key limit counts, for its error message.
+fn limit_unit(limit: &str) -> &'static str {
+    match limit {
+        "rpm" => "requests per minute (rpm)",
+        "tpm" => "tokens per minute (tpm)",
+        "max_concurrent" => "requests at once (max_concurrent)",
+        "daily_tokens" => "tokens per UTC day (daily_tokens)",
+        _ => "",
+    }
 }
 
 impl ApiError {
@@ -391,6 +414,16 @@ impl ApiError {
                 Some("rate_limit_exceeded"),
                 None,
             ),
+            KeyLimited { limit, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                if limit.contains("tokens") || *limit == "tpm" {
+                    "tokens"
+                } else {
+                    "requests"
+                },
+                Some("rate_limit_exceeded"),
+                None,
+            ),
             QueueTimeout { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
@@ -511,9 +544,9 @@ impl ApiError {
     /// How long the client should wait before retrying, for overload errors.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::QueueFull { retry_after, .. } | Self::QueueTimeout { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            Self::QueueFull { retry_after, .. }
+            | Self::QueueTimeout { retry_after, .. }
+            | Self::KeyLimited { retry_after, .. } => Some(*retry_after),
             Self::ModelLoadFailed { retry_after, .. } | Self::NoUpstream { retry_after, .. } => {
                 Some(*retry_after)
             }

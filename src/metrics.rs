@@ -27,6 +27,16 @@ pub struct Metrics {
     pub rejected_requests: IntCounterVec,
     /// Requests a model with a full queue handed to its `overflow` model.
     pub overflowed: IntCounterVec,
+    /// Requests per key name (`unnamed`, `admin`, `anonymous` for the others) and model.
+    pub key_requests: IntCounterVec,
+    /// Of those, the ones answered with an error status.
+    pub key_errors: IntCounterVec,
+    /// Prompt tokens per key name and model.
+    pub key_prompt_tokens: IntCounterVec,
+    /// Completion tokens per key name and model.
+    pub key_completion_tokens: IntCounterVec,
+    /// Requests refused by a named key's limits, by limit.
+    pub key_rate_limited: IntCounterVec,
     /// Connections cut because the client was too slow: `body` (request body not sent in
     /// time) or `write` (a streamed answer not read in time).
     pub client_timeouts: IntCounterVec,
@@ -160,6 +170,31 @@ impl Metrics {
                 "llamagate_overflow_requests_total",
                 "Requests a model with a full queue handed to its overflow model.",
                 &["model", "to"],
+            ),
+            key_requests: counter(
+                "llamagate_key_requests_total",
+                "API requests by key name (never the key) and model.",
+                &["key", "model"],
+            ),
+            key_errors: counter(
+                "llamagate_key_errors_total",
+                "API requests answered with an error status, by key name and model.",
+                &["key", "model"],
+            ),
+            key_prompt_tokens: counter(
+                "llamagate_key_prompt_tokens_total",
+                "Prompt tokens by key name and model.",
+                &["key", "model"],
+            ),
+            key_completion_tokens: counter(
+                "llamagate_key_completion_tokens_total",
+                "Completion tokens by key name and model.",
+                &["key", "model"],
+            ),
+            key_rate_limited: counter(
+                "llamagate_key_rate_limited_total",
+                "Requests refused by a named key's limits, by limit.",
+                &["key", "limit"],
             ),
             client_timeouts: {
                 let c = counter(

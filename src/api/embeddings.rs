@@ -36,7 +36,7 @@ pub async fn create_embedding(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&state, &req, payload).await?;
+    let body = read_body(&state, &req, payload, super::BodyUse::Input).await?;
     if let Some(response) =
         super::forward::relay(&state, &req, &body, ForwardApi::Embeddings).await?
     {

@@ -61,7 +61,7 @@ pub async fn create_message(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, AnthropicError> {
-    let body = read_body(&state, &req, payload).await?;
+    let body = read_body(&state, &req, payload, super::BodyUse::Generation).await?;
     if let Some(response) = super::forward::relay(&state, &req, &body, ForwardApi::Messages).await?
     {
         return Ok(response);
@@ -118,7 +118,7 @@ pub async fn count_tokens(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, AnthropicError> {
-    let body = read_body(&state, &req, payload).await?;
+    let body = read_body(&state, &req, payload, super::BodyUse::Counting).await?;
     let request: CountTokensRequest = parse_json(&body)?;
     let as_message = MessagesRequest {
         model: request.model,

@@ -15,8 +15,10 @@ use actix_web::web::Bytes;
 use actix_web::{web, Error, HttpMessage, HttpRequest, ResponseError};
 
 use super::AppState;
-use crate::auth::{bearer, Access, RouteGroup};
+use crate::auth::limits::{Lease, Now, Refusal, Snapshot};
+use crate::auth::{bearer, Access, Caller, RouteGroup};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::scheduler::GenerationReport;
 
 /// Anthropic's API-key header.
@@ -30,6 +32,52 @@ pub struct RequestRecord {
     /// Its id.
     pub id: String,
     reports: Mutex<Vec<Arc<GenerationReport>>>,
+    key: Mutex<KeyUse>,
+}
+
+/// The caller of a request and, for a named key with limits, its place in them.
+#[derive(Default)]
+struct KeyUse {
+    caller: Option<Caller>,
+    lease: Option<Lease>,
+}
+
+fn record(req: &HttpRequest) -> Option<Arc<RequestRecord>> {
+    req.extensions().get::<Arc<RequestRecord>>().cloned()
+}
+
+/// Who sent the request (by its key); `Anonymous` on an open route without one.
+pub fn caller(req: &HttpRequest) -> Caller {
+    record(req)
+        .and_then(|r| r.key.lock().ok()?.caller.clone())
+        .unwrap_or(Caller::Anonymous)
+}
+
+/// Reserves the request's tokens against its named key's `tpm` and `daily_tokens`:
+/// `estimate` when it has an upper bound, else the rest of the budget.
+pub fn reserve_tokens(req: &HttpRequest, estimate: Option<u64>) -> Result<(), ApiError> {
+    let Some(record) = record(req) else {
+        return Ok(());
+    };
+    let Ok(mut key) = record.key.lock() else {
+        return Ok(());
+    };
+    let Some(lease) = key.lease.as_mut() else {
+        return Ok(());
+    };
+    let name = lease.limiter().name.clone();
+    lease
+        .reserve(estimate, Now::current())
+        .map_err(|refusal| limited(&name, refusal))
+}
+
+fn limited(key: &str, refusal: Refusal) -> ApiError {
+    ApiError::KeyLimited {
+        key: key.to_string(),
+        limit: refusal.limit,
+        value: refusal.value,
+        retry_after: refusal.retry_after,
+    }
 }
 
 /// Links a generation to the request that started it (for the log line).
@@ -64,6 +112,7 @@ pub async fn observe(
     let record = Arc::new(RequestRecord {
         id: id.clone(),
         reports: Mutex::new(Vec::new()),
+        key: Mutex::new(KeyUse::default()),
     });
     req.extensions_mut().insert(record.clone());
     let method = req.method().to_string();
@@ -99,6 +148,7 @@ pub async fn observe(
             endpoint,
             status,
             started,
+            metrics,
         }),
     }))
 }
@@ -109,6 +159,7 @@ struct AccessLog {
     endpoint: String,
     status: u16,
     started: Instant,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Drop for AccessLog {
@@ -127,6 +178,31 @@ impl Drop for AccessLog {
             .filter_map(|r| r.ttft())
             .min()
             .map(|d| d.as_secs_f64() * 1e3);
+        // The key's use: its lease ends charged with the tokens, its counters grow.
+        let key = self
+            .record
+            .key
+            .lock()
+            .map(|mut k| (k.caller.clone(), k.lease.take()))
+            .unwrap_or((None, None));
+        if let Some(lease) = key.1 {
+            lease.finish((prompt_tokens + completion_tokens) as u64, Now::current());
+        }
+        if let (Some(caller), Some(metrics)) = (&key.0, &self.metrics) {
+            let labels = [caller.label(), model];
+            metrics.key_requests.with_label_values(&labels).inc();
+            if self.status >= 400 {
+                metrics.key_errors.with_label_values(&labels).inc();
+            }
+            metrics
+                .key_prompt_tokens
+                .with_label_values(&labels)
+                .inc_by(prompt_tokens as u64);
+            metrics
+                .key_completion_tokens
+                .with_label_values(&labels)
+                .inc_by(completion_tokens as u64);
+        }
         tracing::info!(
             request_id = %self.record.id,
             method = %self.method,
@@ -249,7 +325,7 @@ pub async fn require<P: Policy, B: MessageBody + 'static>(
                 )
             })
         }
-        _ if keys.allows(access, presented) => None,
+        _ if keys.caller(access, presented).is_some() => None,
         _ => Some(ApiError::Unauthorized(match presented {
             None => {
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.".into()
@@ -258,15 +334,82 @@ pub async fn require<P: Policy, B: MessageBody + 'static>(
             Some(_) => "Incorrect API key provided.".into(),
         })),
     };
-    match refusal {
-        None => Ok(next.call(req).await?.map_into_left_body()),
+    let mut refusal = refusal;
+    let mut snapshot = None;
+    // The API's callers are counted and limited; the other groups only checked.
+    if refusal.is_none() && P::GROUP == RouteGroup::Api {
+        let caller = keys.caller(access, presented).unwrap_or(Caller::Anonymous);
+        if let Caller::Named(key) = &caller {
+            if key.limiter.limits_anything() {
+                let now = Now::current();
+                match key.limiter.admit(now) {
+                    Ok(lease) => {
+                        if let Some(record) = req.extensions().get::<Arc<RequestRecord>>() {
+                            if let Ok(mut k) = record.key.lock() {
+                                k.lease = Some(lease);
+                            }
+                        }
+                    }
+                    Err(r) => {
+                        state
+                            .metrics
+                            .key_rate_limited
+                            .with_label_values(&[key.limiter.name.as_str(), r.limit])
+                            .inc();
+                        refusal = Some(limited(&key.limiter.name, r));
+                    }
+                }
+                snapshot = Some(key.limiter.snapshot(now));
+            }
+        }
+        if let Some(record) = req.extensions().get::<Arc<RequestRecord>>() {
+            if let Ok(mut k) = record.key.lock() {
+                k.caller = Some(caller);
+            }
+        }
+    }
+    let mut response = match refusal {
+        None => next.call(req).await?.map_into_left_body(),
         Some(error) => {
             let response = if P::ANTHROPIC {
                 crate::error::AnthropicError(error).error_response()
             } else {
                 error.error_response()
             };
-            Ok(req.into_response(response).map_into_right_body())
+            req.into_response(response).map_into_right_body()
         }
+    };
+    if let Some(snapshot) = snapshot {
+        rate_limit_headers(response.headers_mut(), &snapshot);
+    }
+    Ok(response)
+}
+
+/// OpenAI's `x-ratelimit-*` headers for a named key's limits (replacing any an upstream
+/// sent: they speak of llamagate's key there, not of the client's).
+fn rate_limit_headers(headers: &mut actix_web::http::header::HeaderMap, snapshot: &Snapshot) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    if let Some((limit, remaining, reset)) = snapshot.requests {
+        set("x-ratelimit-limit-requests", limit.to_string());
+        set("x-ratelimit-remaining-requests", remaining.to_string());
+        set("x-ratelimit-reset-requests", reset_text(reset));
+    }
+    if let Some((limit, remaining, reset)) = snapshot.tokens {
+        set("x-ratelimit-limit-tokens", limit.to_string());
+        set("x-ratelimit-remaining-tokens", remaining.to_string());
+        set("x-ratelimit-reset-tokens", reset_text(reset));
+    }
+}
+
+/// A reset time as OpenAI writes it: `0s`, `12s`, `1m0s`.
+fn reset_text(secs: u64) -> String {
+    if secs < 60 {
+        format!("{secs}s")
+    } else {
+        format!("{}m{}s", secs / 60, secs % 60)
     }
 }

@@ -111,15 +111,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Reads a request body, refusing with 413 as soon as it passes `server.max_body_bytes`,
 /// and with 408 (closing the connection) when it does not arrive within
 /// `server.body_timeout_secs` or pauses longer than `server.body_idle_timeout_secs`.
+///
+/// Then the caller's named key has its say: a `model` outside its allow-list is a 404
+/// (as for a model that does not exist), and the request's tokens are reserved against
+/// its `tpm` and `daily_tokens` as `usage` estimates them.
 pub async fn read_body(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
+    usage: BodyUse,
 ) -> Result<web::Bytes, ApiError> {
     let server = &state.settings.server;
     let total = std::time::Duration::from_secs(server.body_timeout_secs.max(1));
     let idle = std::time::Duration::from_secs(server.body_idle_timeout_secs.max(1));
-    read_body_within(req, payload, server.max_body_bytes, total, idle)
+    let body = read_body_within(req, payload, server.max_body_bytes, total, idle)
         .await
         .inspect_err(|e| {
             if matches!(e, ApiError::RequestTimeout(_)) {
@@ -129,7 +134,89 @@ pub async fn read_body(
                     .with_label_values(&["body"])
                     .inc();
             }
-        })
+        })?;
+    let caller = middleware::caller(req);
+    if let Some(allowed) = caller.allowed_models() {
+        #[derive(serde::Deserialize)]
+        struct Peek {
+            model: Option<serde_json::Value>,
+        }
+        let model = serde_json::from_slice::<Peek>(&body)
+            .ok()
+            .and_then(|p| p.model?.as_str().map(str::to_string));
+        if let Some(model) = model {
+            if !model_allowed(state, allowed, &model) {
+                return Err(ApiError::ModelNotFound(model));
+            }
+        }
+    }
+    if let Some(estimate) = usage.estimate(&body) {
+        middleware::reserve_tokens(req, estimate)?;
+    }
+    Ok(body)
+}
+
+/// What a request's body is for, to estimate the tokens it will use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyUse {
+    /// A generation: its prompt and its `max_tokens` (or the rest of the budget).
+    Generation,
+    /// Embeddings: its input only.
+    Input,
+    /// Counting tokens: none.
+    Counting,
+}
+
+impl BodyUse {
+    /// `None`: reserve nothing; `Some(None)`: the rest of the budget; `Some(Some(n))`: `n`.
+    fn estimate(self, body: &[u8]) -> Option<Option<u64>> {
+        // A token is at least a byte or so of the prompt's text; JSON adds more bytes.
+        let prompt = (body.len() as u64).div_ceil(3);
+        match self {
+            Self::Counting => None,
+            Self::Input => Some(Some(prompt)),
+            Self::Generation => {
+                let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+                let most = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+                    .iter()
+                    .filter_map(|k| value.get(*k)?.as_u64())
+                    .min();
+                let choices = value
+                    .get("n")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(1);
+                // Legacy completions take a list of prompts, each answered.
+                let prompts = match value.get("prompt") {
+                    Some(serde_json::Value::Array(items))
+                        if items.first().is_some_and(|i| i.is_string() || i.is_array()) =>
+                    {
+                        items.len() as u64
+                    }
+                    _ => 1,
+                };
+                Some(
+                    most.map(|m| prompt + m.saturating_mul(choices.max(1)).saturating_mul(prompts)),
+                )
+            }
+        }
+    }
+}
+
+/// Whether `model` is in the allow-list: named there, or the same model as one named
+/// there (an alias of it).
+pub fn model_allowed(state: &AppState, allowed: &[String], model: &str) -> bool {
+    if allowed.iter().any(|a| a == model) {
+        return true;
+    }
+    let registry = state.scheduler.registry();
+    let Ok(wanted) = registry.resolve(model) else {
+        return false;
+    };
+    allowed.iter().any(|a| {
+        registry
+            .resolve(a)
+            .is_ok_and(|slot| slot.settings.name == wanted.settings.name)
+    })
 }
 
 async fn read_body_within(

@@ -1,6 +1,6 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: every configured model with its state.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
 use crate::config::ModelKind;
@@ -97,17 +97,25 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
 
 /// Lists every configured model.
 #[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList), (status = 401, body = crate::error::ErrorEnvelope)))]
-pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
+pub async fn list_models(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    // A named key with an allow-list sees only its models.
+    let caller = super::middleware::caller(&req);
+    let allowed = |id: &str| {
+        caller
+            .allowed_models()
+            .is_none_or(|list| super::model_allowed(&state, list, id))
+    };
     let mut data: Vec<ModelObject> = state
         .scheduler
         .registry()
         .slots()
         .iter()
+        .filter(|s| allowed(&s.settings.name))
         .map(|s| model_object(&state, s))
         .collect();
     // Models being pulled into the models folder, not served yet.
     for (model, pull) in state.pulls.list() {
-        if data.iter().any(|m| m.id == model) {
+        if data.iter().any(|m| m.id == model) || !allowed(&model) {
             continue;
         }
         use std::sync::atomic::Ordering;
@@ -134,8 +142,14 @@ pub async fn list_models(state: web::Data<AppState>) -> HttpResponse {
     responses((status = 200, body = ModelObject), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
 pub async fn get_model(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(list) = super::middleware::caller(&req).allowed_models() {
+        if !super::model_allowed(&state, list, &id) {
+            return Err(ApiError::ModelNotFound(id.into_inner()));
+        }
+    }
     let slot = state.scheduler.registry().resolve(&id)?;
     Ok(HttpResponse::Ok().json(model_object(&state, &slot)))
 }

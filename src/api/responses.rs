@@ -143,7 +143,7 @@ pub async fn create_response(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&state, &req, payload).await?;
+    let body = read_body(&state, &req, payload, super::BodyUse::Generation).await?;
     if let Some(response) =
         super::forward::relay(&state, &req, &body, ForwardApi::Responses).await?
     {

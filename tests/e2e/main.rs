@@ -17,6 +17,7 @@ mod errors;
 mod forwarding;
 mod helpers;
 mod http;
+mod keys;
 mod lan;
 mod messages;
 mod models;
