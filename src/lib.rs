@@ -19,6 +19,7 @@ pub mod pull;
 pub mod quantize;
 pub mod render;
 pub mod scheduler;
+pub mod usage;
 pub mod validation;
 
 use std::net::{SocketAddr, TcpListener};
