@@ -187,7 +187,7 @@ impl fmt::Debug for Secret {
 /// `[auth]`: API keys (`Authorization: Bearer <key>`) and the routes that need one.
 /// Keys also come from `LLAMAGATE_API_KEYS` / `LLAMAGATE_ADMIN_KEYS` (comma-separated)
 /// and from `api_keys_file` (one per line).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Keys accepted on `/v1/*` (and on other protected routes).
@@ -206,7 +206,35 @@ pub struct AuthSettings {
     pub protect_docs: bool,
     /// Named keys (`[[auth.keys]]`), each with optional limits and a model allow-list.
     pub keys: Vec<NamedKeySettings>,
+    /// The SQLite file that keeps usage per key and model, keys made at run time
+    /// (`/admin/keys`) and disabled keys across restarts. Default
+    /// `$XDG_DATA_HOME/llamagate/llamagate.db` (else `~/.local/share/llamagate/…`);
+    /// `""` keeps them in memory, for one run.
+    pub store: Option<PathBuf>,
+    /// Seconds between writes of the usage counters to `store`: a crash loses at most
+    /// this much usage.
+    pub store_flush_secs: u64,
 }
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            admin_keys: Vec::new(),
+            protect_metrics: false,
+            protect_health: false,
+            protect_ui: false,
+            protect_docs: false,
+            keys: Vec::new(),
+            store: None,
+            store_flush_secs: 5,
+        }
+    }
+}
+
+/// Names that label callers without a named key in metrics and usage.
+pub const RESERVED_KEY_NAMES: [&str; 3] = ["anonymous", "unnamed", "admin"];
 
 /// One named API key (`[[auth.keys]]`): who it is in metrics and usage, what it may use.
 #[derive(Debug, Clone, Deserialize)]
@@ -263,8 +291,9 @@ impl NamedKeySettings {
         Ok(sha2::Sha256::digest(key.as_bytes()).into())
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
+    /// Checks name, limits and allow-list: on failure the field at fault and why (the
+    /// key itself is checked by [`Self::digest`]).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.name.is_empty()
             || self.name.len() > 64
             || !self
@@ -272,9 +301,21 @@ impl NamedKeySettings {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return invalid(format!(
-                "auth.keys name `{}`: 1 to 64 letters, digits, `-`, `_` or `.`",
-                self.name
+            return Err((
+                "name",
+                format!(
+                    "name `{}`: 1 to 64 letters, digits, `-`, `_` or `.`",
+                    self.name
+                ),
+            ));
+        }
+        if RESERVED_KEY_NAMES.contains(&self.name.as_str()) {
+            return Err((
+                "name",
+                format!(
+                    "name `{}` is reserved (it labels callers without a named key)",
+                    self.name
+                ),
             ));
         }
         for (field, zero) in [
@@ -284,18 +325,27 @@ impl NamedKeySettings {
             ("daily_tokens", self.daily_tokens == Some(0)),
         ] {
             if zero {
-                return invalid(format!(
-                    "auth.keys `{}`: {field} must be at least 1 (or absent)",
-                    self.name
-                ));
+                return Err((field, format!("{field} must be at least 1 (or absent)")));
             }
         }
         if self.models.as_ref().is_some_and(Vec::is_empty) {
-            return invalid(format!(
-                "auth.keys `{}`: models is an allow-list; an empty one allows nothing (remove the key instead)",
-                self.name
+            return Err((
+                "models",
+                "models is an allow-list; an empty one allows nothing (remove the key instead)"
+                    .into(),
             ));
         }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|(field, message)| {
+            ConfigError::Invalid(if field == "name" {
+                format!("auth.keys {message}")
+            } else {
+                format!("auth.keys `{}`: {message}", self.name)
+            })
+        })?;
         self.digest().map(|_| ())
     }
 }
@@ -343,8 +393,31 @@ impl AuthSettings {
         Ok(())
     }
 
+    /// Where the store lives: `None` in memory (`store = ""`, or no home folder to put
+    /// it in).
+    pub fn store_path(&self) -> Option<PathBuf> {
+        match &self.store {
+            Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) => Some(path.clone()),
+            None => std::env::var_os("XDG_DATA_HOME")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .filter(|d| !d.is_empty())
+                        .map(|h| PathBuf::from(h).join(".local/share"))
+                })
+                .map(|d| d.join("llamagate/llamagate.db")),
+        }
+    }
+
     /// Checks the named keys: names valid and unique, keys readable, limits sane.
     fn validate_keys(&self) -> Result<(), ConfigError> {
+        if self.store_flush_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.store_flush_secs must be at least 1".into(),
+            ));
+        }
         let mut names = HashSet::new();
         for key in &self.keys {
             key.validate()?;
@@ -871,6 +944,35 @@ pub struct ModelSettings {
     /// model's own is refused.
     #[serde(default)]
     pub matryoshka: bool,
+    /// Speculative decoding (llama.cpp engine): the name of another `[[models]]` entry
+    /// whose file drafts tokens for this one, e.g. a smaller or more quantized sibling
+    /// with the same tokenizer (checked at load). The draft's weights are loaded,
+    /// counted in this model's memory budget and unloaded with it; its own entry, if it
+    /// is served too, loads apart. The output does not change: greedy decoding gives the
+    /// same tokens, sampling the same distribution (the standard acceptance rule).
+    #[serde(default)]
+    pub draft: Option<String>,
+    /// With `draft`: the most tokens drafted ahead per step (default 4: of 4, 8 and 16,
+    /// the fastest measured, docs/BENCHMARKS.md).
+    #[serde(default = "default_draft_max")]
+    pub draft_max: usize,
+    /// With `draft`: drafting stops early once the draft's most likely next token has a
+    /// probability below this, so a step drafts only what is likely kept (default 0:
+    /// always `draft_max`; a stop still costs the draft's forward pass that found it).
+    #[serde(default = "default_draft_p_min")]
+    pub draft_p_min: f32,
+    /// The draft's local file, looked up by the scheduler from `draft` when the model is
+    /// sized or loaded (not a setting).
+    #[serde(skip)]
+    pub draft_file: Option<PathBuf>,
+}
+
+fn default_draft_max() -> usize {
+    4
+}
+
+fn default_draft_p_min() -> f32 {
+    0.0
 }
 
 fn default_true() -> bool {
@@ -1012,6 +1114,10 @@ impl ModelSettings {
             pooling: None,
             normalize: true,
             matryoshka: false,
+            draft: None,
+            draft_max: default_draft_max(),
+            draft_p_min: default_draft_p_min(),
+            draft_file: None,
         }
     }
 
@@ -1187,6 +1293,29 @@ impl Settings {
                 }
             }
         }
+        for model in &self.models {
+            let Some(draft) = &model.draft else {
+                continue;
+            };
+            match self.models.iter().find(|m| &m.name == draft) {
+                None => {
+                    return invalid(format!(
+                        "model `{}`: draft `{draft}` is not the name of a configured model",
+                        model.name
+                    ));
+                }
+                Some(to)
+                    if matches!(to.source, ModelSource::Upstream { .. })
+                        || to.kind == Some(ModelKind::Embedding) =>
+                {
+                    return invalid(format!(
+                        "model `{}`: draft `{draft}` must be a chat GGUF (it is read by the llama.cpp engine beside this model)",
+                        model.name
+                    ));
+                }
+                _ => {}
+            }
+        }
         self.auth.validate_keys()?;
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes must be at least 1024".into());
@@ -1335,6 +1464,34 @@ impl ModelSettings {
                 "model `{}`: load_timeout_secs must be at least 1",
                 self.name
             ));
+        }
+        if let Some(draft) = &self.draft {
+            if upstream_source
+                || self.kind == Some(ModelKind::Embedding)
+                || self.engine_kind() != EngineKind::LlamaCpp
+            {
+                return invalid(format!(
+                    "model `{}`: `draft` (speculative decoding) is for a chat GGUF on the llama.cpp engine; this model is served by `{}` ({})",
+                    self.name,
+                    self.engine_kind(),
+                    self.engine_choice().1
+                ));
+            }
+            if draft == &self.name || self.aliases.contains(draft) {
+                return invalid(format!(
+                    "model `{}`: `draft` names the model itself; name a smaller sibling",
+                    self.name
+                ));
+            }
+            if !(1..=64).contains(&self.draft_max) {
+                return invalid(format!("model `{}`: draft_max must be 1 to 64", self.name));
+            }
+            if !(0.0..=1.0).contains(&self.draft_p_min) {
+                return invalid(format!(
+                    "model `{}`: draft_p_min must be between 0 and 1",
+                    self.name
+                ));
+            }
         }
         Ok(())
     }
@@ -1553,6 +1710,45 @@ upstream_api_key = "env:GPU_BOX_KEY"
     }
 
     #[test]
+    fn a_draft_names_another_local_chat_model() {
+        let models = "[[models]]\nname = \"a\"\nsource = \"a.gguf\"\nengine = \"llama.cpp\"\n[[models]]\nname = \"b\"\nsource = \"b.gguf\"\n[[models]]\nname = \"up\"\nsource = \"http://h:1/v1\"\n";
+        let with = |extra: &str| {
+            models.replacen(
+                "engine = \"llama.cpp\"\n",
+                &format!("engine = \"llama.cpp\"\n{extra}\n"),
+                1,
+            )
+        };
+        let s = Settings::from_toml(&with("draft = \"b\"")).unwrap();
+        assert_eq!(s.models[0].draft.as_deref(), Some("b"));
+        assert_eq!((s.models[0].draft_max, s.models[0].draft_p_min), (4, 0.0));
+        assert!(s.models[0].draft_file.is_none());
+        for (extra, says) in [
+            ("draft = \"nope\"", "not the name of a configured model"),
+            ("draft = \"a\"", "names the model itself"),
+            ("draft = \"up\"", "must be a chat GGUF"),
+            ("draft = \"b\"\ndraft_max = 0", "draft_max must be 1 to 64"),
+            (
+                "draft = \"b\"\ndraft_p_min = 1.5",
+                "draft_p_min must be between 0 and 1",
+            ),
+            (
+                "draft = \"b\"\nkind = \"embedding\"",
+                "is for a chat GGUF on the llama.cpp engine",
+            ),
+        ] {
+            let err = Settings::from_toml(&with(extra)).unwrap_err();
+            assert!(err.to_string().contains(says), "{extra}: {err}");
+        }
+        let upstream = models.replace(
+            "source = \"http://h:1/v1\"\n",
+            "source = \"http://h:1/v1\"\ndraft = \"b\"\n",
+        );
+        let err = Settings::from_toml(&upstream).unwrap_err();
+        assert!(err.to_string().contains("served by `upstream`"), "{err}");
+    }
+
+    #[test]
     fn named_keys_are_checked() {
         let base = "[[models]]\nname = \"m\"\nsource = \"m.gguf\"\n";
         let ok = Settings::from_toml(&format!(
@@ -1568,10 +1764,28 @@ upstream_api_key = "env:GPU_BOX_KEY"
             ("name = \"a\"\nkey = \"env:LLAMAGATE_NO_SUCH_VAR_X\"\n", "not set"),
             ("name = \"a\"\nkey = \"long-enough-key\"\ntpm = 0\n", "tpm must be at least 1"),
             ("name = \"a\"\nkey = \"long-enough-key\"\nmodels = []\n", "allows nothing"),
+            ("name = \"admin\"\nkey = \"long-enough-key\"\n", "reserved"),
             ("name = \"a\"\nkey = \"long-enough-key\"\n[[auth.keys]]\nname = \"a\"\nkey = \"other-long-key\"\n", "used twice"),
         ] {
             let err = Settings::from_toml(&format!("[[auth.keys]]\n{bad}{base}")).unwrap_err();
             assert!(err.to_string().contains(says), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_store_is_a_file_by_default_and_empty_keeps_it_in_memory() {
+        let base = "[[models]]\nname = \"m\"\nsource = \"m.gguf\"\n";
+        let default = Settings::from_toml(base).unwrap();
+        assert_eq!(default.auth.store_flush_secs, 5);
+        if let Some(path) = default.auth.store_path() {
+            assert!(path.ends_with("llamagate/llamagate.db"), "{path:?}");
+        }
+        let memory = Settings::from_toml(&format!("[auth]\nstore = \"\"\n{base}")).unwrap();
+        assert_eq!(memory.auth.store_path(), None);
+        let file = Settings::from_toml(&format!("[auth]\nstore = \"/x/u.db\"\n{base}")).unwrap();
+        assert_eq!(file.auth.store_path(), Some(PathBuf::from("/x/u.db")));
+        let err =
+            Settings::from_toml(&format!("[auth]\nstore_flush_secs = 0\n{base}")).unwrap_err();
+        assert!(err.to_string().contains("store_flush_secs"), "{err}");
     }
 }

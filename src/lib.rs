@@ -61,8 +61,10 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
     scheduler.start_background();
     let keys = Arc::new(auth::KeyRing::new(&settings.auth));
     let responses = Arc::new(api::response_store::ResponseStore::new(&settings.responses));
+    let usage = Arc::new(open_usage_store(&settings.auth)?);
     let state = AppState {
         keys,
+        usage,
         responses,
         pulls: Arc::new(pull::Pulls::default()),
         settings: Arc::new(settings),
@@ -71,6 +73,8 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
         started_at: openai::common::unix_now(),
     };
     scheduler::folder::watch(state.scheduler.clone(), state.settings.clone());
+    api::keys::restore(&state).map_err(|e| anyhow::anyhow!("the usage store: {e}"))?;
+    api::keys::keep_flushing(&state);
     #[cfg(unix)]
     {
         let state = state.clone();
@@ -113,6 +117,28 @@ pub fn build_server(settings: Settings, engine: Arc<dyn Engine>) -> anyhow::Resu
         addr,
         state,
     })
+}
+
+/// The usage store: `auth.store`'s file (a configured one must open), the default file
+/// (else memory, with a warning) or memory (`store = ""`).
+fn open_usage_store(auth: &config::AuthSettings) -> anyhow::Result<usage::UsageStore> {
+    let path = auth.store_path();
+    match usage::UsageStore::open(path.as_deref()) {
+        Ok(store) => {
+            match &path {
+                Some(p) => tracing::info!(store = %p.display(), "usage and run-time keys kept in"),
+                None => {
+                    tracing::info!("usage and run-time keys kept in memory (auth.store = \"\")")
+                }
+            }
+            Ok(store)
+        }
+        Err(e) if auth.store.is_none() => {
+            tracing::warn!(error = %e, "the default usage store cannot be opened: usage and run-time keys are kept in memory; set auth.store");
+            usage::UsageStore::open(None).map_err(|e| anyhow::anyhow!(e))
+        }
+        Err(e) => Err(anyhow::anyhow!("auth.store: {e}")),
+    }
 }
 
 /// CORS: only the configured origins (none by default; `*` for any).

@@ -54,6 +54,10 @@ enum Command {
         /// Requests per concurrency level (at least the concurrency).
         #[arg(long, default_value_t = 8)]
         requests: usize,
+        /// Send the same prompt in every request of a scenario (after reading it once),
+        /// to measure TTFT on prefix-cache hits; by default each prompt is fresh.
+        #[arg(long, conflicts_with_all = ["overhead", "embeddings"])]
+        repeat_prompt: bool,
         /// API key for the server.
         #[arg(long, env = "OPENAI_API_KEY")]
         api_key: Option<String>,
@@ -211,6 +215,7 @@ fn main() -> std::process::ExitCode {
             concurrency,
             max_tokens,
             requests,
+            repeat_prompt,
             api_key,
             out,
             overhead,
@@ -246,6 +251,7 @@ fn main() -> std::process::ExitCode {
                 concurrency,
                 max_tokens,
                 requests,
+                repeat_prompt,
             };
             run_to_exit(run_bench(plan, spawn, out))
         }
@@ -275,12 +281,14 @@ fn spawn_for_bench(
     let Some(config) = spawn else {
         return Ok(None);
     };
-    let settings = Settings::load(
+    let mut settings = Settings::load(
         &config,
         &CliOverrides {
             bind: Some("127.0.0.1:0".into()),
         },
     )?;
+    // A benchmark's requests are no one's usage.
+    settings.auth.store = Some(PathBuf::new());
     let built = llamagate::build_server(settings, Arc::new(EngineRouter::default()))?;
     let url = format!("http://{}/v1", built.addr);
     let handle = built.server.handle();
@@ -470,5 +478,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let built = llamagate::build_server(settings, Arc::new(EngineRouter::default()))?;
     tracing::info!("listening on http://{}", built.addr);
     built.server.await?;
+    // What the last interval counted: written before exiting.
+    let usage = built.state.usage.clone();
+    tokio::task::spawn_blocking(move || usage.flush())
+        .await?
+        .map_err(|e| anyhow::anyhow!("the usage store: {e}"))?;
     Ok(())
 }

@@ -124,6 +124,15 @@ impl Footprint {
             .saturating_add(self.overhead)
     }
 
+    /// Two footprints held together (a model and its draft model), part by part.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            weights: self.weights.saturating_add(other.weights),
+            kv_cache: self.kv_cache.saturating_add(other.kv_cache),
+            overhead: self.overhead.saturating_add(other.overhead),
+        }
+    }
+
     /// A footprint given directly (config override, or an engine that holds no weights).
     pub fn fixed(bytes: u64) -> Self {
         Self {

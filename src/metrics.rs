@@ -21,6 +21,10 @@ pub struct Metrics {
     pub prompt_tokens: IntCounterVec,
     /// Prompt tokens served from a reused KV-cache prefix.
     pub cached_prompt_tokens: IntCounterVec,
+    /// Tokens a draft model guessed ahead (speculative decoding).
+    pub draft_tokens: IntCounterVec,
+    /// Of those, the ones the model itself then produced (kept).
+    pub draft_accepted_tokens: IntCounterVec,
     /// Generations whose client went away before the end.
     pub cancelled_requests: IntCounterVec,
     /// Requests refused by the scheduler, by reason.
@@ -154,6 +158,16 @@ impl Metrics {
             cached_prompt_tokens: counter(
                 "llamagate_prompt_cached_tokens_total",
                 "Prompt tokens served from a reused KV-cache prefix instead of recomputed.",
+                &["model"],
+            ),
+            draft_tokens: counter(
+                "llamagate_draft_tokens_total",
+                "Tokens a draft model guessed ahead for the model (speculative decoding).",
+                &["model"],
+            ),
+            draft_accepted_tokens: counter(
+                "llamagate_draft_accepted_tokens_total",
+                "Draft tokens the model itself produced too (kept); divided by llamagate_draft_tokens_total, the acceptance rate.",
                 &["model"],
             ),
             cancelled_requests: counter(
@@ -410,6 +424,50 @@ impl Metrics {
         }
     }
 
+    /// A prompt of `tokens` read for `model` (nothing when 0: not known).
+    pub fn prompt_read(&self, model: &str, tokens: usize) {
+        if tokens > 0 {
+            self.prompt_tokens
+                .with_label_values(&[model])
+                .inc_by(tokens as u64);
+            self.prompt_tokens_per_request
+                .with_label_values(&[model])
+                .observe(tokens as f64);
+        }
+    }
+
+    /// An answer of `model` finished: prompt tokens a cache served, tokens generated for
+    /// it (the per-request histogram; the `generated_tokens` counter grows per token) and
+    /// its duration.
+    pub fn answer_finished(&self, model: &str, cached: usize, completion: usize, seconds: f64) {
+        let model = [model];
+        if cached > 0 {
+            self.cached_prompt_tokens
+                .with_label_values(&model)
+                .inc_by(cached as u64);
+        }
+        self.generated_tokens_per_request
+            .with_label_values(&model)
+            .observe(completion as f64);
+        self.request_duration
+            .with_label_values(&model)
+            .observe(seconds);
+    }
+
+    /// A generation of `model` had `drafted` tokens guessed by its draft model, of which
+    /// `accepted` were kept.
+    pub fn draft_checked(&self, model: &str, drafted: usize, accepted: usize) {
+        if drafted > 0 {
+            let model = [model];
+            self.draft_tokens
+                .with_label_values(&model)
+                .inc_by(drafted as u64);
+            self.draft_accepted_tokens
+                .with_label_values(&model)
+                .inc_by(accepted as u64);
+        }
+    }
+
     /// Creates the per-model series at zero, so dashboards and `rate()` see every
     /// configured model from the first scrape.
     pub fn register_model(&self, model: &str) {
@@ -418,6 +476,8 @@ impl Metrics {
             &self.generated_tokens,
             &self.prompt_tokens,
             &self.cached_prompt_tokens,
+            &self.draft_tokens,
+            &self.draft_accepted_tokens,
             &self.cancelled_requests,
             &self.embedding_requests,
             &self.embedding_input_tokens,

@@ -26,7 +26,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, other: &Counts) {
+    /// Adds `other` to these.
+    pub fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
         self.errors += other.errors;
         self.prompt_tokens += other.prompt_tokens;
@@ -65,8 +66,6 @@ pub struct UsageStore {
     /// Not yet flushed: (hour since the epoch, key, model) → counts. Bounded by the keys
     /// and models that are used within one flush interval.
     pending: Mutex<HashMap<(i64, String, String), Counts>>,
-    /// Whether it is a file (else in memory).
-    pub persistent: bool,
 }
 
 const SCHEMA: &str = "
@@ -121,7 +120,6 @@ impl UsageStore {
         Ok(Self {
             db: Mutex::new(db),
             pending: Mutex::new(HashMap::new()),
-            persistent: path.is_some(),
         })
     }
 
@@ -404,6 +402,21 @@ mod tests {
         assert!(reopened.delete_key("phone").unwrap());
         assert!(reopened.disabled_keys().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failed_flush_keeps_the_counts_for_the_next() {
+        let store = UsageStore::open(None).unwrap();
+        store.record(0, "k", "m", counts(2, 7));
+        store.db().execute_batch("DROP TABLE usage").unwrap();
+        assert!(store.flush().is_err());
+        store.record(1, "k", "m", counts(1, 1));
+        store.db().execute_batch(SCHEMA).unwrap();
+        let rows = store.usage_since(0).unwrap();
+        assert_eq!(
+            (rows[0].counts.requests, rows[0].counts.prompt_tokens),
+            (3, 8)
+        );
     }
 
     #[test]

@@ -116,9 +116,10 @@ pub async fn observe(
     });
     req.extensions_mut().insert(record.clone());
     let method = req.method().to_string();
-    let metrics = req
+    let (metrics, usage) = req
         .app_data::<web::Data<AppState>>()
-        .map(|s| s.metrics.clone());
+        .map(|s| (s.metrics.clone(), s.usage.clone()))
+        .unzip();
     let started = Instant::now();
     let mut res = next.call(req).await?;
     // The pattern of the route the decoded path matched (`req.match_pattern()` reads the
@@ -149,6 +150,7 @@ pub async fn observe(
             status,
             started,
             metrics,
+            usage,
         }),
     }))
 }
@@ -160,6 +162,7 @@ struct AccessLog {
     status: u16,
     started: Instant,
     metrics: Option<Arc<Metrics>>,
+    usage: Option<Arc<crate::usage::UsageStore>>,
 }
 
 impl Drop for AccessLog {
@@ -187,6 +190,20 @@ impl Drop for AccessLog {
             .unwrap_or((None, None));
         if let Some(lease) = key.1 {
             lease.finish((prompt_tokens + completion_tokens) as u64, Now::current());
+        }
+        if let (Some(caller), Some(usage)) = (&key.0, &self.usage) {
+            // Memory only: the store's flush task writes it.
+            usage.record(
+                crate::usage::unix_now(),
+                caller.label(),
+                model,
+                crate::usage::Counts {
+                    requests: 1,
+                    errors: u64::from(self.status >= 400),
+                    prompt_tokens: prompt_tokens as u64,
+                    completion_tokens: completion_tokens as u64,
+                },
+            );
         }
         if let (Some(caller), Some(metrics)) = (&key.0, &self.metrics) {
             let labels = [caller.label(), model];
@@ -331,6 +348,7 @@ pub async fn require<P: Policy, B: MessageBody + 'static>(
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.".into()
             }
             Some(_) if access == Access::Admin => "Incorrect admin key provided.".into(),
+            Some(k) if keys.is_disabled(k) => "This API key is disabled.".into(),
             Some(_) => "Incorrect API key provided.".into(),
         })),
     };

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod embeddings;
 pub mod forward;
 pub mod health;
+pub mod keys;
 pub mod messages;
 pub mod metrics;
 pub mod middleware;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub started_at: u64,
     /// API keys and route rules.
     pub keys: Arc<crate::auth::KeyRing>,
+    /// Usage per key and model, and the keys made at run time, kept across restarts.
+    pub usage: Arc<crate::usage::UsageStore>,
     /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}`.
     pub responses: Arc<response_store::ResponseStore>,
     /// Model pulls in progress.
@@ -77,6 +80,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/admin")
             .configure(admin::configure)
+            .configure(keys::configure)
             .wrap(from_fn(require::<AdminRoutes, _>)),
     )
     .service(
@@ -302,6 +306,11 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 /// Known GET routes asked with another method.
 pub async fn only_get() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed { allow: "GET" })
+}
+
+/// Known GET and POST routes asked with another method.
+pub async fn only_get_or_post() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow: "GET, POST" })
 }
 
 /// Known DELETE routes asked with another method.

@@ -61,6 +61,7 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
                 .map(|d| d.as_secs())
         }),
         pinned: slot.settings.pinned,
+        draft: slot.settings.draft.clone(),
         upstreams: status
             .upstreams
             .into_iter()

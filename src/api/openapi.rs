@@ -54,6 +54,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::health::HealthApi::openapi(),
         super::metrics::MetricsApi::openapi(),
         super::admin::AdminApi::openapi(),
+        super::keys::KeysApi::openapi(),
     ] {
         doc.merge(part);
     }

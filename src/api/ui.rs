@@ -1,7 +1,19 @@
-//! `GET /`: the built-in chat page (plain HTML, CSS and JS embedded in the binary; works
-//! offline). It lists models from `/v1/models`, streams answers, has a Stop button that
-//! aborts the request (the server cancels the generation) and shows TTFT and tokens/s.
-//! When the API needs a key, it asks for one and keeps it in the browser's local storage.
+//! `GET /`: the built-in chat page, one self-contained file (`assets/ui/index.html`: HTML,
+//! CSS and JS inline, no CDN, works offline under the CSP below). It lists the chat models
+//! of `/v1/models` with their status, engine and why (embedding models left out; refreshed
+//! every 5 s, keeping the selection) and streams answers (`stream_options.include_usage`),
+//! rendering markdown progressively (code blocks with a small syntax highlighter and a copy
+//! button, tables, lists, links: only http(s) and mailto) through createElement and
+//! textContent, so no model output is ever parsed as HTML. Reasoning deltas
+//! (`reasoning_content` / `reasoning`) go in a folded block above the answer; under each
+//! answer TTFT, tokens (from usage) and tokens/s; server errors, also mid-stream, are shown
+//! in the message. Stop (or Esc) aborts the request (the server cancels the generation);
+//! Regenerate, Edit-and-resend and Copy act on messages. Conversations stay in the
+//! browser's local storage (sidebar: new, switch, rename, export as JSON, delete), each with
+//! its settings (system prompt, temperature, top_p, max tokens, seed; empty ones not sent).
+//! Responsive (the sidebar folds behind a button under 700px) and usable from the keyboard.
+//! When the API needs a key, it asks for one and keeps it in local storage.
+//! `tests/browser/chat.mjs` drives it in headless Chromium.
 
 use actix_web::HttpResponse;
 

@@ -126,6 +126,19 @@ impl Now {
     }
 }
 
+/// What a key uses at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct LiveUse {
+    /// Requests admitted in the last minute.
+    pub requests_last_minute: u64,
+    /// Tokens charged in the last minute (requests that ended).
+    pub tokens_last_minute: u64,
+    /// Requests running now.
+    pub running: u64,
+    /// Tokens charged today (UTC), this run and, from the store, before it.
+    pub tokens_today: u64,
+}
+
 /// The numbers for OpenAI's `x-ratelimit-*` headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -202,6 +215,27 @@ impl Limiter {
             reserved: 0,
             charge: None,
         })
+    }
+
+    /// Starts today's count at `tokens`: what the usage store says the key used today
+    /// before a restart, so a restart does not hand out a second `daily_tokens`.
+    pub fn seed_today(&self, tokens: u64, now: Now) {
+        let mut state = self.state();
+        state.day = now.day;
+        state.day_tokens = tokens;
+    }
+
+    /// What the key uses now (for `/admin/keys`; counted only while it has a limit).
+    pub fn live(&self, now: Now) -> LiveUse {
+        let second = self.second(now);
+        let mut state = self.state();
+        Self::roll_day(&mut state, now);
+        LiveUse {
+            requests_last_minute: state.requests.total(second),
+            tokens_last_minute: state.tokens.total(second),
+            running: state.running,
+            tokens_today: state.day_tokens,
+        }
     }
 
     /// What is left, for the response's headers.
@@ -416,5 +450,24 @@ mod tests {
             ..at(&l, 2)
         };
         assert!(b.reserve(Some(1), tomorrow).is_ok());
+    }
+
+    #[test]
+    fn a_seeded_day_counts_what_was_used_before_a_restart() {
+        let l = key(serde_json::json!({"daily_tokens": 10, "rpm": 5}));
+        l.seed_today(9, at(&l, 0));
+        let mut a = l.admit(at(&l, 0)).unwrap();
+        a.reserve(Some(1), at(&l, 0)).unwrap();
+        a.finish(1, at(&l, 0));
+        let live = l.live(at(&l, 1));
+        assert_eq!(
+            (live.tokens_today, live.requests_last_minute, live.running),
+            (10, 1, 0)
+        );
+        let mut b = l.admit(at(&l, 1)).unwrap();
+        assert_eq!(
+            b.reserve(Some(1), at(&l, 1)).unwrap_err().limit,
+            "daily_tokens"
+        );
     }
 }

@@ -4,11 +4,13 @@
 //! [`RouteGroup`] (an actix scope or resource wrapped by `api::middleware::require`), so any
 //! spelling the router accepts for a route meets that route's policy.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
+use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::config::{AuthSettings, Secret};
+use crate::config::{AuthSettings, NamedKeySettings, Secret};
 
 pub mod limits;
 
@@ -43,13 +45,74 @@ pub enum RouteGroup {
     Ui,
 }
 
-/// The keys and route rules in force.
-#[derive(Debug, Clone, Default)]
+/// The keys and route rules in force. Named keys can be added, disabled and removed
+/// while serving (`/admin/keys`); the lock around them is never held across I/O.
+#[derive(Debug, Default)]
 pub struct KeyRing {
     api: Vec<Secret>,
     admin: Vec<Secret>,
-    named: Vec<Arc<NamedKey>>,
+    named: RwLock<Vec<Arc<NamedKey>>>,
     settings: AuthSettings,
+}
+
+/// A named key's allow-list and limits, as `POST /admin/keys` takes them and
+/// `GET /admin/keys` shows them.
+/// (Open to more fields: it is flattened into `KeyInfo`, and read back from the store.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeySpec {
+    /// Models (names or aliases) it may use; absent = all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Requests at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Tokens (prompt + completion) per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_tokens: Option<u64>,
+}
+
+impl KeySpec {
+    /// The allow-list and limits of a configured key.
+    pub fn of(key: &NamedKeySettings) -> Self {
+        Self {
+            models: key.models.clone(),
+            rpm: key.rpm,
+            tpm: key.tpm,
+            max_concurrent: key.max_concurrent,
+            daily_tokens: key.daily_tokens,
+        }
+    }
+
+    /// The settings of a key named `name` that accepts `key` (text or `sha256:HEX`).
+    pub fn settings(&self, name: &str, key: String) -> NamedKeySettings {
+        NamedKeySettings {
+            name: name.to_string(),
+            key: Secret(key),
+            models: self.models.clone(),
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrent: self.max_concurrent,
+            daily_tokens: self.daily_tokens,
+        }
+    }
+}
+
+/// Where a named key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// `[[auth.keys]]` in the configuration file (removed only there).
+    Config,
+    /// `POST /admin/keys`, at this Unix second (kept in the usage store).
+    Runtime {
+        /// Unix seconds it was made.
+        created: i64,
+    },
 }
 
 /// A named key: the digest it is checked against, its allow-list and its limits.
@@ -57,11 +120,54 @@ pub struct KeyRing {
 pub struct NamedKey {
     /// SHA-256 of the key.
     digest: [u8; 32],
-    /// Models (names or aliases) it may use; `None` = all.
-    pub models: Option<Vec<String>>,
     /// Its limits and what it used (its name is `limiter.name`).
     pub limiter: Arc<Limiter>,
+    /// Its allow-list and limits as set.
+    pub spec: KeySpec,
+    /// Where it comes from.
+    pub origin: KeyOrigin,
+    disabled: AtomicBool,
 }
+
+impl NamedKey {
+    /// A key named like `settings` that accepts `digest`.
+    pub fn new(settings: &NamedKeySettings, digest: [u8; 32], origin: KeyOrigin) -> Self {
+        Self {
+            digest,
+            limiter: Arc::new(Limiter::new(settings)),
+            spec: KeySpec::of(settings),
+            origin,
+            disabled: AtomicBool::new(false),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.limiter.name
+    }
+
+    /// Whether it is disabled (refused as an unknown key would be).
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    /// Disables or enables it.
+    pub fn set_disabled(&self, disabled: bool) {
+        self.disabled.store(disabled, Ordering::Relaxed);
+    }
+}
+
+/// Why a named key could not be added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddKeyError {
+    /// Another key has that name.
+    NameTaken,
+    /// The ring holds [`MAX_NAMED_KEYS`] already.
+    Full,
+}
+
+/// The most named keys a ring holds (each request's key is compared with all of them).
+pub const MAX_NAMED_KEYS: usize = 1024;
 
 /// Who sent a request, as its key says.
 #[derive(Debug, Clone)]
@@ -91,7 +197,7 @@ impl Caller {
     /// The named key's allow-list, if it has one.
     pub fn allowed_models(&self) -> Option<&[String]> {
         match self {
-            Self::Named(key) => key.models.as_deref(),
+            Self::Named(key) => key.spec.models.as_deref(),
             _ => None,
         }
     }
@@ -120,24 +226,71 @@ impl KeyRing {
             .keys
             .iter()
             .filter_map(|key| {
-                Some(NamedKey {
-                    digest: key.digest().ok()?,
-                    models: key.models.clone(),
-                    limiter: Arc::new(Limiter::new(key)),
-                })
+                Some(Arc::new(NamedKey::new(
+                    key,
+                    key.digest().ok()?,
+                    KeyOrigin::Config,
+                )))
             })
             .collect();
         Self {
             api: settings.api_keys.clone(),
             admin: settings.admin_keys.clone(),
-            named: named_arcs(named),
+            named: RwLock::new(named),
             settings: settings.clone(),
         }
     }
 
+    fn named_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<NamedKey>>> {
+        self.named.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn named_write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<NamedKey>>> {
+        self.named.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The named keys now, configured ones first.
+    pub fn named(&self) -> Vec<Arc<NamedKey>> {
+        self.named_read().clone()
+    }
+
+    /// The named key called `name`.
+    pub fn find(&self, name: &str) -> Option<Arc<NamedKey>> {
+        self.named_read().iter().find(|k| k.name() == name).cloned()
+    }
+
+    /// Adds a named key (made at run time, or read back from the store).
+    pub fn add(&self, key: NamedKey) -> Result<Arc<NamedKey>, AddKeyError> {
+        let mut named = self.named_write();
+        if named.iter().any(|k| k.name() == key.name()) {
+            return Err(AddKeyError::NameTaken);
+        }
+        if named.len() >= MAX_NAMED_KEYS {
+            return Err(AddKeyError::Full);
+        }
+        let key = Arc::new(key);
+        named.push(key.clone());
+        Ok(key)
+    }
+
+    /// Removes the named key called `name` (requests it has running finish).
+    pub fn remove(&self, name: &str) -> Option<Arc<NamedKey>> {
+        let mut named = self.named_write();
+        let at = named.iter().position(|k| k.name() == name)?;
+        Some(named.remove(at))
+    }
+
     /// Whether any API key (unnamed or named) is configured.
     pub fn has_api_keys(&self) -> bool {
-        !self.api.is_empty() || !self.named.is_empty()
+        !self.api.is_empty() || !self.named_read().is_empty()
+    }
+
+    /// Whether `presented` is a named key that is disabled (to say so when refusing it).
+    pub fn is_disabled(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        self.named_read()
+            .iter()
+            .any(|k| k.is_disabled() && constant_time_eq(&k.digest, &digest))
     }
 
     /// Whether any admin key is configured.
@@ -175,8 +328,9 @@ impl KeyRing {
             let admin = contains(&self.admin, k);
             let unnamed = contains(&self.api, k);
             let digest: [u8; 32] = sha2::Sha256::digest(k.as_bytes()).into();
-            let named = self.named.iter().fold(None, |hit, key| {
-                let matched = constant_time_eq(&key.digest, &digest);
+            // Disabled keys are compared too (and then refused), so timing tells nothing.
+            let named = self.named_read().iter().fold(None, |hit, key| {
+                let matched = constant_time_eq(&key.digest, &digest) & !key.is_disabled();
                 hit.or(matched.then(|| key.clone()))
             });
             (admin, unnamed, named)
@@ -199,10 +353,6 @@ impl KeyRing {
             (Access::Admin, Some(k)) => identify(k).0.then_some(Caller::Admin),
         }
     }
-}
-
-fn named_arcs(keys: Vec<NamedKey>) -> Vec<Arc<NamedKey>> {
-    keys.into_iter().map(Arc::new).collect()
 }
 
 /// The key in an `Authorization: Bearer <key>` header value.
@@ -294,6 +444,50 @@ mod tests {
         assert!(!r.allows(Access::Admin, Some("laptop-key-1")));
         let caller = r.caller(Access::Key, Some("tablet-key-2")).unwrap();
         assert_eq!(caller.allowed_models(), Some(&["small".to_string()][..]));
+
+        // Disabled: refused like an unknown key; enabled again: back.
+        r.find("laptop").unwrap().set_disabled(true);
+        assert_eq!(name("laptop-key-1"), None);
+        assert!(r.is_disabled("laptop-key-1"));
+        r.find("laptop").unwrap().set_disabled(false);
+        assert_eq!(name("laptop-key-1").as_deref(), Some("laptop"));
+
+        // Added at run time, names unique; removed.
+        let spec = KeySpec {
+            rpm: Some(1),
+            ..Default::default()
+        };
+        let digest: [u8; 32] = sha2::Sha256::digest(b"phone-key-12").into();
+        let runtime = |name: &str| {
+            NamedKey::new(
+                &spec.settings(name, "unused".into()),
+                digest,
+                KeyOrigin::Runtime { created: 1 },
+            )
+        };
+        assert_eq!(
+            r.add(runtime("laptop")).unwrap_err(),
+            AddKeyError::NameTaken
+        );
+        r.add(runtime("phone")).unwrap();
+        assert_eq!(name("phone-key-12").as_deref(), Some("phone"));
+        assert_eq!(r.named().len(), 3);
+        assert!(r.remove("phone").is_some());
+        assert_eq!(name("phone-key-12"), None);
+    }
+
+    #[test]
+    fn the_first_named_key_made_at_run_time_closes_an_open_api() {
+        let r = ring(&[], &[]);
+        assert_eq!(r.access(RouteGroup::Api), Access::Open);
+        let spec = KeySpec::default();
+        r.add(NamedKey::new(
+            &spec.settings("phone", "unused".into()),
+            [1; 32],
+            KeyOrigin::Runtime { created: 1 },
+        ))
+        .unwrap();
+        assert_eq!(r.access(RouteGroup::Api), Access::Key);
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct BenchPlan {
     pub max_tokens: usize,
     /// Requests per concurrency level (at least the concurrency).
     pub requests: usize,
+    /// Every request of a scenario sends the same prompt (read once before the
+    /// measurements), so a server with a prefix cache answers from it: TTFT on a
+    /// repeated prompt. Off: each request opens with a random number (nothing cached).
+    pub repeat_prompt: bool,
 }
 
 /// Timings of one request.
@@ -162,6 +166,8 @@ pub struct BenchReport {
     pub base_url: String,
     /// Tokens generated per request.
     pub max_tokens: usize,
+    /// Whether each scenario repeated one prompt (prefix-cache hits) or sent fresh ones.
+    pub repeated_prompt: bool,
     /// One entry per scenario.
     pub scenarios: Vec<ScenarioResult>,
 }
@@ -307,8 +313,12 @@ pub async fn run(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<BenchReport, BenchError> {
     let client = std::sync::Arc::new(Client {
+        // A connection per request: servers differ in how they end idle keep-alive
+        // connections (llama-server's can be closed under a reused one), and a loopback
+        // connect costs far less than the millisecond TTFT is reported in.
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| BenchError(e.to_string()))?,
         base: plan.base_url.clone(),
@@ -345,16 +355,24 @@ pub async fn run(
             let prompt = prompt_of(words);
             for &concurrency in &plan.concurrency {
                 let n = per_level(concurrency);
+                // The one opening of a repeated prompt, read once before the clock starts.
+                let fixed = plan
+                    .repeat_prompt
+                    .then(|| format!("Request {}. {prompt}", rand::random::<u32>()));
+                if let Some(fixed) = &fixed {
+                    client.one(model, fixed, plan.max_tokens).await?;
+                }
                 let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let started = Instant::now();
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 for _ in 0..concurrency {
-                    let (client, next, tx, model, prompt) = (
+                    let (client, next, tx, model, prompt, fixed) = (
                         client.clone(),
                         next.clone(),
                         tx.clone(),
                         model.clone(),
                         prompt.clone(),
+                        fixed.clone(),
                     );
                     let max_tokens = plan.max_tokens;
                     tokio::spawn(async move {
@@ -366,7 +384,9 @@ pub async fn run(
                             // A distinct opening per request (random, so not even an
                             // earlier run's cache matches): no server answers from a
                             // cached prefix, so prompt speed is measured honestly.
-                            let prompt = format!("Request {}. {prompt}", rand::random::<u32>());
+                            let prompt = fixed.clone().unwrap_or_else(|| {
+                                format!("Request {}. {prompt}", rand::random::<u32>())
+                            });
                             let r = client.one(&model, &prompt, max_tokens).await;
                             if tx.send(r).is_err() {
                                 break;
@@ -401,6 +421,7 @@ pub async fn run(
         machine,
         base_url: plan.base_url.clone(),
         max_tokens: plan.max_tokens,
+        repeated_prompt: plan.repeat_prompt,
         scenarios,
     })
 }

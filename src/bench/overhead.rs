@@ -4,6 +4,7 @@
 //! between the two so that both see the same machine state. Reports TTFT, decode
 //! tokens/s and end-to-end latency of each, and the difference.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -170,6 +171,8 @@ pub async fn run(
         .map_err(|e| BenchError(format!("cannot load `{}`: {e}", chosen.name)))?;
     settings.models = vec![chosen.clone()];
     settings.server.bind = "127.0.0.1:0".into();
+    // A benchmark's requests are no one's usage.
+    settings.auth.store = Some(PathBuf::new());
     let built = crate::build_server(
         settings,
         Arc::new(Preloaded {

@@ -65,7 +65,7 @@ pub fn markdown(report: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Machine: {}, {} cores, {:.0} GiB RAM{}. Server: {} {}. Client: {} ({}). {} tokens per request.\n",
+        "Machine: {}, {} cores, {:.0} GiB RAM{}. Server: {} {}. Client: {} ({}). {} tokens per request{}.\n",
         m.cpu,
         m.cores,
         m.ram_gib,
@@ -74,7 +74,12 @@ pub fn markdown(report: &BenchReport) -> String {
         m.server_build.clone().unwrap_or_default(),
         m.client,
         m.client_features,
-        report.max_tokens
+        report.max_tokens,
+        if report.repeated_prompt {
+            "; one prompt repeated per scenario (prefix-cache hits)"
+        } else {
+            ""
+        }
     );
     let headers = [
         "model",

@@ -256,6 +256,7 @@ impl LoadedModel for FakeModel {
                 prompt_tokens,
                 completion_tokens: generated,
                 cached_prompt_tokens: 0,
+                ..Default::default()
             }));
         }))
     }

@@ -121,6 +121,7 @@ pub fn usage_in(api: ForwardApi, value: &Value) -> Option<TokenUsage> {
             prompt_tokens: count(usage.get("input_tokens")),
             completion_tokens: count(usage.get("output_tokens")),
             cached_prompt_tokens: count(usage.pointer("/input_tokens_details/cached_tokens")),
+            ..Default::default()
         },
         ForwardApi::Messages => TokenUsage {
             prompt_tokens: count(usage.get("input_tokens"))
@@ -128,11 +129,13 @@ pub fn usage_in(api: ForwardApi, value: &Value) -> Option<TokenUsage> {
                 + count(usage.get("cache_creation_input_tokens")),
             completion_tokens: count(usage.get("output_tokens")),
             cached_prompt_tokens: count(usage.get("cache_read_input_tokens")),
+            ..Default::default()
         },
         _ => TokenUsage {
             prompt_tokens: count(usage.get("prompt_tokens")),
             completion_tokens: count(usage.get("completion_tokens")),
             cached_prompt_tokens: count(usage.pointer("/prompt_tokens_details/cached_tokens")),
+            ..Default::default()
         },
     };
     Some(usage)
@@ -209,6 +212,8 @@ pub fn merge_usage(seen: Option<TokenUsage>, later: TokenUsage) -> TokenUsage {
         prompt_tokens: pick(seen.prompt_tokens, later.prompt_tokens),
         completion_tokens: pick(seen.completion_tokens, later.completion_tokens),
         cached_prompt_tokens: pick(seen.cached_prompt_tokens, later.cached_prompt_tokens),
+        draft_tokens: pick(seen.draft_tokens, later.draft_tokens),
+        draft_accepted_tokens: pick(seen.draft_accepted_tokens, later.draft_accepted_tokens),
     }
 }
 
@@ -240,7 +245,8 @@ mod tests {
             Some(TokenUsage {
                 prompt_tokens: 7,
                 completion_tokens: 3,
-                cached_prompt_tokens: 4
+                cached_prompt_tokens: 4,
+                ..Default::default()
             })
         );
         assert_eq!(

@@ -163,7 +163,12 @@ impl super::Engine for MistralRsEngine {
         let device = select_device(settings.device)?;
         let is_local = matches!(settings.source, ModelSource::File(_));
         let mut builder = GgufModelBuilder::new(&model_id, vec![file])
-            .with_max_num_seqs(settings.max_concurrent.max(1))
+            // One sequence at a time: mistral.rs 0.8.1 corrupts a running sequence when a
+            // new prompt is scheduled into the same step with it (its KV cache takes the
+            // other prompt's context: a temperature-0 answer changes and borrows the other
+            // request's words; reproduced with two chats whose prompts differ by one token).
+            // The scheduler's queue still admits `max_concurrent`; they run in turn here.
+            .with_max_num_seqs(1)
             .with_prefix_cache_n(settings.prefix_cache.unwrap_or(false).then_some(16))
             .with_token_source(if is_local {
                 TokenSource::None
@@ -643,6 +648,7 @@ impl LoadedModel for MistralRsModel {
                 prompt_tokens,
                 completion_tokens: probe.generated().min(max_tokens.saturating_mul(n)),
                 cached_prompt_tokens: 0,
+                ..Default::default()
             }));
         };
         Ok(Box::pin(stream))

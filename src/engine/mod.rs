@@ -265,6 +265,10 @@ pub struct TokenUsage {
     pub completion_tokens: usize,
     /// Prompt tokens whose KV cache was reused from an earlier request (not recomputed).
     pub cached_prompt_tokens: usize,
+    /// Tokens a draft model guessed ahead (speculative decoding), all choices together.
+    pub draft_tokens: usize,
+    /// Of those, the ones the model itself produced too.
+    pub draft_accepted_tokens: usize,
 }
 
 /// What a running generation reports.

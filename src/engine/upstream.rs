@@ -998,6 +998,7 @@ fn relay(
                             .pointer("/prompt_tokens_details/cached_tokens")
                             .and_then(Value::as_u64)
                             .unwrap_or(0) as usize,
+                            ..Default::default()
                     });
                 }
                 let choices = value.get("choices").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -1038,6 +1039,7 @@ fn relay(
             prompt_tokens: 0,
             completion_tokens: chunks_seen,
             cached_prompt_tokens: 0,
+            ..Default::default()
         })));
     };
     let stream = async_stream::stream! {

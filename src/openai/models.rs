@@ -53,6 +53,10 @@ pub struct ModelObject {
     pub loaded_at: Option<u64>,
     /// Whether it is loaded at start and never unloaded.
     pub pinned: bool,
+    /// The model that drafts tokens for it (speculative decoding), if configured; its
+    /// weights are in this model's `memory_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub draft: Option<String>,
     /// The last load error, when `status` is `failed`.
     pub error: Option<String>,
     /// What the model can do through this server.

@@ -409,6 +409,7 @@ mod tests {
             prompt_tokens: 3,
             completion_tokens: 4,
             cached_prompt_tokens: 0,
+            ..Default::default()
         })
     }
 

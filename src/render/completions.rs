@@ -171,6 +171,8 @@ impl super::Renderer for CompletionRenderer {
                 self.usage.prompt_tokens += u.prompt_tokens;
                 self.usage.completion_tokens += u.completion_tokens;
                 self.usage.cached_prompt_tokens += u.cached_prompt_tokens;
+                self.usage.draft_tokens += u.draft_tokens;
+                self.usage.draft_accepted_tokens += u.draft_accepted_tokens;
                 self.done += 1;
                 if self.complete() && self.meta.include_usage {
                     vec![self.meta.response(Vec::new(), Some(self.usage.into()))]
@@ -278,6 +280,7 @@ mod tests {
             prompt_tokens: 2,
             completion_tokens: 3,
             cached_prompt_tokens: 0,
+            ..Default::default()
         })
     }
 

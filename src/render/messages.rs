@@ -404,6 +404,7 @@ mod tests {
             prompt_tokens: 7,
             completion_tokens: out,
             cached_prompt_tokens: 0,
+            ..Default::default()
         })
     }
 

@@ -528,6 +528,7 @@ pub(super) mod tests {
             prompt_tokens: 10,
             completion_tokens: 3,
             cached_prompt_tokens: 4,
+            ..Default::default()
         })
     }
 

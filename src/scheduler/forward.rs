@@ -203,34 +203,14 @@ impl Meter {
         self.report
             .completion_tokens
             .store(completion, Ordering::Relaxed);
-        if usage.prompt_tokens > 0 {
-            self.metrics
-                .prompt_tokens
-                .with_label_values(&model)
-                .inc_by(usage.prompt_tokens as u64);
-            self.metrics
-                .prompt_tokens_per_request
-                .with_label_values(&model)
-                .observe(usage.prompt_tokens as f64);
-        }
-        if usage.cached_prompt_tokens > 0 {
-            self.metrics
-                .cached_prompt_tokens
-                .with_label_values(&model)
-                .inc_by(usage.cached_prompt_tokens as u64);
-        }
+        self.metrics.prompt_read(&self.model, usage.prompt_tokens);
+        // Relayed whole: the tokens are counted at the end, not one by one.
         self.metrics
             .generated_tokens
             .with_label_values(&model)
             .inc_by(completion as u64);
         self.metrics
-            .generated_tokens_per_request
-            .with_label_values(&model)
-            .observe(completion as f64);
-        self.metrics
-            .request_duration
-            .with_label_values(&model)
-            .observe(elapsed);
+            .answer_finished(&self.model, usage.cached_prompt_tokens, completion, elapsed);
     }
 }
 

@@ -776,16 +776,7 @@ async fn launch(
         start_ms = started.elapsed().as_secs_f64() * 1e3,
         "generation started"
     );
-    if prompt_tokens > 0 {
-        metrics
-            .prompt_tokens
-            .with_label_values(&[name])
-            .inc_by(prompt_tokens as u64);
-        metrics
-            .prompt_tokens_per_request
-            .with_label_values(&[name])
-            .observe(prompt_tokens as f64);
-    }
+    metrics.prompt_read(name, prompt_tokens);
     report
         .prompt_tokens
         .store(prompt_tokens, std::sync::atomic::Ordering::Relaxed);
@@ -915,23 +906,9 @@ impl Stream for Generation {
                 }
                 TokenEvent::Done(usage) => {
                     self.done = true;
-                    if usage.cached_prompt_tokens > 0 {
-                        self.metrics
-                            .cached_prompt_tokens
-                            .with_label_values(&[self.model.as_str()])
-                            .inc_by(usage.cached_prompt_tokens as u64);
-                    }
                     if self.prompt_tokens == 0 && usage.prompt_tokens > 0 {
                         // An upstream model: only its answer tells the prompt's size.
-                        let model = [self.model.as_str()];
-                        self.metrics
-                            .prompt_tokens
-                            .with_label_values(&model)
-                            .inc_by(usage.prompt_tokens as u64);
-                        self.metrics
-                            .prompt_tokens_per_request
-                            .with_label_values(&model)
-                            .observe(usage.prompt_tokens as f64);
+                        self.metrics.prompt_read(&self.model, usage.prompt_tokens);
                         self.report
                             .prompt_tokens
                             .store(usage.prompt_tokens, std::sync::atomic::Ordering::Relaxed);
@@ -940,14 +917,17 @@ impl Stream for Generation {
                         usage.completion_tokens,
                         std::sync::atomic::Ordering::Relaxed,
                     );
-                    self.metrics
-                        .generated_tokens_per_request
-                        .with_label_values(&[self.model.as_str()])
-                        .observe(usage.completion_tokens as f64);
-                    self.metrics
-                        .request_duration
-                        .with_label_values(&[self.model.as_str()])
-                        .observe((now - self.started).as_secs_f64());
+                    self.metrics.draft_checked(
+                        &self.model,
+                        usage.draft_tokens,
+                        usage.draft_accepted_tokens,
+                    );
+                    self.metrics.answer_finished(
+                        &self.model,
+                        usage.cached_prompt_tokens,
+                        usage.completion_tokens,
+                        (now - self.started).as_secs_f64(),
+                    );
                 }
                 _ => {}
             }

@@ -64,7 +64,7 @@ fn file_stamp(settings: &crate::config::ModelSettings) -> FileStamp {
 }
 use super::registry::ModelSlot;
 use super::SchedulerError;
-use crate::config::SchedulerSettings;
+use crate::config::{ModelSettings, SchedulerSettings};
 use crate::engine::{Engine, LoadedModel};
 use crate::metrics::Metrics;
 
@@ -415,6 +415,30 @@ impl Pool {
         self.lock().slots[index].clone()
     }
 
+    /// `settings` with the local file of its `draft` model filled in: a live model of
+    /// that name with a GGUF file here (a hub model once downloaded). Left empty when
+    /// there is none; the engine then refuses the load and says why. Blocking: looks in
+    /// the hub cache.
+    fn with_draft(&self, mut settings: ModelSettings) -> ModelSettings {
+        let Some(name) = &settings.draft else {
+            return settings;
+        };
+        let draft = self
+            .lock()
+            .slots
+            .iter()
+            .find(|s| !s.is_retired() && &s.settings.name == name)
+            .cloned();
+        settings.draft_file =
+            draft.and_then(
+                |slot| match crate::hub::with_cached_file(&slot.settings).source {
+                    crate::config::ModelSource::File(path) => Some(path),
+                    _ => None,
+                },
+            );
+        settings
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -589,7 +613,8 @@ impl Pool {
         let pool = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
             // A hub model's footprint comes from its cached file, once downloaded.
-            let settings = &crate::hub::with_cached_file(&pool.slot(index).settings);
+            let settings =
+                &pool.with_draft(crate::hub::with_cached_file(&pool.slot(index).settings));
             let stamp = file_stamp(settings);
             let known = pool.lock().entries[index]
                 .footprint
@@ -831,9 +856,16 @@ impl Pool {
             let engine = pool.engine.clone();
             let load = async {
                 // A hub model is downloaded first (inside the load timeout).
-                let mut local = crate::hub::fetch(&settings)
+                let local = crate::hub::fetch(&settings)
                     .await
                     .map_err(crate::engine::EngineError::Load)?;
+                // Its draft model's file (a stat of the hub cache: off the async threads).
+                let mut local = {
+                    let pool = pool.clone();
+                    tokio::task::spawn_blocking(move || pool.with_draft(local))
+                        .await
+                        .map_err(|_| crate::engine::EngineError::Unavailable)?
+                };
                 if unknown {
                     // Its size is known now: shrink its context into what was reserved.
                     pool.lock().entries[index].footprint = None;

@@ -11,6 +11,7 @@ use crate::helpers::{free_port, get_json, post_json, settings_with, spawn_server
 fn llamagate() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_llamagate"));
     command.env(crate::helpers::NO_MODELS_DIR, "");
+    command.env(crate::helpers::MEMORY_STORE, "");
     command
 }
 

@@ -28,13 +28,7 @@ const CHAT: &str = "chat-llama";
 const Q8: &str = "minilm-q8";
 
 fn minilm_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2.F16.gguf");
-    assert!(
-        path.is_file(),
-        "embedding model {} missing: run scripts/fetch-models.sh --embeddings",
-        path.display()
-    );
-    path
+    crate::helpers::embedding_model_path()
 }
 
 fn minilm(name: &str) -> ModelSettings {

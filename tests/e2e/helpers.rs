@@ -96,6 +96,17 @@ pub fn model_path() -> PathBuf {
     path
 }
 
+/// The embedding model all-MiniLM-L6-v2 (F16), fetched by `scripts/fetch-models.sh --embeddings`.
+pub fn embedding_model_path() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2.F16.gguf");
+    assert!(
+        path.is_file(),
+        "embedding model {} missing: run scripts/fetch-models.sh --embeddings",
+        path.display()
+    );
+    path
+}
+
 /// One entry for the test model.
 pub fn smollm2(name: &str) -> ModelSettings {
     let mut m = ModelSettings::new(name, ModelSource::File(model_path()));
@@ -120,6 +131,8 @@ source = "placeholder.gguf"
     s.models = models;
     // Only the models a test names (not what else lies in models/).
     s.scheduler.models_dir = std::path::PathBuf::new();
+    // Usage and run-time keys in memory: every test starts from nothing.
+    s.auth.store = Some(std::path::PathBuf::new());
     s.validate().expect("valid test models");
     s
 }
@@ -315,6 +328,9 @@ impl Drop for Served {
 /// serves only the models its test configures (not what else lies in models/).
 pub const NO_MODELS_DIR: &str = "LLAMAGATE__SCHEDULER__MODELS_DIR";
 
+/// Set to `""`: usage and run-time keys in memory (a test names a file to keep them).
+pub const MEMORY_STORE: &str = "LLAMAGATE__AUTH__STORE";
+
 /// Runs the real binary with `[server] bind` on a free port plus `body` as config.
 pub async fn serve_binary(body: &str) -> Served {
     serve_binary_with_env(body, &[]).await
@@ -364,6 +380,7 @@ fn spawn_child(config: &Path, port: u16, env: &[(String, std::ffi::OsString)]) -
         .args(["serve", "--config"])
         .arg(config)
         .env(NO_MODELS_DIR, "")
+        .env(MEMORY_STORE, "")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(stdout)
         .stderr(stderr)

@@ -32,6 +32,7 @@ mod reliability;
 mod responses;
 mod runtime_models;
 mod security;
+mod speculative;
 mod structured;
 mod upstream;
 mod upstream_pool;

@@ -199,7 +199,8 @@ async fn a_real_prometheus_scrapes_and_the_dashboard_queries_run() {
                 .as_str()
                 .unwrap()
                 .replace("$__rate_interval", "30s")
-                .replace("$model", ".*");
+                .replace("$model", ".*")
+                .replace("$key", ".*");
             let result = query(&prom, &expr).await;
             assert_eq!(result["status"], "success", "{expr}: {result}");
             checked += 1;

@@ -124,9 +124,17 @@ async fn a_pool_balances_fails_over_and_recovers() {
         "[[models]]\nname = \"pooled\"\nsource = \"{url_a}\"\nupstream_model = \"m\"\nupstream_timeout_secs = 30\nhealth_check_interval_secs = 1\nslow_start_secs = 1\nmax_concurrent = 8\nsources = [\"{url_b}\", {{ url = \"{failing}\", weight = 2 }}]\n[[models]]\nname = \"sticky\"\nsource = \"{url_a}\"\nupstream_model = \"m\"\nsession_affinity = true\nsources = [\"{url_b}\"]\n"
     ))
     .await;
-    // The pool is shown from the start, every member taking traffic.
-    let listed = members(&front).await;
-    assert_eq!(listed.len(), 3, "{listed:?}");
+    // The pool is shown as soon as it is loaded, which starts at once (there is nothing
+    // to read) but in the background, so `/health` can answer a moment before it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = members(&front).await;
+        if listed.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Every request is answered: those sent to the failing member (its health checks
     // pass, so it stays in rotation) are retried on another one before their first byte.

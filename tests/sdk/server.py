@@ -39,7 +39,7 @@ def start_server(config_body):
     config.write(f'[server]\nbind = "127.0.0.1:{port}"\n{config_body}')
     config.close()
     # Only the configured models, not what else lies in models/ (scheduler.models_dir).
-    env = dict(os.environ, LLAMAGATE__SCHEDULER__MODELS_DIR="")
+    env = dict(os.environ, LLAMAGATE__SCHEDULER__MODELS_DIR="", LLAMAGATE__AUTH__STORE="")
     proc = subprocess.Popen([BINARY, "serve", "--config", config.name], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):

@@ -6,6 +6,9 @@
 //!
 //! Chat templates are rendered by [`super::chat_template`]; sampling is llamagate's own
 //! (the same seeded sampler as the mistral.rs engine), so both engines give the same API.
+//!
+//! A model with a `draft` loads the draft's file beside its own, on the same thread, with
+//! a context of the same shape: the worker then decodes speculatively.
 
 mod embed;
 mod grammar;
@@ -157,9 +160,25 @@ impl super::Engine for LlamaCppEngine {
     }
 
     fn estimate_footprint(&self, settings: &ModelSettings) -> Result<Footprint, String> {
-        super::footprint_from_header(settings, |summary, context, sequences| {
-            Footprint::estimate_llama_cpp(summary, context, sequences, u64::from(BATCH_TOKENS))
-        })
+        let estimate = |settings: &ModelSettings, context_used: &mut Option<u64>| {
+            super::footprint_from_header(settings, |summary, context, sequences| {
+                *context_used = Some(context);
+                Footprint::estimate_llama_cpp(summary, context, sequences, u64::from(BATCH_TOKENS))
+            })
+        };
+        let mut context = None;
+        let own = estimate(settings, &mut context)?;
+        match (&settings.draft_file, context) {
+            // The draft's weights and its KV cache for the same context and sequences (a
+            // configured `memory` is the whole, and the closure above did not run).
+            (Some(path), Some(context)) => {
+                let mut draft = settings.clone();
+                draft.source = ModelSource::File(path.clone());
+                draft.context_length = Some(context as usize);
+                Ok(own.plus(estimate(&draft, &mut None)?))
+            }
+            _ => Ok(own),
+        }
     }
 
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
@@ -193,6 +212,15 @@ impl super::Engine for LlamaCppEngine {
             let model = embed::load(backend, &path, &settings.name, options).await?;
             return Ok(Arc::new(model));
         }
+        let draft = match (&settings.draft, &settings.draft_file) {
+            (None, _) => None,
+            (Some(_), Some(path)) => Some((path.clone(), settings.draft_max, settings.draft_p_min)),
+            (Some(name), None) => {
+                return Err(EngineError::Load(format!(
+                    "its draft model `{name}` is not a model of this server with a GGUF file here (a hub model must be downloaded first)"
+                )))
+            }
+        };
         let sequences = settings.max_concurrent.max(1);
         let configured_context = settings.context_length;
         let reuse_prefix = settings.prefix_cache.unwrap_or(true);
@@ -214,7 +242,7 @@ impl super::Engine for LlamaCppEngine {
                         threads,
                     )
                 });
-                let (shared, context_params, context_per_sequence) = match loaded {
+                let (shared, shape, context_per_sequence) = match loaded {
                     Ok(Ok(parts)) => parts,
                     Ok(Err(e)) => {
                         let _ = ready_tx.send(Err(e));
@@ -227,7 +255,7 @@ impl super::Engine for LlamaCppEngine {
                         return;
                     }
                 };
-                let context = match shared.model.new_context(backend, context_params) {
+                let context = match shared.model.new_context(backend, shape.params()) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = ready_tx.send(Err(EngineError::Load(format!(
@@ -238,6 +266,35 @@ impl super::Engine for LlamaCppEngine {
                 };
                 let context_per_sequence =
                     context_per_sequence.min(context.n_ctx() as usize / sequences);
+                // The draft model, if any: its weights, then a context of the same shape.
+                let draft_model = match &draft {
+                    None => None,
+                    Some((path, _, _)) => match load_draft(backend, path, &shared.model) {
+                        Ok(model) => Some(model),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    },
+                };
+                let draft = match (&draft_model, &draft) {
+                    (Some(model), Some((_, max, p_min))) => {
+                        match model.new_context(backend, shape.params()) {
+                            Ok(context) => Some(worker::Draft {
+                                context,
+                                max: *max,
+                                p_min: *p_min,
+                            }),
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(EngineError::Load(format!(
+                                    "llama.cpp could not create the draft model's context ({e}); lower context_length or max_concurrent"
+                                ))));
+                                return;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
                 if ready_tx
                     .send(Ok((
                         shared.clone(),
@@ -255,9 +312,10 @@ impl super::Engine for LlamaCppEngine {
                     worker::run(
                         &shared,
                         context,
-                    worker::Limits {
-                        sequences,
-                        context_per_sequence,
+                        draft,
+                        worker::Limits {
+                            sequences,
+                            context_per_sequence,
                             reuse_prefix,
                         },
                         jobs_rx,
@@ -284,6 +342,7 @@ impl super::Engine for LlamaCppEngine {
             threads,
             sequences,
             context = ready.context_per_sequence,
+            draft = settings.draft.as_deref().unwrap_or("none"),
             "llama.cpp model ready"
         );
         let thinks = settings.reasoning.unwrap_or(shared.thinks);
@@ -300,7 +359,79 @@ impl super::Engine for LlamaCppEngine {
     }
 }
 
-type Loaded = (Arc<Shared>, LlamaContextParams, usize);
+type Loaded = (Arc<Shared>, ContextShape, usize);
+
+/// The shape of a model's llama.cpp context (its draft model's is the same).
+struct ContextShape {
+    total: NonZeroU32,
+    sequences: u32,
+    threads: i32,
+}
+
+impl ContextShape {
+    fn params(&self) -> LlamaContextParams {
+        LlamaContextParams::default()
+            .with_n_ctx(Some(self.total))
+            .with_n_batch(BATCH_TOKENS)
+            .with_n_ubatch(BATCH_TOKENS)
+            .with_n_seq_max(self.sequences)
+            .with_kv_unified(false)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads)
+    }
+}
+
+/// Loads a draft model's file for `model`, whose tokenizer it must share token for token.
+fn load_draft(
+    backend: &LlamaBackend,
+    path: &Path,
+    model: &LlamaModel,
+) -> Result<LlamaModel, EngineError> {
+    let draft = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        LlamaModel::load_from_file(backend, path, &model_params())
+    }))
+    .map_err(|_| EngineError::Load("llama.cpp crashed while loading the draft model".into()))?
+    .map_err(|e| {
+        EngineError::Load(super::describe_file_error(
+            path,
+            &format!("llama.cpp could not load the draft model ({e})"),
+        ))
+    })?;
+    same_vocabulary(model, &draft).map_err(|why| {
+        EngineError::Load(format!(
+            "the draft model does not share this model's tokenizer: {why}"
+        ))
+    })?;
+    Ok(draft)
+}
+
+/// Whether two models tokenize alike: the same tokens under the same ids, the same BOS
+/// and EOS (a draft's guesses are token ids of the model's vocabulary).
+fn same_vocabulary(model: &LlamaModel, draft: &LlamaModel) -> Result<(), String> {
+    let (a, b) = (model.vocab(), draft.vocab());
+    if a.n_tokens() != b.n_tokens() {
+        return Err(format!(
+            "its vocabulary has {} tokens, this model's {}",
+            b.n_tokens(),
+            a.n_tokens()
+        ));
+    }
+    if a.bos() != b.bos() || a.eos() != b.eos() {
+        return Err("its BOS or EOS token is another one".into());
+    }
+    match (0..a.n_tokens())
+        .map(LlamaToken)
+        .find(|&t| a.text(t) != b.text(t))
+    {
+        Some(t) => Err(format!(
+            "token {} is `{}` in it and `{}` in this model",
+            t.0,
+            b.text(t).map(|c| c.to_string_lossy()).unwrap_or_default(),
+            a.text(t).map(|c| c.to_string_lossy()).unwrap_or_default()
+        )),
+        None => Ok(()),
+    }
+}
 
 /// How llama.cpp loads a model file: read into memory, not mapped. A file that is
 /// replaced in place (truncated and rewritten, as `cp` does) while mapped kills the whole
@@ -350,15 +481,11 @@ fn load_on_this_thread(
         .and_then(|t| u32::try_from(t).ok())
         .and_then(NonZeroU32::new)
         .ok_or_else(|| EngineError::Load("context_length × max_concurrent is too large".into()))?;
-    let threads = i32::try_from(threads).unwrap_or(i32::MAX);
-    let params = LlamaContextParams::default()
-        .with_n_ctx(Some(total))
-        .with_n_batch(BATCH_TOKENS)
-        .with_n_ubatch(BATCH_TOKENS)
-        .with_n_seq_max(sequences as u32)
-        .with_kv_unified(false)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
+    let shape = ContextShape {
+        total,
+        sequences: sequences as u32,
+        threads: i32::try_from(threads).unwrap_or(i32::MAX),
+    };
 
     let vocab = model.vocab();
     let piece = |token: LlamaToken| {
@@ -401,7 +528,7 @@ fn load_on_this_thread(
             tool_opener,
             tool_opener_token: opener_token,
         }),
-        params,
+        shape,
         per_sequence,
     ))
 }

@@ -6,6 +6,15 @@
 //! over every running sequence: one token for each that is generating, and prompt
 //! chunks for those still reading, up to [`super::BATCH_TOKENS`] in all. Each sequence
 //! with fresh logits samples its next token with llamagate's sampler.
+//!
+//! With a draft model (speculative decoding), each generating sequence first has the
+//! draft guess a few tokens ahead ([`draft_ahead`]); the forward pass then reads the
+//! pending token and the guesses together, and the sampler walks their logits in order,
+//! keeping each guess it would have sampled itself and stopping at the first it would
+//! not (its own token is kept instead). The draft guesses greedily, so this is the
+//! standard acceptance rule for a deterministic draft: the output is what decoding alone
+//! would give, token for token at temperature 0, and in distribution when sampling
+//! (seeded requests draw the same numbers either way).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -49,6 +58,9 @@ struct RequestState {
     /// Prompt tokens the first choice found in the KV cache.
     cached_prompt_tokens: Option<usize>,
     choices_left: usize,
+    /// Tokens the draft model guessed, and how many of them were kept.
+    draft_tokens: usize,
+    draft_accepted_tokens: usize,
 }
 
 impl RequestState {
@@ -79,8 +91,14 @@ struct Running {
     choice: Choice,
     /// Tokens in this slot's KV cache, in order.
     cached: Vec<LlamaToken>,
-    /// Tokens to feed next (the rest of the prompt, or the last sampled token).
+    /// Tokens to feed next (the rest of the prompt, or the last sampled token and the
+    /// draft's guesses after it).
     pending: VecDeque<LlamaToken>,
+    /// Of `pending`, the draft's guesses (at its end).
+    drafted: usize,
+    /// Tokens in this slot's sequence of the draft model's KV cache: always a prefix of
+    /// `cached` and the guesses.
+    draft_cached: Vec<LlamaToken>,
 }
 
 /// A sequence slot of the context.
@@ -89,6 +107,8 @@ struct Slot {
     busy: bool,
     /// Tokens its KV cache still holds from the last choice that ran in it.
     cached: Vec<LlamaToken>,
+    /// The same for the draft model's KV cache.
+    draft_cached: Vec<LlamaToken>,
 }
 
 enum Outcome {
@@ -106,8 +126,24 @@ pub struct Limits {
     pub reuse_prefix: bool,
 }
 
+/// A draft model for speculative decoding: its own context, with a sequence per slot.
+pub struct Draft<'a> {
+    /// The draft model's context (same shape as the model's).
+    pub context: LlamaContext<'a>,
+    /// The most tokens guessed ahead per step.
+    pub max: usize,
+    /// Guessing stops when the draft's most likely token is less likely than this.
+    pub p_min: f32,
+}
+
 /// Runs until the model is unloaded (the job sender is dropped).
-pub fn run(shared: &Shared, mut context: LlamaContext<'_>, limits: Limits, jobs: Receiver<Job>) {
+pub fn run(
+    shared: &Shared,
+    mut context: LlamaContext<'_>,
+    mut draft: Option<Draft<'_>>,
+    limits: Limits,
+    jobs: Receiver<Job>,
+) {
     let Limits {
         sequences,
         context_per_sequence,
@@ -144,7 +180,7 @@ pub fn run(shared: &Shared, mut context: LlamaContext<'_>, limits: Limits, jobs:
         running.retain(|r| {
             let gone = r.choice.request.borrow().out.is_closed();
             if gone {
-                release(&mut slots[r.slot], &r.cached);
+                release(&mut slots[r.slot], r);
             }
             !gone
         });
@@ -154,32 +190,53 @@ pub fn run(shared: &Shared, mut context: LlamaContext<'_>, limits: Limits, jobs:
             &mut running,
             &mut slots,
             &mut context,
+            draft.as_mut().map(|d| &mut d.context),
             reuse_prefix,
         );
         if running.is_empty() {
             continue;
         }
+        let step_started = std::time::Instant::now();
+        if let Some(draft) = draft.as_mut() {
+            draft_ahead(
+                draft,
+                &mut running,
+                &mut batch,
+                capacity,
+                context_per_sequence,
+            );
+        }
 
-        // One forward pass: decode steps first, then prompt chunks in the room left.
+        // One forward pass: decode steps first (with their guesses), then prompt chunks
+        // in the room left.
         batch.clear();
-        let mut rows: Vec<(usize, i32)> = Vec::new();
+        // (running index, first logits row, rows): one row, or one per token read when
+        // there are guesses to check.
+        let mut rows: Vec<(usize, i32, usize)> = Vec::new();
         let mut room = capacity;
         let mut order: Vec<usize> = (0..running.len()).collect();
         order.sort_by_key(|&i| running[i].pending.len());
         let mut failed = false;
         for i in order {
-            if room == 0 {
-                break;
-            }
             let r = &mut running[i];
             let take = r.pending.len().min(room);
+            if r.drafted > 0 && take < r.pending.len() {
+                // No room for every guess: check those that fit (guesses are optional).
+                r.pending.truncate(take.max(1));
+                r.drafted = take.saturating_sub(1);
+            }
+            if take == 0 {
+                continue;
+            }
+            let checks = r.drafted > 0;
             let finishes_prompt = take == r.pending.len();
+            let mut first_row = None;
             for k in 0..take {
                 let Some(token) = r.pending.pop_front() else {
                     break;
                 };
                 let position = r.cached.len() as i32;
-                let wants_logits = finishes_prompt && k + 1 == take;
+                let wants_logits = checks || (finishes_prompt && k + 1 == take);
                 if batch
                     .add(token, position, &[r.slot as i32], wants_logits)
                     .is_err()
@@ -187,10 +244,13 @@ pub fn run(shared: &Shared, mut context: LlamaContext<'_>, limits: Limits, jobs:
                     failed = true;
                     break;
                 }
-                if wants_logits {
-                    rows.push((i, batch.n_tokens() - 1));
+                if wants_logits && first_row.is_none() {
+                    first_row = Some(batch.n_tokens() - 1);
                 }
                 r.cached.push(token);
+            }
+            if let Some(first) = first_row {
+                rows.push((i, first, if checks { take } else { 1 }));
             }
             room -= take;
         }
@@ -198,7 +258,11 @@ pub fn run(shared: &Shared, mut context: LlamaContext<'_>, limits: Limits, jobs:
             fail_all(&mut running, &mut slots, &mut context, "batch overflow");
             continue;
         }
-        if let Err(e) = context.decode(&mut batch) {
+        let drafted_in = step_started.elapsed();
+        let batch_tokens = batch.n_tokens();
+        let decode_result = context.decode(&mut batch);
+        let decoded_in = step_started.elapsed();
+        if let Err(e) = decode_result {
             tracing::error!(error = %e, "llama.cpp decode failed");
             fail_all(
                 &mut running,
@@ -210,25 +274,259 @@ pub fn run(shared: &Shared, mut context: LlamaContext<'_>, limits: Limits, jobs:
         }
 
         let mut finished: Vec<usize> = Vec::new();
-        for (i, row) in rows {
-            let logits = context.get_logits_ith(row);
+        for (i, first, count) in rows {
             let r = &mut running[i];
-            if let Outcome::Finished = step(
-                r,
-                logits,
-                &vocab,
-                context_per_sequence,
-                shared.tool_opener_token,
-            ) {
+            let outcome = if count == 1 {
+                step(
+                    r,
+                    context.get_logits_ith(first),
+                    &vocab,
+                    context_per_sequence,
+                    shared.tool_opener_token,
+                )
+            } else {
+                check_guesses(
+                    r,
+                    &mut context,
+                    draft.as_mut().map(|d| &mut d.context),
+                    first,
+                    count,
+                    &vocab,
+                    context_per_sequence,
+                    shared.tool_opener_token,
+                )
+            };
+            if let Outcome::Finished = outcome {
                 finished.push(i);
             }
         }
+        // The profiling hook of docs/BENCHMARKS.md's per-token breakdown (enable with
+        // LLAMAGATE_LOG=llamagate::engine::llama_cpp::worker=trace): drafting, the
+        // forward pass, then sampling, detokenizing, stop matching and sending.
+        tracing::trace!(
+            draft_us = drafted_in.as_micros() as u64,
+            decode_us = (decoded_in - drafted_in).as_micros() as u64,
+            sample_us = (step_started.elapsed() - decoded_in).as_micros() as u64,
+            batch_tokens,
+            "forward pass"
+        );
         finished.sort_unstable();
         for i in finished.into_iter().rev() {
             let r = running.swap_remove(i);
-            release(&mut slots[r.slot], &r.cached);
+            release(&mut slots[r.slot], &r);
         }
     }
+}
+
+/// Has the draft model guess ahead for every sequence that is generating: it first
+/// reads what it has not seen yet (the prompt, the tokens kept since its last guesses),
+/// then guesses greedily, one forward pass per token for all those sequences together.
+/// Each stops at its limit (`draft.max`, the tokens left to its request, its context) or
+/// when its best guess is less likely than `draft.p_min`. The guesses are put after the
+/// sequence's pending token, for the model to check in its next forward pass.
+fn draft_ahead(
+    draft: &mut Draft<'_>,
+    running: &mut [Running],
+    batch: &mut LlamaBatch,
+    capacity: usize,
+    context_per_sequence: usize,
+) {
+    struct Guessing {
+        index: usize,
+        /// Tokens the draft must still read, the last one with logits.
+        feed: VecDeque<LlamaToken>,
+        row: Option<i32>,
+        guesses: Vec<LlamaToken>,
+        limit: usize,
+        done: bool,
+    }
+    let mut guessing: Vec<Guessing> = Vec::new();
+    for (index, r) in running.iter().enumerate() {
+        // Still reading its prompt, or not yet started on it.
+        if r.pending.len() != 1 || r.cached.len() < r.choice.prompt.len() {
+            continue;
+        }
+        // Reading the pending token and k guesses yields up to k + 1 tokens.
+        let sampling = &r.choice.sampling;
+        let left = sampling
+            .max_tokens
+            .map_or(usize::MAX, |m| m.saturating_sub(r.choice.generated));
+        let room = context_per_sequence.saturating_sub(r.cached.len() + 2);
+        let limit = draft.max.min(left.saturating_sub(1)).min(room);
+        if limit == 0 || r.draft_cached.len() > r.cached.len() {
+            continue;
+        }
+        let mut feed: VecDeque<LlamaToken> =
+            r.cached[r.draft_cached.len()..].iter().copied().collect();
+        feed.extend(r.pending.iter().copied());
+        guessing.push(Guessing {
+            index,
+            feed,
+            row: None,
+            guesses: Vec::new(),
+            limit,
+            done: false,
+        });
+    }
+    while guessing.iter().any(|g| !g.done) {
+        batch.clear();
+        let mut room = capacity;
+        let mut failed = false;
+        for g in guessing.iter_mut().filter(|g| !g.done) {
+            let r = &mut running[g.index];
+            while room > 0 {
+                let Some(token) = g.feed.pop_front() else {
+                    break;
+                };
+                let last = g.feed.is_empty();
+                let position = r.draft_cached.len() as i32;
+                if batch.add(token, position, &[r.slot as i32], last).is_err() {
+                    failed = true;
+                    break;
+                }
+                if last {
+                    g.row = Some(batch.n_tokens() - 1);
+                }
+                r.draft_cached.push(token);
+                room -= 1;
+            }
+        }
+        if failed || batch.n_tokens() == 0 || draft.context.decode(batch).is_err() {
+            // The draft's cache no longer matches what it was told: it starts over, and
+            // this step checks no guesses.
+            tracing::warn!("the draft model's forward pass failed; drafting again from scratch");
+            for g in &guessing {
+                let r = &mut running[g.index];
+                let _ = draft
+                    .context
+                    .clear_kv_cache_seq(Some(r.slot as u32), None, None);
+                r.draft_cached.clear();
+            }
+            return;
+        }
+        for g in guessing.iter_mut() {
+            let Some(row) = g.row.take() else { continue };
+            let (best, p) = most_likely(draft.context.get_logits_ith(row));
+            if p < draft.p_min {
+                g.done = true;
+                continue;
+            }
+            g.guesses.push(best);
+            if g.guesses.len() >= g.limit {
+                g.done = true;
+            } else {
+                g.feed.push_back(best);
+            }
+        }
+    }
+    for g in guessing {
+        let r = &mut running[g.index];
+        r.drafted = g.guesses.len();
+        r.pending.extend(g.guesses);
+    }
+}
+
+/// The most likely token of `logits` and its probability.
+fn most_likely(logits: &[f32]) -> (LlamaToken, f32) {
+    let mut best = 0;
+    for (i, l) in logits.iter().enumerate() {
+        if *l > logits[best] {
+            best = i;
+        }
+    }
+    let top = logits.get(best).copied().unwrap_or(0.0);
+    let sum: f32 = logits.iter().map(|l| (l - top).exp()).sum();
+    (
+        LlamaToken(best as i32),
+        if sum > 0.0 { 1.0 / sum } else { 0.0 },
+    )
+}
+
+/// Samples through the logits of a pending token and the guesses read after it (`count`
+/// rows from `first`), keeping each guess the sampler picks itself; at the first it does
+/// not, its own pick is kept instead and the cache entries of the guesses after it are
+/// removed (from the model's and the draft's caches).
+#[allow(clippy::too_many_arguments)]
+fn check_guesses(
+    r: &mut Running,
+    context: &mut LlamaContext<'_>,
+    draft: Option<&mut LlamaContext<'_>>,
+    first: i32,
+    count: usize,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+    context_per_sequence: usize,
+    shown: Option<LlamaToken>,
+) -> Outcome {
+    // The cache holds the pending token, then the guesses.
+    let guesses = r.cached.split_off(r.cached.len() - (count - 1));
+    let mut kept = 0;
+    let mut outcome = Outcome::Continue;
+    for (j, row) in (first..).take(count).enumerate() {
+        outcome = step(
+            r,
+            context.get_logits_ith(row),
+            vocab,
+            context_per_sequence,
+            shown,
+        );
+        if let Outcome::Finished = outcome {
+            break;
+        }
+        match guesses.get(j) {
+            Some(&guess) if r.pending.back() == Some(&guess) => {
+                // The guess is what was sampled: it is in the cache already.
+                r.pending.pop_back();
+                r.cached.push(guess);
+                kept += 1;
+            }
+            _ => break,
+        }
+    }
+    {
+        let mut request = r.choice.request.borrow_mut();
+        request.draft_tokens += count - 1;
+        request.draft_accepted_tokens += kept;
+    }
+    r.drafted = 0;
+    let slot = Some(r.slot as u32);
+    if kept < count - 1 {
+        let from = u32::try_from(r.cached.len()).ok();
+        if !from.is_some_and(|from| {
+            context
+                .clear_kv_cache_seq(slot, Some(from), None)
+                .unwrap_or(false)
+        }) {
+            // Its cache still holds rejected guesses: this choice cannot go on.
+            let _ = context.clear_kv_cache_seq(slot, None, None);
+            r.cached.clear();
+            let _ = r
+                .choice
+                .request
+                .borrow()
+                .out
+                .send(Err(EngineError::Generation(
+                    "llama.cpp: could not remove rejected draft tokens from the cache".into(),
+                )));
+            return Outcome::Finished;
+        }
+    }
+    if let Some(draft) = draft {
+        let keep = common_prefix(&r.draft_cached, &r.cached);
+        if keep < r.draft_cached.len() {
+            let cleared = u32::try_from(keep).ok().is_some_and(|keep| {
+                draft
+                    .clear_kv_cache_seq(slot, Some(keep), None)
+                    .unwrap_or(false)
+            });
+            if cleared {
+                r.draft_cached.truncate(keep);
+            } else {
+                let _ = draft.clear_kv_cache_seq(slot, None, None);
+                r.draft_cached.clear();
+            }
+        }
+    }
+    outcome
 }
 
 fn enqueue(job: Job, waiting: &mut VecDeque<Choice>) {
@@ -240,6 +538,8 @@ fn enqueue(job: Job, waiting: &mut VecDeque<Choice>) {
         completion_tokens: 0,
         cached_prompt_tokens: None,
         choices_left: n,
+        draft_tokens: 0,
+        draft_accepted_tokens: 0,
     }));
     let prompt: Rc<[LlamaToken]> = job.tokens.into();
     let sampling = Rc::new(job.sampling);
@@ -278,6 +578,7 @@ fn admit(
     running: &mut Vec<Running>,
     slots: &mut [Slot],
     context: &mut LlamaContext<'_>,
+    mut draft: Option<&mut LlamaContext<'_>>,
     reuse_prefix: bool,
 ) {
     while !waiting.is_empty() {
@@ -328,19 +629,42 @@ fn admit(
         slots[slot].busy = true;
         let mut cached = std::mem::take(&mut slots[slot].cached);
         cached.truncate(keep);
+        // The draft keeps what it read of this prompt too (it reads the rest later).
+        let mut draft_cached = std::mem::take(&mut slots[slot].draft_cached);
+        if let Some(draft) = draft.as_deref_mut() {
+            let keep = if reuse_prefix {
+                common_prefix(&draft_cached, &choice.prompt)
+            } else {
+                0
+            };
+            let cleared = u32::try_from(keep).ok().is_some_and(|keep| {
+                draft
+                    .clear_kv_cache_seq(Some(slot as u32), Some(keep), None)
+                    .unwrap_or(false)
+            });
+            if cleared {
+                draft_cached.truncate(keep);
+            } else {
+                let _ = draft.clear_kv_cache_seq(Some(slot as u32), None, None);
+                draft_cached.clear();
+            }
+        }
         let pending = choice.prompt[keep..].iter().copied().collect();
         running.push(Running {
             slot,
             choice,
             cached,
             pending,
+            drafted: 0,
+            draft_cached,
         });
     }
 }
 
-fn release(slot: &mut Slot, cached: &[LlamaToken]) {
+fn release(slot: &mut Slot, r: &Running) {
     slot.busy = false;
-    slot.cached = cached.to_vec();
+    slot.cached = r.cached.clone();
+    slot.draft_cached = r.draft_cached.clone();
 }
 
 fn fail_all(
@@ -564,6 +888,8 @@ fn finish(choice: &mut Choice, reason: FinishReason) -> Outcome {
             prompt_tokens: request.prompt_tokens,
             completion_tokens: request.completion_tokens,
             cached_prompt_tokens: request.cached_prompt_tokens.unwrap_or(0),
+            draft_tokens: request.draft_tokens,
+            draft_accepted_tokens: request.draft_accepted_tokens,
         };
         request.send(TokenEvent::Done(usage));
     }
@@ -583,6 +909,15 @@ mod tests {
         assert!(bytes.is_empty());
         let mut broken = vec![b'a', 0xFF, b'b'];
         assert_eq!(take_valid_utf8(&mut broken), "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn most_likely_gives_the_best_token_and_its_probability() {
+        let (token, p) = most_likely(&[0.0, 2.0_f32.ln(), 0.0]);
+        assert_eq!(token, LlamaToken(1));
+        assert!((p - 0.5).abs() < 1e-6, "{p}");
+        let (token, p) = most_likely(&[f32::NEG_INFINITY, 3.0]);
+        assert_eq!((token, p), (LlamaToken(1), 1.0));
     }
 
     #[test]
