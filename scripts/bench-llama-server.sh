@@ -13,8 +13,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
 scripts/fetch-models.sh >/dev/null
-cargo build --bin llamagate
-BIN="$CARGO_TARGET_DIR/debug/llamagate"
+# LLAMAGATE_BIN: a llamagate binary built before (e.g. the one scripts/test.sh built).
+BIN="${LLAMAGATE_BIN:-$CARGO_TARGET_DIR/debug/llamagate}"
+[[ -n "${LLAMAGATE_BIN:-}" ]] || cargo build --bin llamagate
 LLAMA_SERVER="$(scripts/build-llama-server.sh)"
 MODEL="$LLAMAGATE_ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 THREADS="${THREADS:-$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l)}"
@@ -67,16 +68,21 @@ bench() { # name, url, extra args...
 for round in $(seq 1 "$ROUNDS"); do
     for server in llamagate llama-server; do
         echo "== round $round/$ROUNDS: $server"
-        if [[ $server == llamagate ]]; then url="http://127.0.0.1:$PORT/v1"; else url="http://127.0.0.1:$PEER/v1"; fi
-        bench "$server-fresh-$round" "$url" --prompt-words 0,512
-        bench "$server-repeated-$round" "$url" --prompt-words 0 --repeat-prompt
+        # llamagate also lists the files of its models folder: name the one measured.
+        if [[ $server == llamagate ]]; then
+            url="http://127.0.0.1:$PORT/v1" model=(--model smollm2)
+        else
+            url="http://127.0.0.1:$PEER/v1" model=()
+        fi
+        bench "$server-fresh-$round" "$url" "${model[@]}" --prompt-words 0,512
+        bench "$server-repeated-$round" "$url" "${model[@]}" --prompt-words 0 --repeat-prompt
     done
 done
 
 echo "== per-token breakdown (concurrency 1, fresh short prompts)"
 from_ours=$(wc -l <"$OUT/llamagate.log")
 "$BIN" bench --requests "$REQUESTS" --concurrency 1 --prompt-words 0 --max-tokens 128 \
-    --url "http://127.0.0.1:$PORT/v1" --out "$OUT/llamagate-profile" >/dev/null
+    --url "http://127.0.0.1:$PORT/v1" --model smollm2 --out "$OUT/llamagate-profile" >/dev/null
 tail -n +"$((from_ours + 1))" "$OUT/llamagate.log" >"$OUT/llamagate-profile.log"
 from_peer=$(wc -l <"$OUT/llama-server.log")
 "$BIN" bench --requests "$REQUESTS" --concurrency 1 --prompt-words 0 --max-tokens 128 \

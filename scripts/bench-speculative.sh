@@ -13,8 +13,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
 scripts/fetch-models.sh >/dev/null
-cargo build --bin llamagate
-BIN="$CARGO_TARGET_DIR/debug/llamagate"
+# LLAMAGATE_BIN: a llamagate binary built before (e.g. the one scripts/test.sh built).
+BIN="${LLAMAGATE_BIN:-$CARGO_TARGET_DIR/debug/llamagate}"
+[[ -n "${LLAMAGATE_BIN:-}" ]] || cargo build --bin llamagate
 LLAMA_SERVER="$(scripts/build-llama-server.sh)"
 SRC="$LLAMAGATE_ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 THREADS="${THREADS:-$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l)}"

@@ -272,7 +272,8 @@ mod tests {
         );
         assert!(rx.is_empty());
         // Bounded: past COALESCE_BYTES the rest waits for the next write.
-        tx.try_send(Bytes::from(vec![b'x'; COALESCE_BYTES])).unwrap();
+        tx.try_send(Bytes::from(vec![b'x'; COALESCE_BYTES]))
+            .unwrap();
         tx.try_send(Bytes::from_static(b"data: 4\n\n")).unwrap();
         let out = coalesce(Bytes::from_static(b"data: 0\n\n"), &mut rx);
         assert_eq!(out.len(), 9 + COALESCE_BYTES);

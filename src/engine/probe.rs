@@ -98,6 +98,16 @@ impl SamplingProbe {
         }
     }
 
+    /// [`Self::pick`] without the work nobody reads: a greedy pick whose probabilities are
+    /// not wanted (no logprobs) is the first largest finite logit — the token `pick`
+    /// chooses, without a softmax over the vocabulary — and comes with no probabilities.
+    pub fn pick_token(&self, logits: &[f32], want_probs: bool) -> (usize, Vec<f32>) {
+        if self.temperature <= 0.0 && !want_probs {
+            return (argmax_finite(logits), Vec::new());
+        }
+        self.pick(logits)
+    }
+
     /// Picks a token from raw logits; returns its index and the temperature-1 probabilities.
     pub fn pick(&self, logits: &[f32]) -> (usize, Vec<f32>) {
         let probs = softmax(logits, 1.0);
@@ -158,29 +168,68 @@ fn argmax(values: &[f32]) -> usize {
     best
 }
 
+/// The first largest finite value (0 when there is none): the index `argmax` finds in
+/// the softmax of `values`, whose order the softmax keeps.
+fn argmax_finite(values: &[f32]) -> usize {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if v.is_finite() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map_or(0, |(i, _)| i)
+}
+
+/// Samples from the smallest set of most likely tokens whose mass reaches `top_p`,
+/// walking them from the most likely. Only as much of the vocabulary is ordered as the
+/// walk needs (selection, then a sort of that part; usually a few dozen tokens), not
+/// all of it: the picks are those of a full sort. With `top_p` ≥ 1 the mass is the sum
+/// of every probability.
 fn nucleus_sample(probs: &[f32], top_p: f64, rng: &mut impl Rng) -> usize {
     let mut order: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] > 0.0).collect();
     if order.is_empty() {
         return argmax(probs);
     }
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    let mut kept = 0;
-    let mut mass = 0.0f64;
-    for &i in &order {
-        kept += 1;
-        mass += f64::from(probs[i]);
-        if mass >= top_p {
-            break;
+    let by_likelihood = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
+    // order[..sorted] holds the `sorted` most likely tokens, in order.
+    let mut sorted = 0;
+    let need = |order: &mut Vec<usize>, sorted: &mut usize, upto: usize| {
+        if upto < *sorted {
+            return;
         }
-    }
+        let want = (upto + 1).max(*sorted * 4).max(64).min(order.len());
+        if want < order.len() {
+            order[*sorted..].select_nth_unstable_by(want - *sorted - 1, by_likelihood);
+        }
+        order[*sorted..want].sort_unstable_by(by_likelihood);
+        *sorted = want;
+    };
+    let (kept, mass) = if top_p < 1.0 {
+        let mut kept = 0;
+        let mut mass = 0.0f64;
+        while kept < order.len() {
+            need(&mut order, &mut sorted, kept);
+            mass += f64::from(probs[order[kept]]);
+            kept += 1;
+            if mass >= top_p {
+                break;
+            }
+        }
+        (kept, mass)
+    } else {
+        let mass: f64 = order.iter().map(|&i| f64::from(probs[i])).sum();
+        (order.len(), mass)
+    };
     let draw = rng.random::<f64>() * mass;
     let mut acc = 0.0f64;
-    for &i in &order[..kept] {
-        acc += f64::from(probs[i]);
+    for k in 0..kept {
+        need(&mut order, &mut sorted, k);
+        acc += f64::from(probs[order[k]]);
         if draw < acc {
-            return i;
+            return order[k];
         }
     }
+    need(&mut order, &mut sorted, kept - 1);
     order[kept - 1]
 }
 
@@ -241,6 +290,103 @@ mod tests {
             pa.iter().any(|&x| x != pa[0]),
             "sampling should vary: {pa:?}"
         );
+    }
+
+    /// The sampler before it ordered only what it walks: a sort of the whole vocabulary.
+    fn nucleus_by_full_sort(probs: &[f32], top_p: f64, rng: &mut impl Rng) -> usize {
+        let mut order: Vec<usize> = (0..probs.len()).filter(|&i| probs[i] > 0.0).collect();
+        if order.is_empty() {
+            return argmax(probs);
+        }
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let mut kept = 0;
+        let mut mass = 0.0f64;
+        for &i in &order {
+            kept += 1;
+            mass += f64::from(probs[i]);
+            if mass >= top_p {
+                break;
+            }
+        }
+        let draw = rng.random::<f64>() * mass;
+        let mut acc = 0.0f64;
+        for &i in &order[..kept] {
+            acc += f64::from(probs[i]);
+            if draw < acc {
+                return i;
+            }
+        }
+        order[kept - 1]
+    }
+
+    #[test]
+    fn ordering_only_the_walked_part_picks_as_a_full_sort() {
+        let mut gen = StdRng::seed_from_u64(3);
+        for case in 0..40 {
+            // Vocabularies large and small, peaked and flat, with ties and zeros.
+            let n = [5, 70, 1000, 49_152][case % 4];
+            let sharp = [0.5f32, 2.0, 8.0][case % 3];
+            let logits: Vec<f32> = (0..n)
+                .map(|i| match i % 17 {
+                    0 => f32::NEG_INFINITY,
+                    1 => 1.0,
+                    _ => gen.random::<f32>() * sharp * 4.0,
+                })
+                .collect();
+            let probs = softmax(&logits, 1.0);
+            for top_p in [0.05, 0.5, 0.9, 0.95, 0.999] {
+                let (mut a, mut b) = (
+                    StdRng::seed_from_u64(case as u64),
+                    StdRng::seed_from_u64(case as u64),
+                );
+                for _ in 0..12 {
+                    assert_eq!(
+                        nucleus_sample(&probs, top_p, &mut a),
+                        nucleus_by_full_sort(&probs, top_p, &mut b),
+                        "n {n}, top_p {top_p}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_nucleus_draws_follow_the_probabilities() {
+        // top_p = 1: every token, its mass summed in vocabulary order (so a seed's picks
+        // may differ from a full sort's where a draw falls within ~1e-7 of a boundary).
+        let probs = [0.03f32, 0.5, 0.07, 0.25, 0.15];
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut seen = [0usize; 5];
+        let draws = 40_000;
+        for _ in 0..draws {
+            seen[nucleus_sample(&probs, 1.0, &mut rng)] += 1;
+        }
+        for (p, n) in probs.iter().zip(seen) {
+            let share = n as f32 / draws as f32;
+            assert!((share - p).abs() < 0.01, "{share} for {p}");
+        }
+    }
+
+    #[test]
+    fn a_greedy_pick_without_probabilities_is_the_same_token() {
+        let mut gen = StdRng::seed_from_u64(5);
+        for _ in 0..50 {
+            let mut logits: Vec<f32> = (0..2000)
+                .map(|_| gen.random::<f32>() * 30.0 - 10.0)
+                .collect();
+            logits[7] = f32::NEG_INFINITY;
+            logits[8] = f32::NAN;
+            let greedy = SamplingProbe::new(0.0, 1.0, None, false);
+            let (fast, none) = greedy.pick_token(&logits, false);
+            assert!(none.is_empty());
+            assert_eq!(fast, greedy.pick(&logits).0);
+            let (with, probs) = greedy.pick_token(&logits, true);
+            assert_eq!((with, probs.len()), (fast, logits.len()));
+        }
+        let none = [f32::NEG_INFINITY; 4];
+        let greedy = SamplingProbe::new(0.0, 1.0, None, false);
+        assert_eq!(greedy.pick_token(&none, false).0, greedy.pick(&none).0);
+        assert_eq!(greedy.pick_token(&[], false).0, 0);
     }
 
     #[test]

@@ -695,8 +695,10 @@ fn step(
 ) -> Outcome {
     let choice = &mut r.choice;
     let sampling = choice.sampling.clone();
-    let mut logits = logits.to_vec();
+    // Copied only when something changes them (penalties, a grammar's mask).
+    let mut logits = std::borrow::Cow::Borrowed(logits);
     if sampling.presence_penalty != 0.0 || sampling.frequency_penalty != 0.0 {
+        let logits = logits.to_mut();
         for (&token, &count) in &choice.counts {
             if let Some(l) = logits.get_mut(token as usize) {
                 *l -= sampling.presence_penalty + sampling.frequency_penalty * count as f32;
@@ -707,7 +709,7 @@ fn step(
         if !matcher.is_stopped() {
             match matcher.compute_mask_or_eos() {
                 Ok(mask) => {
-                    for (id, l) in logits.iter_mut().enumerate() {
+                    for (id, l) in logits.to_mut().iter_mut().enumerate() {
                         if !mask.is_allowed(id as u32) {
                             *l = f32::NEG_INFINITY;
                         }
@@ -720,7 +722,7 @@ fn step(
             }
         }
     }
-    let (chosen, probs) = choice.probe.pick(&logits);
+    let (chosen, probs) = choice.probe.pick_token(&logits, sampling.logprobs);
     let token = LlamaToken(chosen as i32);
     choice.generated += 1;
     *choice.counts.entry(token.0).or_default() += 1;
