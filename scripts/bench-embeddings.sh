@@ -10,13 +10,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
 scripts/fetch-models.sh --embeddings >/dev/null
-cargo build --bin llamagate
-BIN="$CARGO_TARGET_DIR/debug/llamagate"
-LLAMA_SERVER="$(scripts/build-llama-server.sh)"
+source scripts/bench-common.sh
 MODEL="$LLAMAGATE_ROOT/models/all-MiniLM-L6-v2.F16.gguf"
-THREADS="${THREADS:-$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l)}"
-[[ "$THREADS" -ge 1 ]] || THREADS=$(nproc)
-ROUNDS="${ROUNDS:-3}"
 REQUESTS="${REQUESTS:-8}"
 OUT="${OUT:-bench-results}/embeddings"
 mkdir -p "$OUT"
@@ -31,15 +26,12 @@ engine = "llama.cpp"
 threads = $THREADS
 TOML
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+PORT="$(free_port)"
 "$LLAMA_SERVER" -m "$MODEL" --embedding --host 127.0.0.1 --port "$PORT" \
     -t "$THREADS" -tb "$THREADS" -np 16 -c 8192 >"$OUT/llama-server.log" 2>&1 &
 PEER=$!
 trap 'kill $PEER 2>/dev/null || true' EXIT
-for _ in $(seq 1 150); do
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-    sleep 0.2
-done
+wait_health "$PORT"
 
 args=(--embeddings --requests "$REQUESTS" --concurrency 1 --batch 1,8,32 --input-words 12,120)
 for round in $(seq 1 "$ROUNDS"); do

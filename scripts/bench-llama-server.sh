@@ -13,26 +13,11 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
 scripts/fetch-models.sh >/dev/null
-# LLAMAGATE_BIN: a llamagate binary built before (e.g. the one scripts/test.sh built).
-BIN="${LLAMAGATE_BIN:-$CARGO_TARGET_DIR/debug/llamagate}"
-[[ -n "${LLAMAGATE_BIN:-}" ]] || cargo build --bin llamagate
-LLAMA_SERVER="$(scripts/build-llama-server.sh)"
+source scripts/bench-common.sh
 MODEL="$LLAMAGATE_ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-THREADS="${THREADS:-$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l)}"
-[[ "$THREADS" -ge 1 ]] || THREADS=$(nproc)
-ROUNDS="${ROUNDS:-3}"
 REQUESTS="${REQUESTS:-8}"
 OUT="${OUT:-bench-results}/llama-server"
 mkdir -p "$OUT"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_health() {
-    for _ in $(seq 1 300); do
-        curl -sf "http://127.0.0.1:$1/health" >/dev/null && return 0
-        sleep 0.2
-    done
-    echo "no answer on port $1" >&2
-    return 1
-}
 
 PORT="$(free_port)"
 cat >"$OUT/llamagate.toml" <<EOF

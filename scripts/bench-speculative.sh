@@ -13,14 +13,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
 scripts/fetch-models.sh >/dev/null
-# LLAMAGATE_BIN: a llamagate binary built before (e.g. the one scripts/test.sh built).
-BIN="${LLAMAGATE_BIN:-$CARGO_TARGET_DIR/debug/llamagate}"
-[[ -n "${LLAMAGATE_BIN:-}" ]] || cargo build --bin llamagate
-LLAMA_SERVER="$(scripts/build-llama-server.sh)"
+source scripts/bench-common.sh
 SRC="$LLAMAGATE_ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-THREADS="${THREADS:-$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l)}"
-[[ "$THREADS" -ge 1 ]] || THREADS=$(nproc)
-ROUNDS="${ROUNDS:-3}"
 REQUESTS="${REQUESTS:-4}"
 TARGETS=(${TARGETS:-f16 q8_0})
 DRAFT_MAX="${DRAFT_MAX:-4}"
@@ -31,7 +25,6 @@ for t in "${TARGETS[@]}" q4_0; do
     [[ -f "$OUT/models/smollm2-$t.gguf" ]] ||
         "$BIN" quantize "$SRC" "$OUT/models/smollm2-$t.gguf" --type "$t" >/dev/null
 done
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 PORT="$(free_port)"
 {
@@ -49,10 +42,7 @@ PORT="$(free_port)"
 "$BIN" serve --config "$OUT/llamagate.toml" >"$OUT/llamagate.log" 2>&1 &
 PIDS=($!)
 trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
-for _ in $(seq 1 150); do
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-    sleep 0.2
-done
+wait_health "$PORT"
 
 declare -A PEER
 peer() { # target, with draft (0/1): starts it, its port in PEER[target-draft]
@@ -64,10 +54,7 @@ peer() { # target, with draft (0/1): starts it, its port in PEER[target-draft]
     "$LLAMA_SERVER" -m "$OUT/models/smollm2-$1.gguf" "${extra[@]}" --host 127.0.0.1 --port "$port" \
         -t "$THREADS" -tb "$THREADS" -np 1 -c 2048 >"$OUT/llama-server-$1-$2.log" 2>&1 &
     PIDS+=($!)
-    for _ in $(seq 1 150); do
-        curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
-        sleep 0.2
-    done
+    wait_health "$port"
     PEER[$1-$2]="$port"
 }
 for t in "${TARGETS[@]}"; do
