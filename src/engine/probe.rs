@@ -170,7 +170,7 @@ fn argmax(values: &[f32]) -> usize {
 
 /// The first largest finite value (0 when there is none): the index `argmax` finds in
 /// the softmax of `values`, whose order the softmax keeps.
-fn argmax_finite(values: &[f32]) -> usize {
+pub(crate) fn argmax_finite(values: &[f32]) -> usize {
     let mut best: Option<(usize, f32)> = None;
     for (i, &v) in values.iter().enumerate() {
         if v.is_finite() && best.is_none_or(|(_, b)| v > b) {

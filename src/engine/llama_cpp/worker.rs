@@ -428,12 +428,7 @@ fn draft_ahead(
 
 /// The most likely token of `logits` and its probability.
 fn most_likely(logits: &[f32]) -> (LlamaToken, f32) {
-    let mut best = 0;
-    for (i, l) in logits.iter().enumerate() {
-        if *l > logits[best] {
-            best = i;
-        }
-    }
+    let best = crate::engine::probe::argmax_finite(logits);
     let top = logits.get(best).copied().unwrap_or(0.0);
     let sum: f32 = logits.iter().map(|l| (l - top).exp()).sum();
     (
