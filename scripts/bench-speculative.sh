@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Speculative decoding side by side, the numbers of docs/BENCHMARKS.md's speculative
-# section: the test model as target in F16 and Q8_0 (`llamagate quantize` from the Q4_1),
-# drafted by its Q4_0, on llamagate's llama.cpp engine (`draft = ...`) and on llama.cpp's
+# section: the test model as target in TARGETS (default F32 and F16, made by `llamagate
+# quantize` from the Q4_1), drafted by DRAFT (default q4_1: the Q4_1 file itself, whose
+# weights the F32 holds exactly; q4_0 etc. are made by `llamagate quantize`), on
+# llamagate's llama.cpp engine (`draft = ...`) and on llama.cpp's
 # own llama-server (`-md`, scripts/build-llama-server.sh), each also without the draft;
 # same files, same threads, one request at a time, greedy (`llamagate bench`: temperature
 # 0, 128 tokens), ROUNDS interleaved rounds. The table shows each one's median decode
@@ -16,20 +18,24 @@ scripts/fetch-models.sh >/dev/null
 source scripts/bench-common.sh
 SRC="$LLAMAGATE_ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 REQUESTS="${REQUESTS:-4}"
-TARGETS=(${TARGETS:-f16 q8_0})
+TARGETS=(${TARGETS:-f32 f16})
+DRAFT="${DRAFT:-q4_1}"
 DRAFT_MAX="${DRAFT_MAX:-4}"
 P_MIN="${P_MIN:-0}"
 OUT="${OUT:-bench-results}/speculative"
 mkdir -p "$OUT/models"
-for t in "${TARGETS[@]}" q4_0; do
-    [[ -f "$OUT/models/smollm2-$t.gguf" ]] ||
+for t in "${TARGETS[@]}" "$DRAFT"; do
+    if [[ $t == q4_1 ]]; then
+        ln -sf "$SRC" "$OUT/models/smollm2-q4_1.gguf"
+    elif [[ ! -f "$OUT/models/smollm2-$t.gguf" ]]; then
         "$BIN" quantize "$SRC" "$OUT/models/smollm2-$t.gguf" --type "$t" >/dev/null
+    fi
 done
 
 PORT="$(free_port)"
 {
     printf '[server]\nbind = "127.0.0.1:%s"\n' "$PORT"
-    printf '[[models]]\nname = "draft"\nsource = "%s"\nengine = "llama.cpp"\n' "$OUT/models/smollm2-q4_0.gguf"
+    printf '[[models]]\nname = "draft"\nsource = "%s"\nengine = "llama.cpp"\n' "$OUT/models/smollm2-$DRAFT.gguf"
     for t in "${TARGETS[@]}"; do
         for drafted in 0 1; do
             printf '[[models]]\nname = "%s"\nsource = "%s"\nengine = "llama.cpp"\n' \
@@ -49,7 +55,7 @@ peer() { # target, with draft (0/1): starts it, its port in PEER[target-draft]
     local port
     port="$(free_port)"
     local extra=()
-    [[ $2 == 0 ]] || extra=(-md "$OUT/models/smollm2-q4_0.gguf" --spec-type draft-simple --spec-draft-n-max "$DRAFT_MAX"
+    [[ $2 == 0 ]] || extra=(-md "$OUT/models/smollm2-$DRAFT.gguf" --spec-type draft-simple --spec-draft-n-max "$DRAFT_MAX"
         --spec-draft-n-min 0 --spec-draft-p-min "$P_MIN" -td "$THREADS" -tbd "$THREADS")
     "$LLAMA_SERVER" -m "$OUT/models/smollm2-$1.gguf" "${extra[@]}" --host 127.0.0.1 --port "$port" \
         -t "$THREADS" -tb "$THREADS" -np 1 -c 2048 >"$OUT/llama-server-$1-$2.log" 2>&1 &
@@ -82,9 +88,9 @@ for t in "${TARGETS[@]}"; do
         awk -v t="$t" '{s += $4; n++} END {if (n) printf "%s %.3f\n", t, s / n}'
 done >"$OUT/llama-server-acceptance.txt"
 
-python3 - "$OUT" "$ROUNDS" "$THREADS" "${TARGETS[@]}" <<'PY' | tee "$OUT/table.md"
+python3 - "$OUT" "$ROUNDS" "$THREADS" "$DRAFT" "${TARGETS[@]}" <<'PY' | tee "$OUT/table.md"
 import json, re, statistics, sys
-out, rounds, threads, targets = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+out, rounds, threads, draft, targets = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].upper(), sys.argv[5:]
 def runs(name):
     return [json.load(open(f"{out}/{name}-{r}/results.json")) for r in range(1, rounds + 1)]
 def measure(name):
@@ -111,5 +117,5 @@ for t in targets:
         rate = (f"{acc['kept'] / acc['guessed']:.0%} / {float(peer_rate.get(t, 0)):.0%}"
                 if acc.get("guessed") else "–")
         speedup = f"{a / base:.2f}x / {b / peer_base:.2f}x" if d else "–"
-        print(f"| {t.upper()} | {'Q4_0' if d else 'none'} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {ta:.0f} | {tb:.0f} | {speedup} | {rate} |")
+        print(f"| {t.upper()} | {draft if d else 'none'} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {ta:.0f} | {tb:.0f} | {speedup} | {rate} |")
 PY

@@ -8,7 +8,12 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 DIR="${LLAMA_SERVER_DIR:-$HOME/.cache/llamagate/llama-server}"
 BIN="$DIR/build/bin/llama-server"
-if [[ -x "$BIN" ]]; then
+# Without llama.cpp's AMX kernels, as .cargo/config.toml builds llama-cpp-2: on CPUs with
+# AMX they crash the server with SIGSEGV in ggml_backend_amx_mul_mat at its first
+# requests (ggml-org/llama.cpp#20824). A build made with other flags is rebuilt.
+FLAGS=""
+[[ "$(uname -m)" != x86_64 ]] || FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+if [[ -x "$BIN" && "$(cat "$DIR/build/flags" 2>/dev/null)" == "$FLAGS" ]]; then
     echo "$BIN"
     exit 0
 fi
@@ -21,6 +26,7 @@ if [[ ! -d "$DIR/src/vendor/llama.cpp" ]]; then
 fi
 cmake -S "$DIR/src/vendor/llama.cpp" -B "$DIR/build" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=ON >&2
+    -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=ON -DCMAKE_C_FLAGS="$FLAGS" -DCMAKE_CXX_FLAGS="$FLAGS" >&2
 cmake --build "$DIR/build" --target llama-server -j "$(nproc)" >&2
+printf '%s' "$FLAGS" >"$DIR/build/flags"
 echo "$BIN"

@@ -68,6 +68,9 @@ enum Command {
         /// in-process vs through HTTP, --requests runs each way.
         #[arg(long, requires = "spawn")]
         overhead: bool,
+        /// Sampling temperature of the --overhead runs (0: greedy).
+        #[arg(long, default_value_t = 0.0, requires = "overhead")]
+        temperature: f64,
         /// Measure `/v1/embeddings` instead: inputs/s and tokens/s by --batch and
         /// --input-words, from the first --concurrency level of clients.
         #[arg(long, conflicts_with = "overhead")]
@@ -96,7 +99,7 @@ enum Command {
         input: PathBuf,
         /// Where to write the result.
         output: PathBuf,
-        /// f16, q8_0, q6_k, q5_k, q5_0, q4_k, q4_0, q4_1, q3_k or q2_k.
+        /// f32, f16, q8_0, q6_k, q5_k, q5_0, q4_k, q4_0, q4_1, q3_k or q2_k.
         #[arg(long = "type", value_name = "TYPE")]
         quant: String,
     },
@@ -219,6 +222,7 @@ fn main() -> std::process::ExitCode {
             api_key,
             out,
             overhead,
+            temperature,
             embeddings,
             batch,
             input_words,
@@ -237,11 +241,14 @@ fn main() -> std::process::ExitCode {
             }
             if overhead {
                 let config = spawn.unwrap_or_default();
-                let words = prompt_words.first().copied().unwrap_or(0);
-                let model = models.first().cloned();
-                return run_to_exit(run_overhead(
-                    config, model, requests, max_tokens, words, out,
-                ));
+                let plan = llamagate::bench::overhead::OverheadPlan {
+                    model: models.first().cloned(),
+                    runs: requests.max(1),
+                    max_tokens,
+                    prompt_words: prompt_words.first().copied().unwrap_or(0),
+                    temperature,
+                };
+                return run_to_exit(run_overhead(config, plan, out));
             }
             let plan = llamagate::bench::BenchPlan {
                 base_url: url,
@@ -365,23 +372,14 @@ async fn run_bench(
 
 async fn run_overhead(
     config: PathBuf,
-    model: Option<String>,
-    runs: usize,
-    max_tokens: usize,
-    prompt_words: usize,
+    plan: llamagate::bench::overhead::OverheadPlan,
     out: PathBuf,
 ) -> anyhow::Result<()> {
     let settings = Settings::load(&config, &CliOverrides::default())?;
-    let bar = indicatif::ProgressBar::new(runs as u64);
-    let report = llamagate::bench::overhead::run(
-        settings,
-        model.as_deref(),
-        runs.max(1),
-        max_tokens,
-        prompt_words,
-        |done, _| bar.set_position(done as u64),
-    )
-    .await?;
+    let bar = indicatif::ProgressBar::new(plan.runs as u64);
+    let report =
+        llamagate::bench::overhead::run(settings, plan, |done, _| bar.set_position(done as u64))
+            .await?;
     bar.finish_and_clear();
     std::fs::create_dir_all(&out)?;
     std::fs::write(

@@ -23,6 +23,9 @@ use candle_core::Device;
 /// A target quantization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantType {
+    /// 32-bit floats: every weight as the source holds it, dequantized (a full-precision
+    /// target for a draft made of the same weights).
+    F32,
     /// 16-bit floats.
     F16,
     /// 8.5 bits per weight.
@@ -50,6 +53,7 @@ impl std::str::FromStr for QuantType {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => Self::F32,
             "f16" => Self::F16,
             "q8_0" => Self::Q8_0,
             "q6_k" => Self::Q6K,
@@ -62,7 +66,7 @@ impl std::str::FromStr for QuantType {
             "q2_k" => Self::Q2K,
             other => {
                 return Err(format!(
-                    "unsupported quantization `{other}`; use one of f16, q8_0, q6_k, q5_k, q5_0, q4_k, q4_0, q4_1, q3_k, q2_k"
+                    "unsupported quantization `{other}`; use one of f32, f16, q8_0, q6_k, q5_k, q5_0, q4_k, q4_0, q4_1, q3_k, q2_k"
                 ))
             }
         })
@@ -73,6 +77,7 @@ impl QuantType {
     /// The GGML type of ordinary weight matrices.
     fn base(self) -> GgmlDType {
         match self {
+            Self::F32 => GgmlDType::F32,
             Self::F16 => GgmlDType::F16,
             Self::Q8_0 => GgmlDType::Q8_0,
             Self::Q6K => GgmlDType::Q6K,
@@ -89,6 +94,7 @@ impl QuantType {
     /// llama.cpp's `general.file_type` value (the `_S` mix for K-quants).
     pub fn file_type(self) -> u32 {
         match self {
+            Self::F32 => 0,
             Self::F16 => 1,
             Self::Q8_0 => 7,
             Self::Q6K => 18,
@@ -103,7 +109,7 @@ impl QuantType {
     }
 
     fn bits_below_6(self) -> bool {
-        !matches!(self, Self::F16 | Self::Q8_0 | Self::Q6K)
+        !matches!(self, Self::F32 | Self::F16 | Self::Q8_0 | Self::Q6K)
     }
 }
 
@@ -260,6 +266,8 @@ mod tests {
     #[test]
     fn types_parse_and_bad_ones_are_named() {
         assert_eq!("Q4_K".parse::<QuantType>().unwrap(), QuantType::Q4K);
+        assert_eq!("f32".parse::<QuantType>().unwrap(), QuantType::F32);
+        assert_eq!(QuantType::F32.file_type(), 0);
         let err = "q1_x".parse::<QuantType>().unwrap_err();
         assert!(err.contains("q1_x") && err.contains("q8_0"));
     }
@@ -289,6 +297,11 @@ mod tests {
         assert_eq!(
             target_type("output.weight", &[32000, 4096], QuantType::Q4_0, true),
             GgmlDType::Q6K
+        );
+        // F32 keeps every matrix in full precision, the output too.
+        assert_eq!(
+            target_type("output.weight", &[32000, 4096], QuantType::F32, true),
+            GgmlDType::F32
         );
         // BERT's embeddings that are added, not multiplied, stay unquantized.
         for name in ["position_embd.weight", "token_types.weight"] {

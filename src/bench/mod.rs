@@ -224,10 +224,11 @@ impl Client {
         model: &str,
         prompt: &str,
         max_tokens: usize,
+        temperature: f64,
     ) -> Result<Sample, BenchError> {
         let body = json!({
             "model": model, "stream": true, "stream_options": {"include_usage": true},
-            "max_tokens": max_tokens, "temperature": 0,
+            "max_tokens": max_tokens, "temperature": temperature,
             "ignore_eos": true,
             "messages": [{"role": "user", "content": prompt}]
         });
@@ -350,7 +351,7 @@ pub async fn run(
         let size_bytes = info.and_then(|m| m["size_bytes"].as_u64());
         let parameters = info.and_then(|m| m["parameters"].as_u64());
         // Warm up (and load) the model outside the measurements.
-        client.one(model, "Hi", 2).await?;
+        client.one(model, "Hi", 2, 0.0).await?;
         for &words in &plan.prompt_words {
             let prompt = prompt_of(words);
             for &concurrency in &plan.concurrency {
@@ -360,7 +361,7 @@ pub async fn run(
                     .repeat_prompt
                     .then(|| format!("Request {}. {prompt}", rand::random::<u32>()));
                 if let Some(fixed) = &fixed {
-                    client.one(model, fixed, plan.max_tokens).await?;
+                    client.one(model, fixed, plan.max_tokens, 0.0).await?;
                 }
                 let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let started = Instant::now();
@@ -387,7 +388,7 @@ pub async fn run(
                             let prompt = fixed.clone().unwrap_or_else(|| {
                                 format!("Request {}. {prompt}", rand::random::<u32>())
                             });
-                            let r = client.one(&model, &prompt, max_tokens).await;
+                            let r = client.one(&model, &prompt, max_tokens, 0.0).await;
                             if tx.send(r).is_err() {
                                 break;
                             }

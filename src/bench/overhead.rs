@@ -2,7 +2,10 @@
 //! runs the same kind of generation in-process (straight through the engine seam) and
 //! through llamagate's HTTP server (routing, queueing, metrics, SSE), alternating
 //! between the two so that both see the same machine state. Reports TTFT, decode
-//! tokens/s and end-to-end latency of each, and the difference.
+//! tokens/s and end-to-end latency of each, and the difference. A mistral.rs model is
+//! also run by mistral.rs alone (its own sampler, straight from its channel), the
+//! reference the engine's own work — llamagate's sampler, counting, stop matching — is
+//! measured against.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,10 +54,17 @@ pub struct OverheadReport {
     pub in_process: PathMeasure,
     /// Through the HTTP API.
     pub http: PathMeasure,
+    /// The engine's library alone, where the engine has such a path (mistral.rs: its own
+    /// sampler, no logits processor, no gateway), in the same alternation.
+    pub native: Option<PathMeasure>,
+    /// Sampling temperature of every run (0: greedy).
+    pub temperature: f64,
     /// HTTP TTFT p50 minus in-process TTFT p50 (ms).
     pub ttft_p50_added_ms: f64,
     /// Decode tokens/s lost through HTTP, in percent of in-process.
     pub decode_loss_percent: f64,
+    /// In-process (the engine path) decode tokens/s ÷ the library alone's.
+    pub in_process_vs_native_decode: Option<f64>,
 }
 
 /// Hands the server a model that is already loaded, so both paths share it.
@@ -82,8 +92,8 @@ async fn in_process(
     model: &dyn LoadedModel,
     prompt: &str,
     max_tokens: usize,
+    temperature: f64,
 ) -> Result<Sample, BenchError> {
-    let fail = |e: EngineError| BenchError(format!("in-process generation failed: {e}"));
     let started = Instant::now();
     let prompt = Prompt::chat(vec![ChatTurn::new(Role::User, prompt.to_string())]);
     let prepared = model.prepare(&prompt).await.map_err(fail)?;
@@ -92,7 +102,7 @@ async fn in_process(
         affinity: None,
         prompt,
         sampling: SamplingSettings {
-            temperature: 0.0,
+            temperature,
             max_tokens: Some(max_tokens),
             ..SamplingSettings::default()
         },
@@ -101,7 +111,21 @@ async fn in_process(
         on_token: None,
         json_schema: None,
     };
-    let mut stream = model.generate(request).await.map_err(fail)?;
+    let stream = model.generate(request).await.map_err(fail)?;
+    timed(stream, started, prompt_tokens).await
+}
+
+fn fail(e: EngineError) -> BenchError {
+    BenchError(format!("in-process generation failed: {e}"))
+}
+
+/// Times a generation's events: TTFT at the first text, the gaps after it, the tokens
+/// its `Done` counts.
+async fn timed(
+    mut stream: crate::engine::TokenStream,
+    started: Instant,
+    prompt_tokens: usize,
+) -> Result<Sample, BenchError> {
     let mut sample = Sample {
         prompt_tokens,
         ..Sample::default()
@@ -125,6 +149,25 @@ async fn in_process(
     Ok(sample)
 }
 
+/// The same prompt through the library alone (see [`OverheadReport::native`]).
+#[cfg(feature = "mistralrs")]
+async fn native(
+    model: &crate::engine::mistralrs::MistralRsModel,
+    prompt: &str,
+    max_tokens: usize,
+    temperature: f64,
+) -> Result<Sample, BenchError> {
+    let started = Instant::now();
+    let prompt = Prompt::chat(vec![ChatTurn::new(Role::User, prompt.to_string())]);
+    let prepared = model.prepare(&prompt).await.map_err(fail)?;
+    let tokens = prepared.tokens.map(|t| t.to_vec()).unwrap_or_default();
+    let stream = model
+        .generate_native(tokens, temperature, max_tokens)
+        .await
+        .map_err(fail)?;
+    timed(stream, started, prepared.token_count).await
+}
+
 fn measure(samples: &[Sample]) -> PathMeasure {
     // The median run's rate: one run disturbed by the machine does not move it.
     let mut rates: Vec<f64> = samples
@@ -142,16 +185,35 @@ fn measure(samples: &[Sample]) -> PathMeasure {
     }
 }
 
-/// Runs `runs` generations each way on `model` (default: the first configured one).
+/// What to run in [`run`].
+#[derive(Debug, Clone)]
+pub struct OverheadPlan {
+    /// The model (default: the first configured one).
+    pub model: Option<String>,
+    /// Runs each way.
+    pub runs: usize,
+    /// Tokens asked for per run.
+    pub max_tokens: usize,
+    /// Prompt length in words (0: a short question).
+    pub prompt_words: usize,
+    /// Sampling temperature (0: greedy).
+    pub temperature: f64,
+}
+
+/// Runs `plan.runs` generations each way on the model.
 pub async fn run(
     mut settings: Settings,
-    model: Option<&str>,
-    runs: usize,
-    max_tokens: usize,
-    prompt_words: usize,
+    plan: OverheadPlan,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<OverheadReport, BenchError> {
-    let chosen: ModelSettings = match model {
+    let OverheadPlan {
+        model,
+        runs,
+        max_tokens,
+        prompt_words,
+        temperature,
+    } = plan;
+    let chosen: ModelSettings = match model.as_deref() {
         Some(name) => settings
             .models
             .iter()
@@ -164,11 +226,26 @@ pub async fn run(
             .cloned()
             .ok_or_else(|| BenchError("the config has no models".into()))?,
     };
+    let cannot_load = |e: EngineError| BenchError(format!("cannot load `{}`: {e}", chosen.name));
     let engine = EngineRouter::default();
-    let loaded = engine
-        .load(&chosen)
-        .await
-        .map_err(|e| BenchError(format!("cannot load `{}`: {e}", chosen.name)))?;
+    #[cfg(feature = "mistralrs")]
+    let native_model = if chosen.engine_kind() == crate::config::EngineKind::MistralRs {
+        Some(
+            crate::engine::mistralrs::MistralRsEngine
+                .load_model(&chosen)
+                .await
+                .map_err(cannot_load)?,
+        )
+    } else {
+        None
+    };
+    #[cfg(feature = "mistralrs")]
+    let loaded: Arc<dyn LoadedModel> = match &native_model {
+        Some(model) => model.clone(),
+        None => engine.load(&chosen).await.map_err(cannot_load)?,
+    };
+    #[cfg(not(feature = "mistralrs"))]
+    let loaded = engine.load(&chosen).await.map_err(cannot_load)?;
     settings.models = vec![chosen.clone()];
     settings.server.bind = "127.0.0.1:0".into();
     // A benchmark's requests are no one's usage.
@@ -189,25 +266,44 @@ pub async fn run(
         key: None,
     };
 
-    // Warm both paths (first-call allocations, the server's lazy load).
-    in_process(loaded.as_ref(), "Hi", 2).await?;
-    client.one(&chosen.name, "Hi", 2).await?;
+    // Warm every path (first-call allocations, the server's lazy load).
+    in_process(loaded.as_ref(), "Hi", 2, temperature).await?;
+    client.one(&chosen.name, "Hi", 2, temperature).await?;
+    #[cfg(feature = "mistralrs")]
+    if let Some(model) = &native_model {
+        native(model, "Hi", 2, temperature).await?;
+    }
 
     let base = prompt_of(prompt_words);
     let nonce = rand::random::<u32>();
     let mut local = Vec::with_capacity(runs);
     let mut remote = Vec::with_capacity(runs);
+    #[allow(unused_mut)]
+    let mut alone: Vec<Sample> = Vec::new();
     for i in 0..runs {
         // Every prompt is new, so no run reuses another's cached prefix; the order
-        // alternates so neither path always runs second.
-        let a = format!("Run {nonce}-{}. {base}", 2 * i);
-        let b = format!("Run {nonce}-{}. {base}", 2 * i + 1);
-        if i % 2 == 0 {
-            local.push(in_process(loaded.as_ref(), &a, max_tokens).await?);
-            remote.push(client.one(&chosen.name, &b, max_tokens).await?);
-        } else {
-            remote.push(client.one(&chosen.name, &a, max_tokens).await?);
-            local.push(in_process(loaded.as_ref(), &b, max_tokens).await?);
+        // rotates so no path always runs first.
+        let prompts: Vec<String> = (0..3)
+            .map(|k| format!("Run {nonce}-{}. {base}", 3 * i + k))
+            .collect();
+        for (k, prompt) in prompts.iter().enumerate() {
+            match (i + k) % 3 {
+                0 => {
+                    local.push(in_process(loaded.as_ref(), prompt, max_tokens, temperature).await?)
+                }
+                1 => remote.push(
+                    client
+                        .one(&chosen.name, prompt, max_tokens, temperature)
+                        .await?,
+                ),
+                _ =>
+                {
+                    #[cfg(feature = "mistralrs")]
+                    if let Some(model) = &native_model {
+                        alone.push(native(model, prompt, max_tokens, temperature).await?);
+                    }
+                }
+            }
         }
         progress(i + 1, runs);
     }
@@ -215,6 +311,7 @@ pub async fn run(
 
     let in_process = measure(&local);
     let http = measure(&remote);
+    let native = (!alone.is_empty()).then(|| measure(&alone));
     Ok(OverheadReport {
         machine: MachineInfo::detect(),
         model: chosen.name.clone(),
@@ -224,8 +321,13 @@ pub async fn run(
         ttft_p50_added_ms: http.ttft_ms.p50 - in_process.ttft_ms.p50,
         decode_loss_percent: (1.0 - http.decode_tokens_per_s / in_process.decode_tokens_per_s)
             * 100.0,
+        in_process_vs_native_decode: native
+            .as_ref()
+            .map(|n| in_process.decode_tokens_per_s / n.decode_tokens_per_s),
         in_process,
         http,
+        native,
+        temperature,
     })
 }
 
@@ -237,20 +339,36 @@ pub fn markdown(r: &OverheadReport) -> String {
             m.ttft_ms.p50, m.ttft_ms.p95, m.decode_tokens_per_s, m.e2e_ms.p50, m.tokens
         )
     };
+    let native_row = r
+        .native
+        .as_ref()
+        .map(|n| row(&format!("{} alone", r.engine), n))
+        .unwrap_or_default();
+    let native_line = match (&r.native, r.in_process_vs_native_decode) {
+        (Some(n), Some(ratio)) => format!(
+            "The engine path decodes at {ratio:.3}× {} alone; TTFT p50 {:+.2} ms.\n",
+            r.engine,
+            r.in_process.ttft_ms.p50 - n.ttft_ms.p50
+        ),
+        _ => String::new(),
+    };
     format!(
-        "Gateway overhead — `{}` ({}), {} runs each way, {} tokens, {} ({} cores)\n\n\
+        "Gateway overhead — `{}` ({}), {} runs each way, {} tokens, temperature {}, {} ({} cores)\n\n\
          | path | TTFT p50 (ms) | TTFT p95 (ms) | decode tok/s | e2e p50 (ms) | tokens |\n\
-         |---|---:|---:|---:|---:|---:|\n{}{}\n\
-         HTTP adds {:+.2} ms to TTFT p50 and loses {:.2}% of decode tokens/s.\n",
+         |---|---:|---:|---:|---:|---:|\n{}{}{}\n\
+         HTTP adds {:+.2} ms to TTFT p50 and loses {:.2}% of decode tokens/s.\n{}",
         r.model,
         r.engine,
         r.runs,
         r.max_tokens,
+        r.temperature,
         r.machine.cpu,
         r.machine.cores,
+        native_row,
         row("in-process", &r.in_process),
         row("HTTP (SSE)", &r.http),
         r.ttft_p50_added_ms,
-        r.decode_loss_percent
+        r.decode_loss_percent,
+        native_line
     )
 }

@@ -124,6 +124,18 @@ impl super::Engine for MistralRsEngine {
     }
 
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        Ok(self.load_model(settings).await?)
+    }
+}
+
+impl MistralRsEngine {
+    /// Loads `settings`' model as this engine's own type (what [`super::Engine::load`]
+    /// hands out behind the engine seam), for callers that also run it natively
+    /// ([`MistralRsModel::generate_native`]).
+    pub async fn load_model(
+        &self,
+        settings: &ModelSettings,
+    ) -> Result<Arc<MistralRsModel>, EngineError> {
         if settings.kind == Some(crate::config::ModelKind::Embedding) {
             // mistral.rs 0.8 embeds only safetensors models (its EmbeddingModelBuilder),
             // not GGUF files, which is all this gateway loads.
@@ -411,6 +423,80 @@ impl MistralRsModel {
             }
         });
         task.await.map_err(|_| EngineError::Unavailable)?
+    }
+
+    /// mistral.rs on its own, the reference `llamagate bench --overhead` measures this
+    /// engine against: the same prompt tokens, sampled by mistral.rs's own sampler
+    /// (`temperature` 0 is its greedy step; no seed, no logits processor), streamed
+    /// straight from its channel — none of the gateway's sampling, counting, stop
+    /// matching or pump. One `Text` event per chunk, then `Done` with the chunks counted
+    /// as completion tokens.
+    pub async fn generate_native(
+        &self,
+        tokens: Vec<u32>,
+        temperature: f64,
+        max_tokens: usize,
+    ) -> Result<TokenStream, EngineError> {
+        let runner = self.model.inner();
+        let (tx, mut rx) = mpsc::channel::<Response>(64);
+        let normal = NormalRequest {
+            messages: RequestMessage::CompletionTokens(tokens),
+            sampling_params: SamplingParams {
+                temperature: Some(temperature),
+                top_k: None,
+                max_len: Some(max_tokens),
+                ..SamplingParams::deterministic()
+            },
+            response: tx,
+            return_logprobs: false,
+            is_streaming: true,
+            id: runner.next_request_id(),
+            constraint: Constraint::None,
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: None,
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: None,
+            truncate_sequence: false,
+        };
+        runner
+            .get_sender(None)
+            .map_err(|_| EngineError::Unavailable)?
+            .send(Request::Normal(Box::new(normal)))
+            .await
+            .map_err(|_| EngineError::Unavailable)?;
+        let stream = async_stream::stream! {
+            let mut chunks = 0;
+            while let Some(response) = rx.recv().await {
+                let (text, done) = match response {
+                    Response::Chunk(chunk) => chunk.choices.into_iter().fold(
+                        (String::new(), false),
+                        |(text, done), c| (text + &c.delta.content.unwrap_or_default(), done || c.finish_reason.is_some()),
+                    ),
+                    Response::CompletionChunk(chunk) => chunk.choices.into_iter().fold(
+                        (String::new(), false),
+                        |(text, done), c| (text + &c.text, done || c.finish_reason.is_some()),
+                    ),
+                    Response::ModelError(msg, _) | Response::CompletionModelError(msg, _) => {
+                        yield Err(EngineError::Generation(msg));
+                        return;
+                    }
+                    _ => continue,
+                };
+                chunks += 1;
+                yield Ok(TokenEvent::Text { choice: 0, text, logprobs: Vec::new() });
+                if done {
+                    break;
+                }
+            }
+            yield Ok(TokenEvent::Done(TokenUsage {
+                completion_tokens: chunks,
+                ..Default::default()
+            }));
+        };
+        Ok(Box::pin(stream))
     }
 }
 

@@ -101,11 +101,19 @@ impl SamplingProbe {
     /// [`Self::pick`] without the work nobody reads: a greedy pick whose probabilities are
     /// not wanted (no logprobs) is the first largest finite logit — the token `pick`
     /// chooses, without a softmax over the vocabulary — and comes with no probabilities.
+    /// A sampled pick without probabilities computes only the distribution it draws from
+    /// (one softmax at the request's temperature, not a second one at temperature 1): the
+    /// same draws, so the same token for the same seed.
     pub fn pick_token(&self, logits: &[f32], want_probs: bool) -> (usize, Vec<f32>) {
-        if self.temperature <= 0.0 && !want_probs {
+        if want_probs {
+            return self.pick(logits);
+        }
+        if self.temperature <= 0.0 {
             return (argmax_finite(logits), Vec::new());
         }
-        self.pick(logits)
+        let dist = softmax(logits, self.temperature as f32);
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        (nucleus_sample(&dist, self.top_p, &mut *rng), Vec::new())
     }
 
     /// Picks a token from raw logits; returns its index and the temperature-1 probabilities.
@@ -233,6 +241,104 @@ fn nucleus_sample(probs: &[f32], top_p: f64, rng: &mut impl Rng) -> usize {
     order[kept - 1]
 }
 
+/// How the greedy pick of a mistral.rs step is handed back to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handback {
+    /// mistral.rs's own greedy step over the untouched logits picks this token (it is the
+    /// only largest value and every value is finite): the logits go back as they came.
+    Untouched(usize),
+    /// Another token would win there (a tie it breaks the other way, a NaN or an
+    /// infinity): the logits are copied with this token marked.
+    Marked(usize),
+}
+
+/// The greedy pick of `logits` (the first largest finite value, as [`argmax_finite`]) and
+/// whether mistral.rs's argmax — the *last* largest under `partial_cmp` — agrees, in one
+/// pass over the vocabulary.
+fn greedy_handback(logits: &[f32]) -> Handback {
+    let mut best: Option<(usize, f32)> = None;
+    let mut clean = true;
+    let mut tied = false;
+    for (i, &v) in logits.iter().enumerate() {
+        if !v.is_finite() {
+            clean = false;
+            continue;
+        }
+        match best {
+            Some((_, b)) if v < b => {}
+            Some((_, b)) if v == b => tied = true,
+            _ => {
+                best = Some((i, v));
+                tied = false;
+            }
+        }
+    }
+    let chosen = best.map_or(0, |(i, _)| i);
+    if clean && !tied && best.is_some() {
+        Handback::Untouched(chosen)
+    } else {
+        Handback::Marked(chosen)
+    }
+}
+
+/// `logits` with `chosen` above every other value and no NaN or infinity left (mistral.rs's
+/// argmax compares with `partial_cmp`, which a NaN would upset): its greedy step picks
+/// `chosen`.
+fn mark_chosen(mut logits: Vec<f32>, chosen: usize) -> Vec<f32> {
+    for v in logits.iter_mut() {
+        if !v.is_finite() {
+            *v = f32::MIN;
+        }
+    }
+    if let Some(v) = logits.get_mut(chosen) {
+        *v = f32::INFINITY;
+    }
+    logits
+}
+
+#[cfg(feature = "mistralrs")]
+impl SamplingProbe {
+    /// A step whose probabilities nobody reads (no logprobs). Greedy: the logits are read
+    /// where they lie (mistral.rs 0.8 hands its processors host F32 logits) and, in the
+    /// usual case, handed back untouched — no copy, no softmax. Sampled: one softmax at
+    /// the request's temperature, and the logits copied with the pick marked.
+    fn apply_unrecorded(&self, logits: &Tensor) -> mistralrs::Result<Tensor> {
+        if self.temperature <= 0.0 {
+            let handback = {
+                let (storage, layout) = logits.storage_and_layout();
+                match (&*storage, layout.contiguous_offsets()) {
+                    (candle_core::Storage::Cpu(cpu), Some((start, end))) => {
+                        match cpu.as_slice::<f32>() {
+                            Ok(values) => values.get(start..end).map(greedy_handback),
+                            Err(_) => None,
+                        }
+                    }
+                    _ => None,
+                }
+            };
+            let handback = match handback {
+                Some(h) => h,
+                None => greedy_handback(&logits.to_dtype(mistralrs::DType::F32)?.to_vec1()?),
+            };
+            return match handback {
+                Handback::Untouched(_) => Ok(logits.clone()),
+                Handback::Marked(chosen) => {
+                    let values = logits.to_dtype(mistralrs::DType::F32)?.to_vec1()?;
+                    self.handback(mark_chosen(values, chosen), logits)
+                }
+            };
+        }
+        let values: Vec<f32> = logits.to_dtype(mistralrs::DType::F32)?.to_vec1()?;
+        let (chosen, _) = self.pick_token(&values, false);
+        self.handback(mark_chosen(values, chosen), logits)
+    }
+
+    fn handback(&self, values: Vec<f32>, like: &Tensor) -> mistralrs::Result<Tensor> {
+        let n = values.len();
+        Tensor::from_vec(values, n, like.device())?.to_dtype(like.dtype())
+    }
+}
+
 #[cfg(feature = "mistralrs")]
 impl CustomLogitsProcessor for SamplingProbe {
     fn apply(&self, logits: &Tensor, context: &[u32]) -> mistralrs::Result<Tensor> {
@@ -247,9 +353,14 @@ impl CustomLogitsProcessor for SamplingProbe {
                 callback();
             }
         }
+        let Some(records) = &self.records else {
+            return self.apply_unrecorded(logits);
+        };
+        // Logprobs asked for: mistral.rs reports its alternatives from what it is handed
+        // back, so it gets the true probabilities, with the pick marked above them all.
         let values: Vec<f32> = logits.to_dtype(mistralrs::DType::F32)?.to_vec1()?;
         let (chosen, mut probs) = self.pick(&values);
-        if let Some(records) = &self.records {
+        {
             let mut records = records.lock().unwrap_or_else(|e| e.into_inner());
             if records.len() >= MAX_PENDING_RECORDS {
                 records.pop_front();
@@ -266,8 +377,7 @@ impl CustomLogitsProcessor for SamplingProbe {
             return Ok(logits.clone());
         }
         probs[chosen] = CHOSEN_MARK;
-        let n = probs.len();
-        Tensor::from_vec(probs, n, logits.device())?.to_dtype(logits.dtype())
+        self.handback(probs, logits)
     }
 }
 
@@ -389,6 +499,73 @@ mod tests {
         assert_eq!(greedy.pick_token(&[], false).0, 0);
     }
 
+    /// mistral.rs 0.8.1's greedy step (`sampler.rs` `argmax_f32`): the last largest value
+    /// under `partial_cmp`, a NaN comparing equal to everything.
+    fn mistralrs_argmax(values: &[f32]) -> usize {
+        values
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal))
+            .map_or(0, |(i, _)| i)
+    }
+
+    #[test]
+    fn what_is_handed_back_makes_mistralrs_pick_the_greedy_token() {
+        let mut gen = StdRng::seed_from_u64(9);
+        for case in 0..300 {
+            let n = [1, 3, 50, 2000][case % 4];
+            // Coarse values make ties common; some cases get NaNs and infinities.
+            let mut logits: Vec<f32> = (0..n)
+                .map(|_| (gen.random::<f32>() * 8.0).round() - 4.0)
+                .collect();
+            if case % 3 == 0 && n > 2 {
+                logits[gen.random_range(0..n)] = f32::NAN;
+                logits[gen.random_range(0..n)] = f32::INFINITY;
+                logits[gen.random_range(0..n)] = f32::NEG_INFINITY;
+            }
+            let want = argmax_finite(&logits);
+            let handed = match greedy_handback(&logits) {
+                Handback::Untouched(chosen) => {
+                    assert_eq!(chosen, want);
+                    logits.clone()
+                }
+                Handback::Marked(chosen) => {
+                    assert_eq!(chosen, want);
+                    mark_chosen(logits.clone(), chosen)
+                }
+            };
+            assert_eq!(mistralrs_argmax(&handed), want, "case {case}: {logits:?}");
+        }
+        // The usual case goes back untouched; ties, NaNs and infinities are marked.
+        assert_eq!(greedy_handback(&[0.5, 2.0, -1.0]), Handback::Untouched(1));
+        assert_eq!(greedy_handback(&[2.0, 1.0, 2.0]), Handback::Marked(0));
+        assert_eq!(greedy_handback(&[1.0, f32::NAN, 0.0]), Handback::Marked(0));
+        assert_eq!(
+            greedy_handback(&[1.0, f32::INFINITY, 0.0]),
+            Handback::Marked(0)
+        );
+        assert_eq!(
+            greedy_handback(&[f32::NEG_INFINITY; 3]),
+            Handback::Marked(0)
+        );
+        assert_eq!(greedy_handback(&[]), Handback::Marked(0));
+    }
+
+    #[test]
+    fn a_sampled_pick_without_probabilities_draws_as_with_them() {
+        let mut gen = StdRng::seed_from_u64(21);
+        for (temperature, top_p) in [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5), (0.2, 1.0)] {
+            let logits: Vec<f32> = (0..5000).map(|_| gen.random::<f32>() * 12.0).collect();
+            let a = SamplingProbe::new(temperature, top_p, Some(4), false);
+            let b = SamplingProbe::new(temperature, top_p, Some(4), false);
+            for _ in 0..40 {
+                let (fast, none) = a.pick_token(&logits, false);
+                assert!(none.is_empty());
+                assert_eq!(fast, b.pick(&logits).0, "t {temperature}, top_p {top_p}");
+            }
+        }
+    }
+
     #[test]
     fn greedy_and_tiny_top_p_pick_the_best() {
         let l = vec![0.0, 5.0, 1.0, f32::NEG_INFINITY];
@@ -404,6 +581,34 @@ mod tests {
         let (_, probs) = SamplingProbe::new(0.0, 1.0, None, false).pick(&logits());
         let sum: f32 = probs.iter().sum();
         assert!((sum - 1.0).abs() < 1e-4);
+    }
+
+    #[cfg(feature = "mistralrs")]
+    #[test]
+    fn apply_without_logprobs_hands_greedy_logits_back_untouched() {
+        let greedy = SamplingProbe::new(0.0, 1.0, None, false);
+        let t = Tensor::new(&[1f32, 3.0, 2.0], &mistralrs::Device::Cpu).unwrap();
+        let out: Vec<f32> = greedy.apply(&t, &[7]).unwrap().to_vec1().unwrap();
+        assert_eq!(out, [1.0, 3.0, 2.0]);
+        // A tie mistral.rs would break the other way: the first one is marked.
+        let tie = Tensor::new(&[3f32, 1.0, 3.0], &mistralrs::Device::Cpu).unwrap();
+        let out: Vec<f32> = greedy.apply(&tie, &[7, 1]).unwrap().to_vec1().unwrap();
+        assert_eq!(mistralrs_argmax(&out), 0);
+        // A view that does not start at the storage's beginning is read where it lies.
+        let wide = Tensor::new(
+            &[[9f32, 9.0, 9.0], [1.0, 3.0, 2.0]],
+            &mistralrs::Device::Cpu,
+        )
+        .unwrap()
+        .get(1)
+        .unwrap();
+        let out: Vec<f32> = greedy.apply(&wide, &[7, 1, 1]).unwrap().to_vec1().unwrap();
+        assert_eq!(out, [1.0, 3.0, 2.0]);
+        assert_eq!(greedy.generated(), 3);
+        // Sampled: the pick is marked above the rest.
+        let sampled = SamplingProbe::new(1.0, 0.01, Some(3), false);
+        let out: Vec<f32> = sampled.apply(&t, &[7]).unwrap().to_vec1().unwrap();
+        assert_eq!(mistralrs_argmax(&out), 1);
     }
 
     #[cfg(feature = "mistralrs")]

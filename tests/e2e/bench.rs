@@ -93,15 +93,15 @@ fn an_unreachable_server_is_a_clear_error() {
     );
 }
 
-#[test]
-fn overhead_mode_compares_in_process_and_http_on_one_model() {
+/// `llamagate bench --overhead` on one model of `engine`: the report's JSON and table.
+fn overhead_report(engine: &str, extra: &[&str]) -> (Value, String) {
     let dir = std::env::temp_dir().join(format!("llamagate-overhead-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("bench.toml");
     std::fs::write(
         &config,
         format!(
-            "[[models]]\nname = \"fast\"\nengine = \"llama.cpp\"\nsource = \"{}\"\ncontext_length = 1024\n",
+            "[[models]]\nname = \"fast\"\nengine = \"{engine}\"\nsource = \"{}\"\ncontext_length = 1024\n",
             model_path().display()
         ),
     )
@@ -111,27 +111,59 @@ fn overhead_mode_compares_in_process_and_http_on_one_model() {
             .args(["bench", "--overhead", "--spawn"])
             .arg(&config)
             .args(["--requests", "2", "--max-tokens", "8", "--out"])
-            .arg(&dir),
+            .arg(&dir)
+            .args(extra),
     );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("overhead.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    (report, stdout)
+}
+
+fn assert_measured(report: &Value, path: &str) {
+    assert!(
+        report[path]["ttft_ms"]["p50"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report[path]["decode_tokens_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}
+
+#[test]
+fn overhead_mode_compares_in_process_and_http_on_one_model() {
+    let (report, stdout) = overhead_report("llama.cpp", &[]);
     assert_eq!(report["model"], "fast");
     assert_eq!(report["engine"], "llama.cpp");
     for path in ["in_process", "http"] {
-        assert!(
-            report[path]["ttft_ms"]["p50"].as_f64().unwrap() > 0.0,
-            "{report}"
-        );
-        assert!(
-            report[path]["decode_tokens_per_s"].as_f64().unwrap() > 0.0,
-            "{report}"
-        );
+        assert_measured(&report, path);
         assert_eq!(report[path]["tokens"], 8.0, "{report}");
     }
+    // llama.cpp has no path of its own beside the engine's.
+    assert!(report["native"].is_null(), "{report}");
     assert!(
         stdout.contains("| in-process |") && stdout.contains("| HTTP (SSE) |"),
         "{stdout}"
     );
     assert!(stdout.contains("HTTP adds"), "{stdout}");
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// mistral.rs is also measured alone (its own sampler, straight from its channel), and a
+/// sampled run works on every path.
+#[test]
+fn overhead_mode_measures_mistralrs_against_itself() {
+    let (report, stdout) = overhead_report("mistralrs", &["--temperature", "0.5"]);
+    assert_eq!(report["engine"], "mistralrs");
+    assert_eq!(report["temperature"], 0.5);
+    for path in ["in_process", "http", "native"] {
+        assert_measured(&report, path);
+        assert!(report[path]["tokens"].as_f64().unwrap() >= 2.0, "{report}");
+    }
+    assert!(
+        report["in_process_vs_native_decode"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(stdout.contains("| mistralrs alone |"), "{stdout}");
+    assert!(stdout.contains("decodes at"), "{stdout}");
 }

@@ -128,6 +128,13 @@ async fn q8_0_round_trip() {
     round_trip("q8_0", 7, 0.02).await;
 }
 
+/// F32 holds the source's weights exactly: a full-precision target for its own
+/// quantizations as drafts (docs/BENCHMARKS.md, speculative decoding).
+#[tokio::test]
+async fn f32_round_trip() {
+    round_trip("f32", 0, 0.0).await;
+}
+
 #[tokio::test]
 async fn q4_0_round_trip() {
     round_trip("q4_0", 2, 0.2).await;
