@@ -367,6 +367,7 @@ fn spawn_child(config: &Path, port: u16, env: &[(String, std::ffi::OsString)]) -
     // LLAMAGATE_TEST_LOGS=DIR keeps each server's log there (for a failure's story).
     let (stdout, stderr) = match std::env::var_os("LLAMAGATE_TEST_LOGS") {
         Some(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
