@@ -4,7 +4,8 @@
 # (an upstream in the pool tests), builds, then runs formatting
 # and lint checks, the Rust test suite (unit tests; end-to-end tests with the real model,
 # a real Prometheus), the chat page in headless Chromium, the official OpenAI and
-# Anthropic Python SDKs and schemathesis against the live OpenAPI document.
+# Anthropic Python SDKs and schemathesis against the live OpenAPI document; and the
+# `vulkan` build of llama.cpp's engine on Mesa's software Vulkan driver (lavapipe).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLAMAGATE_ROOT"
@@ -27,10 +28,26 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 LOG="$(mktemp)"
-trap 'rm -f "$LOG" "$LOG.sdk" "$LOG.browser"' EXIT
+trap 'rm -f "$LOG" "$LOG.sdk" "$LOG.browser" "$LOG.vulkan"' EXIT
 echo "== cargo test"
 cargo test --no-fail-fast -- --test-threads="${LLAMAGATE_TEST_THREADS:-2}" 2>&1 | tee "$LOG"
 cargo_passed=$(grep -Eo '[0-9]+ passed' "$LOG" | awk '{s+=$1} END {print s+0}')
+
+echo "== the vulkan build on Mesa's lavapipe (llama.cpp's Vulkan backend; ~10 min the first time)"
+# The `vulkan` build lands where the default binary does: it is copied aside, the default
+# one put back for the tests below, and the e2e group `vulkan::` runs the copy, one test at
+# a time (lavapipe runs on these same cores). The default run above skipped that group.
+VULKAN_SDK="$(scripts/vulkan-sdk.sh)" cargo build --features vulkan --bin llamagate
+LLAMAGATE_VULKAN_BIN="$CARGO_TARGET_DIR/llamagate-vulkan"
+cp "$CARGO_TARGET_DIR/debug/llamagate" "$LLAMAGATE_VULKAN_BIN"
+cargo build --bin llamagate
+LLAMAGATE_VULKAN_BIN="$LLAMAGATE_VULKAN_BIN" cargo test --test e2e vulkan:: -- \
+    --test-threads=1 2>&1 | tee "$LOG.vulkan"
+if grep -q "skipped: LLAMAGATE_VULKAN_BIN" "$LOG.vulkan"; then
+    echo "the vulkan tests did not run" >&2
+    exit 1
+fi
+vulkan_passed=$(grep -Eo '[0-9]+ passed' "$LOG.vulkan" | awk '{s+=$1} END {print s+0}')
 
 echo "== chat page in headless Chromium"
 node tests/browser/chat.mjs | tee "$LOG.browser"
@@ -47,4 +64,4 @@ scripts/schemathesis.sh
 
 echo "== all checks passed in $(( $(date +%s) - started )) s"
 # schemathesis: two runs (the key routes last), each counted as one.
-echo "tests: $((cargo_passed + sdk_passed + browser_passed + 2)) passed, 0 failed"
+echo "tests: $((cargo_passed + vulkan_passed + sdk_passed + browser_passed + 2)) passed, 0 failed"

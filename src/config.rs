@@ -521,6 +521,15 @@ pub enum DeviceSetting {
     Cuda(usize),
     /// Metal device N (needs the `metal` feature).
     Metal(usize),
+    /// Vulkan device N (needs the `vulkan` feature; the llama.cpp engine only).
+    Vulkan(usize),
+}
+
+impl DeviceSetting {
+    /// Whether this names a GPU (not `auto`, not `cpu`).
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Self::Cuda(_) | Self::Metal(_) | Self::Vulkan(_))
+    }
 }
 
 impl fmt::Display for DeviceSetting {
@@ -530,6 +539,7 @@ impl fmt::Display for DeviceSetting {
             Self::Cpu => f.write_str("cpu"),
             Self::Cuda(n) => write!(f, "cuda:{n}"),
             Self::Metal(n) => write!(f, "metal:{n}"),
+            Self::Vulkan(n) => write!(f, "vulkan:{n}"),
         }
     }
 }
@@ -545,15 +555,18 @@ impl std::str::FromStr for DeviceSetting {
             }
             rest.strip_prefix(':')
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| format!("`{s}` is not a device; use auto, cpu, cuda:N or metal:N"))
+                .ok_or_else(|| {
+                    format!("`{s}` is not a device; use auto, cpu, cuda:N, vulkan:N or metal:N")
+                })
         };
         match s.as_str() {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
             _ if s.starts_with("cuda") => Ok(Self::Cuda(ordinal(&s[4..])?)),
             _ if s.starts_with("metal") => Ok(Self::Metal(ordinal(&s[5..])?)),
+            _ if s.starts_with("vulkan") => Ok(Self::Vulkan(ordinal(&s[6..])?)),
             _ => Err(format!(
-                "`{s}` is not a device; use auto, cpu, cuda:N or metal:N"
+                "`{s}` is not a device; use auto, cpu, cuda:N, vulkan:N or metal:N"
             )),
         }
     }
@@ -563,6 +576,50 @@ impl<'de> Deserialize<'de> for DeviceSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How many of a model's layers the llama.cpp engine puts on its GPU (`gpu_layers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuLayers {
+    /// As many as the device's memory budget holds next to the models already there
+    /// (all of them when the model fits), the rest on the CPU.
+    #[default]
+    Auto,
+    /// Exactly N repeating layers (more than the model has is refused at load, with the
+    /// numbers); `0` keeps the weights on the CPU.
+    Count(u32),
+}
+
+impl fmt::Display for GpuLayers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuLayers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let bad = |what: &str| {
+            serde::de::Error::custom(format!(
+                "gpu_layers `{what}` is neither \"auto\" nor a number of layers"
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => u32::try_from(n)
+                .map(Self::Count)
+                .map_err(|_| bad(&n.to_string())),
+            Raw::Text(t) if t.trim().eq_ignore_ascii_case("auto") => Ok(Self::Auto),
+            Raw::Text(t) => t.trim().parse().map(Self::Count).map_err(|_| bad(&t)),
+        }
     }
 }
 
@@ -882,9 +939,13 @@ pub struct ModelSettings {
     /// llamagate and rebuilt as a chat or completion request for the upstream.
     #[serde(default = "default_forward_apis")]
     pub forward_apis: Vec<ForwardApi>,
-    /// `auto`, `cpu`, `cuda:N` or `metal:N`.
+    /// `auto`, `cpu`, `cuda:N`, `vulkan:N` or `metal:N`.
     #[serde(default)]
     pub device: DeviceSetting,
+    /// llama.cpp on a GPU: `auto` (default: as many layers as the device's budget holds,
+    /// the rest on the CPU) or a number of layers.
+    #[serde(default)]
+    pub gpu_layers: GpuLayers,
     /// Context window in tokens; defaults to the model's own (from the GGUF).
     #[serde(default)]
     pub context_length: Option<usize>,
@@ -1099,6 +1160,7 @@ impl ModelSettings {
             overflow: None,
             forward_apis: default_forward_apis(),
             device: DeviceSetting::Auto,
+            gpu_layers: GpuLayers::Auto,
             context_length: None,
             max_concurrent: default_max_concurrent(),
             queue_size: default_queue_size(),
@@ -1145,6 +1207,10 @@ impl ModelSettings {
         match (&self.source, self.engine, &self.device) {
             (ModelSource::Upstream { .. }, _, _) => (EngineKind::Upstream, "an http(s):// source"),
             (_, Some(kind), _) => (kind, "configured"),
+            (_, None, DeviceSetting::Vulkan(_)) => (
+                EngineKind::LlamaCpp,
+                "auto: a Vulkan device (llama.cpp; mistral.rs has no Vulkan backend)",
+            ),
             (_, None, DeviceSetting::Cuda(_) | DeviceSetting::Metal(_)) => (
                 EngineKind::MistralRs,
                 "auto: a GPU device (mistral.rs; the llama.cpp engine runs on the CPU)",
@@ -1642,6 +1708,35 @@ upstream_api_key = "env:GPU_BOX_KEY"
         );
         assert_eq!("CPU".parse::<DeviceSetting>().unwrap(), DeviceSetting::Cpu);
         assert!("tpu".parse::<DeviceSetting>().is_err());
+        let vulkan: DeviceSetting = "vulkan:2".parse().unwrap();
+        assert_eq!(
+            (vulkan, vulkan.to_string()),
+            (DeviceSetting::Vulkan(2), "vulkan:2".into())
+        );
+        assert!(vulkan.is_gpu() && !DeviceSetting::Auto.is_gpu());
+        assert!("vulkan:x"
+            .parse::<DeviceSetting>()
+            .unwrap_err()
+            .contains("vulkan:N"));
+    }
+
+    #[test]
+    fn gpu_layers_are_auto_or_a_count() {
+        #[derive(Deserialize)]
+        struct T {
+            gpu_layers: GpuLayers,
+        }
+        let parse = |v: &str| {
+            serde_json::from_str::<T>(&format!("{{\"gpu_layers\": {v}}}")).map(|t| t.gpu_layers)
+        };
+        assert_eq!(parse("\"auto\"").unwrap(), GpuLayers::Auto);
+        assert_eq!(parse("12").unwrap(), GpuLayers::Count(12));
+        assert_eq!(parse("\"7\"").unwrap(), GpuLayers::Count(7));
+        assert!(parse("-1")
+            .unwrap_err()
+            .to_string()
+            .contains("gpu_layers `-1`"));
+        assert!(parse("\"all\"").is_err());
     }
 
     #[test]

@@ -133,6 +133,26 @@ impl Footprint {
         }
     }
 
+    /// The bytes on the GPU and on the CPU of a model of `layers` layers with `on_gpu` of
+    /// them offloaded (llama.cpp's `-ngl`). Weights and KV cache are shared out by layer
+    /// (llama.cpp keeps each layer's KV cache on that layer's device); the engine's
+    /// buffers count on the GPU when any layer is there (its compute buffer is where the
+    /// work is), else on the CPU. An estimate: layers are taken to be of one size.
+    pub fn split(&self, layers: u32, on_gpu: u32) -> (u64, u64) {
+        let layers = u128::from(layers.max(1));
+        let on_gpu = u128::from(on_gpu).min(layers);
+        let shared = u128::from(self.weights.saturating_add(self.kv_cache));
+        let gpu = u64::try_from(shared * on_gpu / layers).unwrap_or(u64::MAX);
+        let cpu = u64::try_from(shared)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(gpu);
+        if on_gpu == 0 {
+            (0, cpu.saturating_add(self.overhead))
+        } else {
+            (gpu.saturating_add(self.overhead), cpu)
+        }
+    }
+
     /// A footprint given directly (config override, or an engine that holds no weights).
     pub fn fixed(bytes: u64) -> Self {
         Self {
@@ -323,6 +343,25 @@ mod tests {
         let small = ContextScale::from_samples(3000, at_floor, above).unwrap();
         assert_eq!(small.fit(u64::MAX), Some(2048));
         assert!(ContextScale::from_samples(2048, at_floor, above).is_none());
+    }
+
+    #[test]
+    fn a_split_shares_weights_and_cache_by_layer() {
+        let f = Footprint {
+            weights: 900,
+            kv_cache: 100,
+            overhead: 50,
+        };
+        assert_eq!(f.split(10, 10), (1050, 0));
+        assert_eq!(f.split(10, 4), (450, 600));
+        assert_eq!(f.split(10, 0), (0, 1050));
+        assert_eq!(
+            f.split(10, 99),
+            (1050, 0),
+            "more layers than the model has: all"
+        );
+        let (gpu, cpu) = f.split(3, 1);
+        assert_eq!(gpu + cpu, f.total());
     }
 
     #[test]

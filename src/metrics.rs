@@ -84,6 +84,10 @@ pub struct Metrics {
     pub memory_budget_bytes: IntGaugeVec,
     /// Memory reserved per device.
     pub memory_used_bytes: IntGaugeVec,
+    /// A GPU's total memory, as its driver reports it.
+    pub device_memory_total_bytes: IntGaugeVec,
+    /// A GPU's free memory, as its driver reports it.
+    pub device_memory_free_bytes: IntGaugeVec,
     /// Time from arrival to getting a sequence slot (queue, memory, load).
     pub queue_wait: HistogramVec,
     /// Prompt tokens per request.
@@ -337,6 +341,16 @@ impl Metrics {
             memory_used_bytes: gauge(
                 "llamagate_memory_used_bytes",
                 "Memory reserved by loaded models, per device.",
+                &["device"],
+            ),
+            device_memory_total_bytes: gauge(
+                "llamagate_device_memory_total_bytes",
+                "A GPU's total memory, as its driver reports it.",
+                &["device"],
+            ),
+            device_memory_free_bytes: gauge(
+                "llamagate_device_memory_free_bytes",
+                "A GPU's free memory, as its driver reports it (every process's use counted).",
                 &["device"],
             ),
             queue_wait: histogram(

@@ -426,20 +426,56 @@ pub struct DeviceMemoryReport {
     pub budget_bytes: u64,
     /// Bytes reserved by loaded models.
     pub used_bytes: u64,
+    /// For a GPU: what its driver calls it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// For a GPU: its total memory, as its driver reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// For a GPU: its free memory now, as its driver reports it (every process counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+    /// The models holding some of it (one split between a GPU and the CPU is on both).
+    pub models: Vec<ModelMemoryReport>,
+}
+
+/// What one model holds on one device.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelMemoryReport {
+    /// The model's name.
+    pub model: String,
+    /// Bytes reserved for it there.
+    pub bytes: u64,
 }
 
 /// Memory budgets and use.
 #[utoipa::path(get, path = "/admin/memory", tag = "admin", responses((status = 200, body = Vec<DeviceMemoryReport>), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope)))]
 pub async fn memory(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // Asking the GPUs' drivers for their memory may block: off the async threads.
+    let scheduler = state.scheduler.clone();
+    let usage = web::block(move || scheduler.pool().device_usage())
+        .await
+        .unwrap_or_default();
     let report: Vec<DeviceMemoryReport> = state
         .scheduler
         .pool()
         .memory()
         .into_iter()
-        .map(|d| DeviceMemoryReport {
-            device: d.device,
-            budget_bytes: d.budget,
-            used_bytes: d.used,
+        .map(|d| {
+            let gpu = usage.iter().find(|u| u.device == d.device);
+            DeviceMemoryReport {
+                description: gpu.map(|u| u.description.clone()),
+                total_bytes: gpu.map(|u| u.total),
+                free_bytes: gpu.map(|u| u.free),
+                models: d
+                    .models
+                    .into_iter()
+                    .map(|(model, bytes)| ModelMemoryReport { model, bytes })
+                    .collect(),
+                device: d.device,
+                budget_bytes: d.budget,
+                used_bytes: d.used,
+            }
         })
         .collect();
     Ok(HttpResponse::Ok().json(report))
@@ -447,5 +483,5 @@ pub async fn memory(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 /// The OpenAPI description of this resource.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(add_model, pull_model, delete_model, reload_config, load_model, unload_model, memory), components(schemas(DeviceMemoryReport, DeletedModel, ReloadReport, FailedModel, PullRequest, PullStatus)), tags((name = "admin")))]
+#[openapi(paths(add_model, pull_model, delete_model, reload_config, load_model, unload_model, memory), components(schemas(DeviceMemoryReport, ModelMemoryReport, DeletedModel, ReloadReport, FailedModel, PullRequest, PullStatus)), tags((name = "admin")))]
 pub struct AdminApi;

@@ -39,6 +39,8 @@ pub fn model_object(state: &AppState, slot: &ModelSlot) -> ModelObject {
         engine: slot.settings.engine_kind().to_string(),
         engine_reason: slot.settings.engine_choice().1.to_string(),
         device: status.device.unwrap_or_else(|| slot.device_key.clone()),
+        gpu_layers: status.gpu_layers.map(|(n, _)| n),
+        layers: status.gpu_layers.map(|(_, all)| all),
         context_length: status
             .context_length
             .or(status.fitted_context.map(|(c, _)| c as usize)),

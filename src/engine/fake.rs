@@ -51,6 +51,11 @@ pub struct FakeEngine {
     pub loads: Mutex<Vec<String>>,
     /// Loads in progress.
     pub loaders_running: AtomicUsize,
+    /// The layers of every model on a GPU device (`cuda:N`, `vulkan:N`): the scheduler
+    /// may split such a model between the GPU and the CPU. `0`: models are not split.
+    pub layers: u32,
+    /// Each load's model and the layers it was given for its GPU, in order.
+    pub placed: Mutex<Vec<(String, crate::config::GpuLayers)>>,
     /// Generations in progress (streams not yet dropped).
     pub running: Arc<AtomicUsize>,
     /// Generations whose stream was dropped before their last event (cancelled).
@@ -71,6 +76,8 @@ impl Default for FakeEngine {
             unknown_until_loaded: Mutex::default(),
             loads: Mutex::default(),
             loaders_running: AtomicUsize::new(0),
+            layers: 0,
+            placed: Mutex::default(),
             running: Arc::default(),
             cancelled: Arc::default(),
         }
@@ -274,11 +281,16 @@ impl Engine for FakeEngine {
         Ok(Footprint::fixed(settings.memory.map_or(0, |m| m.0)))
     }
 
+    fn offload_layers(&self, settings: &ModelSettings) -> Option<u32> {
+        (self.layers > 0 && settings.device.is_gpu()).then_some(self.layers)
+    }
+
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
         self.loaders_running.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.load_delay).await;
         self.loaders_running.fetch_sub(1, Ordering::SeqCst);
         lock(&self.loads).push(settings.name.clone());
+        lock(&self.placed).push((settings.name.clone(), settings.gpu_layers));
         {
             let mut fail = lock(&self.fail_once);
             if let Some(pos) = fail.iter().position(|n| *n == settings.name) {
@@ -295,10 +307,18 @@ impl Engine for FakeEngine {
                     embedding_length: Some(FAKE_EMBEDDING_LENGTH),
                     thinks: false,
                     tool_syntax: None,
+                    gpu_layers: None,
                 },
                 _ => ModelFacts {
                     thinks: self.thinks,
                     tool_syntax: self.tool_syntax,
+                    gpu_layers: self.offload_layers(settings).map(|layers| {
+                        let on_gpu = match settings.gpu_layers {
+                            crate::config::GpuLayers::Auto => layers,
+                            crate::config::GpuLayers::Count(n) => n.min(layers),
+                        };
+                        (on_gpu, layers)
+                    }),
                     ..ModelFacts::chat(Some(self.context_length), "cpu")
                 },
             },

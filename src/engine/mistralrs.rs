@@ -74,6 +74,9 @@ fn select_device(setting: DeviceSetting) -> Result<Option<Device>, EngineError> 
         DeviceSetting::Metal(n) => Device::new_metal(n)
             .map(Some)
             .map_err(|e| unavailable(&format!("metal:{n}"), e)),
+        DeviceSetting::Vulkan(n) => Err(EngineError::Load(format!(
+            "mistral.rs has no Vulkan backend; use engine = \"llama.cpp\" for device vulkan:{n}"
+        ))),
     }
 }
 
@@ -116,6 +119,7 @@ impl super::Engine for MistralRsEngine {
             DeviceSetting::Cpu | DeviceSetting::Auto => Device::Cpu,
             DeviceSetting::Cuda(n) => Device::new_cuda(n).ok()?,
             DeviceSetting::Metal(n) => Device::new_metal(n).ok()?,
+            DeviceSetting::Vulkan(_) => return None,
         };
         mistralrs::core::MemoryUsage
             .get_total_memory(&device)

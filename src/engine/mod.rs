@@ -376,6 +376,8 @@ pub struct ModelFacts {
     /// The syntax its chat template renders tools for, when this engine renders them
     /// natively; `None`: tools are offered in the portable form.
     pub tool_syntax: Option<tools::ToolSyntax>,
+    /// On a GPU with llama.cpp: the layers there and all the model's layers.
+    pub gpu_layers: Option<(u32, u32)>,
 }
 
 impl ModelFacts {
@@ -388,6 +390,7 @@ impl ModelFacts {
             embedding_length: None,
             thinks: false,
             tool_syntax: None,
+            gpu_layers: None,
         }
     }
 }
@@ -494,6 +497,19 @@ pub trait LoadedModel: Send + Sync {
     }
 }
 
+/// A GPU's memory, as its driver reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceUsage {
+    /// Its key: `vulkan:0`, `cuda:1`.
+    pub device: String,
+    /// What the driver calls it.
+    pub description: String,
+    /// Total memory, bytes.
+    pub total: u64,
+    /// Free memory now, bytes (all users of the device, not only llamagate).
+    pub free: u64,
+}
+
 /// Loads models.
 #[async_trait]
 pub trait Engine: Send + Sync {
@@ -520,6 +536,19 @@ pub trait Engine: Send + Sync {
         footprint_from_header(settings, |summary, context, sequences| {
             Footprint::estimate(summary, context, sequences, on_gpu)
         })
+    }
+
+    /// Each GPU this engine can use, with its memory as the driver reports it now
+    /// (blocking: asks the driver). None on a CPU-only build.
+    fn device_usage(&self) -> Vec<DeviceUsage> {
+        Vec::new()
+    }
+
+    /// For a model this engine can split between a GPU and the CPU: all its layers (the
+    /// scheduler then chooses how many go on the GPU and passes them as `gpu_layers`).
+    /// `None`: all of it goes on its one device. Blocking: may read the model's header.
+    fn offload_layers(&self, _settings: &ModelSettings) -> Option<u32> {
+        None
     }
 }
 

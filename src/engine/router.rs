@@ -76,11 +76,22 @@ impl Engine for EngineRouter {
     }
 
     fn device_memory(&self, device_key: &str) -> Option<u64> {
-        // Device memory does not depend on the engine asking; mistral.rs knows GPUs.
-        self.mistralrs.device_memory(device_key)
+        // Device memory does not depend on the engine asking: llama.cpp knows the GPUs
+        // of its backends (Vulkan ones too), mistral.rs its CUDA and Metal ones.
+        self.llama_cpp
+            .device_memory(device_key)
+            .or_else(|| self.mistralrs.device_memory(device_key))
     }
 
     fn estimate_footprint(&self, settings: &ModelSettings) -> Result<Footprint, String> {
         self.pick(settings).estimate_footprint(settings)
+    }
+
+    fn device_usage(&self) -> Vec<super::DeviceUsage> {
+        self.llama_cpp.device_usage()
+    }
+
+    fn offload_layers(&self, settings: &ModelSettings) -> Option<u32> {
+        self.pick(settings).offload_layers(settings)
     }
 }

@@ -140,6 +140,7 @@ impl super::Engine for UpstreamEngine {
                 embedding_length: None,
                 thinks: false,
                 tool_syntax: None,
+                gpu_layers: None,
             },
         }))
     }

@@ -24,8 +24,15 @@ pub struct ModelObject {
     pub engine: String,
     /// Why that engine: `configured`, or the reason `auto` chose it.
     pub engine_reason: String,
-    /// Configured device (`remote` for upstream models).
+    /// Configured device (`remote` for upstream models); once loaded, where it runs
+    /// (`vulkan:0 (card name)`).
     pub device: String,
+    /// Once loaded on a GPU (llama.cpp): the layers there, of `layers`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gpu_layers: Option<u32>,
+    /// Once loaded on a GPU (llama.cpp): all its layers, the output layer included.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub layers: Option<u32>,
     /// Context window in tokens, once known (after the first load).
     pub context_length: Option<usize>,
     /// Why the context is what it is, once loading: `configured`, `trained` (the model's

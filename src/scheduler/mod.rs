@@ -208,7 +208,8 @@ impl Scheduler {
         self.pool.start();
     }
 
-    /// Copies the queue and slot counts into the gauges (called before a scrape).
+    /// Copies the queue and slot counts into the gauges (called before a scrape;
+    /// blocking: asks the GPUs' drivers for their memory).
     pub fn refresh_gauges(&self) {
         self.pool.refresh_gauges();
         for slot in self.registry.slots() {

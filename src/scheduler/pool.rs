@@ -64,7 +64,7 @@ fn file_stamp(settings: &crate::config::ModelSettings) -> FileStamp {
 }
 use super::registry::ModelSlot;
 use super::SchedulerError;
-use crate::config::{ModelSettings, SchedulerSettings};
+use crate::config::{GpuLayers, ModelSettings, SchedulerSettings};
 use crate::engine::{Engine, LoadedModel};
 use crate::metrics::Metrics;
 
@@ -87,6 +87,11 @@ struct Entry {
     last_used: Instant,
     /// Bytes counted against the device while Loading, Ready or Draining.
     reserved: u64,
+    /// For a model split between a GPU and the CPU: the bytes counted against the CPU
+    /// (its layers there), beside `reserved` on the GPU.
+    spill: u64,
+    /// For such a model: the layers on the GPU at its last load.
+    offloaded: Option<u32>,
     /// Admissions since another model started waiting for this one's memory.
     contended_admissions: Option<usize>,
     load_generation: u64,
@@ -112,6 +117,8 @@ struct Entry {
 struct Sizing {
     full: Footprint,
     scale: Option<ContextScale>,
+    /// All its layers, when its engine can split it between its GPU and the CPU.
+    layers: Option<u32>,
 }
 
 impl Sizing {
@@ -145,7 +152,16 @@ impl Sizing {
                 ContextScale::from_samples(trained, floor, above)
             })
             .flatten();
-        Ok(Self { full, scale })
+        let layers = if full.is_unknown() {
+            None
+        } else {
+            engine.offload_layers(settings)
+        };
+        Ok(Self {
+            full,
+            scale,
+            layers,
+        })
     }
 
     /// What to reserve within `available` bytes, and the context chosen when the trained
@@ -163,6 +179,19 @@ impl Sizing {
 }
 
 impl Entry {
+    /// The bytes it holds on `device`, its own device being `own`.
+    fn held_on(&self, own: &str, device: &str) -> u64 {
+        let on_own = if own == device { self.reserved } else { 0 };
+        let spilled = if device == "cpu" { self.spill } else { 0 };
+        on_own.saturating_add(spilled)
+    }
+
+    /// Frees everything it holds.
+    fn free(&mut self) {
+        self.reserved = 0;
+        self.spill = 0;
+    }
+
     /// Marks load `generation` failed with `error` and starts its retry backoff; the wait.
     fn fail(&mut self, error: String, generation: u64) -> Duration {
         self.life = Life::Failed { error, generation };
@@ -199,6 +228,8 @@ pub struct ModelStatus {
     pub embedding_length: Option<usize>,
     /// Where it runs, once loaded.
     pub device: Option<String>,
+    /// Once loaded on a GPU with llama.cpp: layers there, and all its layers.
+    pub gpu_layers: Option<(u32, u32)>,
     /// When it became ready.
     pub loaded_at: Option<SystemTime>,
     /// The last load error, when failed.
@@ -223,6 +254,9 @@ pub struct DeviceMemory {
     pub budget: u64,
     /// Bytes reserved by loading and loaded models.
     pub used: u64,
+    /// Each model holding some of it, and its bytes there (a model split between a GPU
+    /// and the CPU is listed on both).
+    pub models: Vec<(String, u64)>,
 }
 
 /// The models, their lifecycles and the memory they hold.
@@ -350,11 +384,26 @@ impl Pool {
 
     /// Adds `slot` (its index is the next one) without starting anything.
     fn insert(&self, slot: Arc<ModelSlot>) {
-        let known = self.lock().budgets.contains_key(&slot.device_key);
-        let budget = (!known).then(|| self.budget_for(&slot.device_key));
+        // Its device's budget, and the CPU's for a model on a GPU (a model split between
+        // them holds some of each).
+        let mut devices = vec![slot.device_key.as_str()];
+        if slot.device_key != crate::memory::REMOTE_DEVICE {
+            devices.push("cpu");
+        }
+        let unknown: Vec<&str> = {
+            let st = self.lock();
+            devices
+                .into_iter()
+                .filter(|d| !st.budgets.contains_key(*d))
+                .collect()
+        };
+        let budgets: Vec<(String, u64)> = unknown
+            .into_iter()
+            .map(|d| (d.to_string(), self.budget_for(d)))
+            .collect();
         let mut st = self.lock();
-        if let Some(budget) = budget {
-            st.budgets.entry(slot.device_key.clone()).or_insert(budget);
+        for (device, budget) in budgets {
+            st.budgets.entry(device).or_insert(budget);
         }
         debug_assert_eq!(slot.index, st.entries.len());
         st.slots.push(slot);
@@ -364,6 +413,8 @@ impl Pool {
             waiting: 0,
             last_used: Instant::now(),
             reserved: 0,
+            spill: 0,
+            offloaded: None,
             contended_admissions: None,
             load_generation: 0,
             loaded_at: None,
@@ -403,7 +454,7 @@ impl Pool {
             Life::Ready(_) | Life::Draining(_) if e.active == 0 => {
                 self.unload_locked(&mut st, index)
             }
-            Life::Failed { .. } | Life::Unloaded if !e.abandoned_loader => e.reserved = 0,
+            Life::Failed { .. } | Life::Unloaded if !e.abandoned_loader => e.free(),
             _ => {}
         }
         drop(st);
@@ -500,9 +551,10 @@ impl Pool {
             context_length: model.and_then(|m| m.facts().context_length),
             embedding_length: model.and_then(|m| m.facts().embedding_length),
             device: model.map(|m| m.facts().device.clone()),
+            gpu_layers: model.and_then(|m| m.facts().gpu_layers),
             loaded_at: model.and(e.loaded_at),
             error,
-            reserved_bytes: e.reserved,
+            reserved_bytes: e.reserved.saturating_add(e.spill),
             active: e.active,
             fitted_context: e.fitted_context.filter(|_| {
                 matches!(
@@ -523,6 +575,13 @@ impl Pool {
                 device: device.clone(),
                 budget: *budget,
                 used: self.used_on(&st, device),
+                models: st
+                    .entries
+                    .iter()
+                    .zip(&st.slots)
+                    .map(|(e, s)| (s.settings.name.clone(), e.held_on(&s.device_key, device)))
+                    .filter(|(_, bytes)| *bytes > 0)
+                    .collect(),
             })
             .collect();
         out.sort_by(|a, b| a.device.cmp(&b.device));
@@ -533,9 +592,31 @@ impl Pool {
         st.entries
             .iter()
             .zip(&st.slots)
-            .filter(|(_, s)| s.device_key == device)
-            .map(|(e, _)| e.reserved)
+            .map(|(e, s)| e.held_on(&s.device_key, device))
             .sum()
+    }
+
+    /// What the pinned models other than `index` hold on `device`.
+    fn pinned_on(st: &State, device: &str, index: usize) -> u64 {
+        st.entries
+            .iter()
+            .zip(&st.slots)
+            .filter(|(_, s)| s.settings.pinned && s.index != index)
+            .map(|(e, s)| e.held_on(&s.device_key, device))
+            .sum()
+    }
+
+    /// Whether model `i` is idle and may be evicted to make room.
+    fn evictable(st: &State, i: usize) -> bool {
+        let e = &st.entries[i];
+        !st.slots[i].settings.pinned
+            && e.active == 0
+            && matches!(e.life, Life::Ready(_) | Life::Draining(_))
+    }
+
+    /// The budget of `device` (unlimited when no model was added for it).
+    fn budget_of(st: &State, device: &str) -> u64 {
+        st.budgets.get(device).copied().unwrap_or(u64::MAX)
     }
 
     /// Whether a request of another model is waiting for room (it is not loaded).
@@ -711,23 +792,51 @@ impl Pool {
             }
         };
         let device = slot.device_key.as_str();
-        let budget = st.budgets.get(device).copied().unwrap_or(u64::MAX);
-        let pinned_used: u64 = st
-            .entries
-            .iter()
-            .zip(&st.slots)
-            .filter(|(_, s)| s.device_key == device && s.settings.pinned && s.index != index)
-            .map(|(e, _)| e.reserved)
-            .sum();
-        let available = budget.saturating_sub(pinned_used);
+        let budget = Self::budget_of(st, device);
+        let available = budget.saturating_sub(Self::pinned_on(st, device, index));
         let footprint = sizing.full;
-        // A hub file not downloaded yet: its size is unknown, so it may need everything.
-        let (need, fitted) = if footprint.is_unknown() {
-            (available, None)
-        } else {
-            let (reserve, fitted) = sizing.fit(available);
-            (reserve.total(), fitted)
-        };
+        // What it needs on each device: its own, and the CPU's share of a split model.
+        let mut needs: Vec<(&str, u64)> = Vec::with_capacity(2);
+        let mut offloaded = None;
+        let mut fitted = None;
+        match sizing.layers {
+            // A hub file not downloaded yet: its size is unknown, so it may need everything.
+            _ if footprint.is_unknown() => needs.push((device, available)),
+            None => {
+                let (reserve, f) = sizing.fit(available);
+                fitted = f;
+                needs.push((device, reserve.total()));
+            }
+            // A model split between a GPU and the CPU: its context fits both together;
+            // `auto` puts as many layers on the GPU as it holds beside the models that
+            // stay there (pinned or busy: idle ones are evicted), the rest on the CPU.
+            Some(layers) => {
+                let cpu_available =
+                    Self::budget_of(st, "cpu").saturating_sub(Self::pinned_on(st, "cpu", index));
+                let (reserve, f) = sizing.fit(available.saturating_add(cpu_available));
+                fitted = f;
+                let on_gpu = match slot.settings.gpu_layers {
+                    GpuLayers::Count(n) => n.min(layers),
+                    GpuLayers::Auto => {
+                        let staying: u64 = (0..st.slots.len())
+                            .filter(|&i| i != index && !Self::evictable(st, i))
+                            .map(|i| st.entries[i].held_on(&st.slots[i].device_key, device))
+                            .sum();
+                        let room = budget.saturating_sub(staying);
+                        (0..=layers)
+                            .rev()
+                            .find(|&n| reserve.split(layers, n).0 <= room)
+                            .unwrap_or(0)
+                    }
+                };
+                let (gpu, cpu) = reserve.split(layers, on_gpu);
+                needs.push((device, gpu));
+                if cpu > 0 {
+                    needs.push(("cpu", cpu));
+                }
+                offloaded = Some(on_gpu);
+            }
+        }
         // Pinned models never leave: if they alone leave no room (memory or model
         // count), this model can never load.
         let pinned_loaded = st
@@ -738,59 +847,67 @@ impl Pool {
                 s.settings.pinned && !matches!(e.life, Life::Unloaded | Life::Failed { .. })
             })
             .count();
-        let no_room_beside_pinned = need > budget.saturating_sub(pinned_used)
-            || self.max_loaded.is_some_and(|max| pinned_loaded >= max);
-        if no_room_beside_pinned {
+        let too_big = needs.iter().copied().find(|&(d, need)| {
+            need > Self::budget_of(st, d).saturating_sub(Self::pinned_on(st, d, index))
+        });
+        let no_slot_beside_pinned = self.max_loaded.is_some_and(|max| pinned_loaded >= max);
+        if too_big.is_some() || no_slot_beside_pinned {
+            let (d, need) = too_big.unwrap_or(needs[0]);
             self.metrics
                 .rejected_requests
                 .with_label_values(&[name, "insufficient_memory"])
                 .inc();
             return Err(SchedulerError::InsufficientMemory {
                 model: name.clone(),
-                device: device.to_string(),
+                device: d.to_string(),
                 needed: need,
-                budget,
-                pinned: pinned_used,
+                budget: Self::budget_of(st, d),
+                pinned: Self::pinned_on(st, d, index),
             });
         }
 
-        // Evict idle models, least recently used first, until it fits.
-        let fits = |st: &State, extra_free: u64, extra_slots: usize| {
-            let used = self.used_on(st, device).saturating_sub(extra_free);
+        // Evict idle models, least recently used first, until it fits on every device.
+        let freed_on = |freed: &[u64], d: usize| freed.get(d).copied().unwrap_or(0);
+        let fits = |st: &State, freed: &[u64], extra_slots: usize| {
             let count_ok = self
                 .max_loaded
                 .is_none_or(|max| Self::loaded_count(st).saturating_sub(extra_slots) < max);
-            used.saturating_add(need) <= budget && count_ok
-        };
-        if !fits(st, 0, 0) {
-            let mut idle: Vec<usize> = (0..st.slots.len())
-                .filter(|&i| {
-                    let e = &st.entries[i];
-                    i != index
-                        && !st.slots[i].settings.pinned
-                        && e.active == 0
-                        && matches!(e.life, Life::Ready(_) | Life::Draining(_))
+            count_ok
+                && needs.iter().enumerate().all(|(k, &(d, need))| {
+                    self.used_on(st, d)
+                        .saturating_sub(freed_on(freed, k))
+                        .saturating_add(need)
+                        <= Self::budget_of(st, d)
                 })
+        };
+        let holds_needed = |st: &State, i: usize| {
+            needs
+                .iter()
+                .any(|&(d, _)| st.entries[i].held_on(&st.slots[i].device_key, d) > 0)
+        };
+        if !fits(st, &[], 0) {
+            let mut idle: Vec<usize> = (0..st.slots.len())
+                .filter(|&i| i != index && Self::evictable(st, i))
                 .collect();
             idle.sort_by_key(|&i| st.entries[i].last_used);
             let mut chosen = Vec::new();
-            let mut freed = 0u64;
+            let mut freed = vec![0u64; needs.len()];
             for i in idle {
-                if fits(st, freed, chosen.len()) {
+                if fits(st, &freed, chosen.len()) {
                     break;
                 }
-                let counts_for_memory = st.slots[i].device_key == device;
+                let counts_for_memory = holds_needed(st, i);
                 let counts_for_slots = self
                     .max_loaded
                     .is_some_and(|max| Self::loaded_count(st).saturating_sub(chosen.len()) >= max);
                 if counts_for_memory || counts_for_slots {
-                    if counts_for_memory {
-                        freed += st.entries[i].reserved;
+                    for (k, &(d, _)) in needs.iter().enumerate() {
+                        freed[k] += st.entries[i].held_on(&st.slots[i].device_key, d);
                     }
                     chosen.push(i);
                 }
             }
-            if fits(st, freed, chosen.len()) {
+            if fits(st, &freed, chosen.len()) {
                 for i in chosen {
                     let evicted = st.slots[i].settings.name.clone();
                     tracing::info!(evicted = %evicted, for_model = %name, "evicting idle model to make room");
@@ -804,7 +921,7 @@ impl Pool {
             } else {
                 // Busy models hold the memory: make them take turns.
                 for i in 0..st.slots.len() {
-                    let same_device = st.slots[i].device_key == device || self.max_loaded.is_some();
+                    let same_device = holds_needed(st, i) || self.max_loaded.is_some();
                     let pinned = st.slots[i].settings.pinned;
                     let other = &mut st.entries[i];
                     if i != index
@@ -821,11 +938,15 @@ impl Pool {
         }
 
         // Room is there: reserve it and load.
+        let need = needs[0].1;
+        let spill = needs.get(1).map_or(0, |&(_, cpu)| cpu);
         let e = &mut st.entries[index];
         e.load_generation += 1;
         let generation = e.load_generation;
         e.life = Life::Loading { generation };
         e.reserved = need;
+        e.spill = spill;
+        e.offloaded = offloaded;
         e.fitted_context = fitted;
         *awaited_load = Some(generation);
         if let Some((context, trained)) = fitted {
@@ -834,6 +955,14 @@ impl Pool {
         let mut settings = slot.settings.clone();
         if let Some((context, _)) = fitted {
             settings.context_length = Some(context as usize);
+        }
+        if let (Some(on_gpu), Some(layers)) = (offloaded, sizing.layers) {
+            tracing::info!(model = %name, device, gpu_layers = on_gpu, layers, gpu = %ByteSize(need), cpu = %ByteSize(spill), "layers placed");
+            // A configured count goes as written (the engine refuses one above the
+            // model's layers, with the numbers).
+            if slot.settings.gpu_layers == GpuLayers::Auto {
+                settings.gpu_layers = GpuLayers::Count(on_gpu);
+            }
         }
         self.spawn_load(settings, index, generation, need, footprint.is_unknown());
         Ok(Step::Wait)
@@ -873,10 +1002,26 @@ impl Pool {
                     let mut st = pool.lock();
                     let e = &mut st.entries[index];
                     if let Some((_, Ok(sizing))) = &e.footprint {
-                        let (_, fitted) = sizing.fit(need);
+                        let (reserve, fitted) = sizing.fit(need);
                         if let Some((context, _)) = fitted {
                             local.context_length = Some(context as usize);
                             e.fitted_context = fitted;
+                        }
+                        // A model that can be split: as many layers on the GPU as were
+                        // reserved there, unless configured.
+                        if let Some(layers) = sizing.layers {
+                            let on_gpu = match local.gpu_layers {
+                                GpuLayers::Count(n) => n.min(layers),
+                                GpuLayers::Auto => {
+                                    let fit = (0..=layers)
+                                        .rev()
+                                        .find(|&n| reserve.split(layers, n).0 <= need)
+                                        .unwrap_or(0);
+                                    local.gpu_layers = GpuLayers::Count(fit);
+                                    fit
+                                }
+                            };
+                            e.offloaded = Some(on_gpu);
                         }
                     }
                 }
@@ -898,7 +1043,7 @@ impl Pool {
                     let e = &mut st.entries[index];
                     e.abandoned_loader = false;
                     if matches!(e.life, Life::Failed { generation: g, .. } if g == generation) {
-                        e.reserved = 0;
+                        e.free();
                     }
                     drop(st);
                     tracing::info!(model = %settings.name, "the timed-out loader ended; its memory is free");
@@ -925,7 +1070,7 @@ impl Pool {
                 Ok(model) if e.retired => {
                     // Removed while it loaded: nobody may use it.
                     e.life = Life::Unloaded;
-                    e.reserved = 0;
+                    e.free();
                     drop(st);
                     drop(model);
                     crate::memory::return_freed_memory_soon();
@@ -944,8 +1089,12 @@ impl Pool {
                                 (Some((context, _)), Some(scale)) => scale.at(context),
                                 _ => s.full,
                             };
-                            if !real.is_unknown() {
-                                e.reserved = real.total();
+                            match (s.layers, e.offloaded) {
+                                _ if real.is_unknown() => {}
+                                (Some(layers), Some(on_gpu)) => {
+                                    (e.reserved, e.spill) = real.split(layers, on_gpu);
+                                }
+                                _ => e.reserved = real.total(),
                             }
                         }
                     }
@@ -984,7 +1133,7 @@ impl Pool {
         e.fail(error, generation);
         e.abandoned_loader = running;
         if !running {
-            e.reserved = 0;
+            e.free();
         }
         drop(st);
         self.changed.notify_waiters();
@@ -1002,7 +1151,7 @@ impl Pool {
             return;
         }
         e.life = Life::Unloaded;
-        e.reserved = 0;
+        e.free();
         e.contended_admissions = None;
         e.loaded_at = None;
     }
@@ -1082,8 +1231,24 @@ impl Pool {
         result
     }
 
-    /// Copies states and memory into the gauges.
+    /// Each GPU's memory as its driver reports it now (blocking: asks the driver).
+    pub fn device_usage(&self) -> Vec<crate::engine::DeviceUsage> {
+        self.engine.device_usage()
+    }
+
+    /// Copies states and memory into the gauges (blocking: asks the GPUs' drivers).
     pub fn refresh_gauges(&self) {
+        for d in self.device_usage() {
+            let device = [d.device.as_str()];
+            self.metrics
+                .device_memory_total_bytes
+                .with_label_values(&device)
+                .set(d.total.min(i64::MAX as u64) as i64);
+            self.metrics
+                .device_memory_free_bytes
+                .with_label_values(&device)
+                .set(d.free.min(i64::MAX as u64) as i64);
+        }
         // In index order: a replaced model's newer slot has the last word on its name.
         let slots = self.lock().slots.clone();
         for slot in &slots {

@@ -865,3 +865,144 @@ async fn requests_arriving_around_a_replacement_all_finish() {
         assert_eq!(done.expect("a request was stuck").unwrap().unwrap(), 20);
     }
 }
+
+/// A model of `mib` MiB on GPU `cuda:0`, whose layers the fake engine lets the pool split.
+fn gpu_model(name: &str, mib: u64) -> ModelSettings {
+    let mut m = model(name, mib);
+    m.device = "cuda:0".parse().unwrap();
+    m
+}
+
+/// Settings with a GPU budget beside the CPU's.
+fn gpu_settings(models: Vec<ModelSettings>, gpu_mib: u64, cpu_mib: u64) -> Settings {
+    let mut s = settings(models, cpu_mib);
+    s.scheduler.gpu_memory_budget = Some(ByteSize(gpu_mib * MIB));
+    s
+}
+
+fn used(sched: &Scheduler, device: &str) -> u64 {
+    sched
+        .pool()
+        .memory()
+        .into_iter()
+        .find(|d| d.device == device)
+        .map_or(0, |d| d.used / MIB)
+}
+
+fn placed(engine: &ScriptedEngine) -> Vec<(String, crate::config::GpuLayers)> {
+    engine.placed.lock().unwrap().clone()
+}
+
+use crate::config::GpuLayers;
+
+#[tokio::test]
+async fn a_model_larger_than_its_gpu_budget_is_split_by_layer() {
+    let engine = Arc::new(ScriptedEngine {
+        layers: 10,
+        ..Default::default()
+    });
+    let s = gpu_settings(vec![gpu_model("big", 1000)], 600, 2000);
+    let (sched, _) = scheduler(&s, engine.clone());
+    run(&sched, "big", 1).await.unwrap();
+    assert_eq!(placed(&engine), [("big".into(), GpuLayers::Count(6))]);
+    assert_eq!((used(&sched, "cuda:0"), used(&sched, "cpu")), (600, 400));
+    let slot = sched.registry().resolve("big").unwrap();
+    let status = sched.pool().status(slot.index);
+    assert_eq!(status.gpu_layers, Some((6, 10)));
+    assert_eq!(status.reserved_bytes, 1000 * MIB);
+}
+
+#[tokio::test]
+async fn a_configured_split_is_honoured_or_refused_with_the_numbers() {
+    let engine = Arc::new(ScriptedEngine {
+        layers: 10,
+        ..Default::default()
+    });
+    let mut four = gpu_model("four", 1000);
+    four.gpu_layers = GpuLayers::Count(4);
+    let mut all = gpu_model("all", 1000);
+    all.gpu_layers = GpuLayers::Count(10);
+    let s = gpu_settings(vec![four, all], 600, 2000);
+    let (sched, _) = scheduler(&s, engine.clone());
+    run(&sched, "four", 1).await.unwrap();
+    assert_eq!((used(&sched, "cuda:0"), used(&sched, "cpu")), (400, 600));
+    match run(&sched, "all", 1).await {
+        Err(SchedulerError::InsufficientMemory {
+            device,
+            needed,
+            budget,
+            ..
+        }) => {
+            assert_eq!(device, "cuda:0");
+            assert_eq!((needed / MIB, budget / MIB), (1000, 600));
+        }
+        other => panic!("expected insufficient memory, got {:?}", other.map(drop)),
+    }
+    // The CPU's share counts on the CPU's budget too.
+    let mut s = gpu_settings(vec![gpu_model("big", 1000)], 100, 500);
+    s.models[0].gpu_layers = GpuLayers::Count(1);
+    let (sched, _) = scheduler(&s, engine);
+    match run(&sched, "big", 1).await {
+        Err(SchedulerError::InsufficientMemory { device, needed, .. }) => {
+            assert_eq!((device.as_str(), needed / MIB), ("cpu", 900));
+        }
+        other => panic!("expected insufficient memory, got {:?}", other.map(drop)),
+    }
+}
+
+#[tokio::test]
+async fn gpu_models_share_the_gpu_budget_beside_busy_ones_and_evict_idle_ones() {
+    let engine = Arc::new(ScriptedEngine {
+        layers: 10,
+        token_delay: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let s = gpu_settings(vec![gpu_model("a", 500), gpu_model("b", 500)], 800, 2000);
+    let (sched, _) = scheduler(&s, engine.clone());
+    // `a` is busy: `b` gets the rest of the GPU and the CPU for the rest.
+    let sched2 = sched.clone();
+    let long = tokio::spawn(async move { run(&sched2, "a", 15).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    run(&sched, "b", 1).await.unwrap();
+    assert_eq!(long.await.unwrap().unwrap(), 15);
+    assert_eq!(
+        placed(&engine),
+        [
+            ("a".into(), GpuLayers::Count(10)),
+            ("b".into(), GpuLayers::Count(6))
+        ]
+    );
+    assert_eq!((used(&sched, "cuda:0"), used(&sched, "cpu")), (800, 200));
+    // Both idle: `a` asks again (loaded, nothing moves); then `b` is unloaded and
+    // reloads whole, evicting the idle `a` (least recently used) to fit.
+    run(&sched, "a", 1).await.unwrap();
+    sched
+        .pool()
+        .unload_now(sched.registry().resolve("b").unwrap().index);
+    run(&sched, "b", 1).await.unwrap();
+    assert_eq!(status(&sched, "a"), "unloaded");
+    assert_eq!(placed(&engine)[2], ("b".into(), GpuLayers::Count(10)));
+    assert_eq!((used(&sched, "cuda:0"), used(&sched, "cpu")), (500, 0));
+}
+
+#[tokio::test]
+async fn a_split_model_evicts_idle_cpu_models_for_its_cpu_share() {
+    let engine = Arc::new(ScriptedEngine {
+        layers: 10,
+        ..Default::default()
+    });
+    let s = gpu_settings(
+        vec![model("cpu-model", 400), gpu_model("big", 1000)],
+        500,
+        800,
+    );
+    let (sched, _) = scheduler(&s, engine.clone());
+    run(&sched, "cpu-model", 1).await.unwrap();
+    run(&sched, "big", 1).await.unwrap();
+    assert_eq!(status(&sched, "cpu-model"), "unloaded");
+    assert_eq!((used(&sched, "cuda:0"), used(&sched, "cpu")), (500, 500));
+    // And the CPU model, loaded again, evicts the split one (it holds CPU memory).
+    run(&sched, "cpu-model", 1).await.unwrap();
+    assert_eq!(status(&sched, "big"), "unloaded");
+    assert_eq!((used(&sched, "cuda:0"), used(&sched, "cpu")), (0, 400));
+}

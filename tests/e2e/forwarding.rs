@@ -466,15 +466,16 @@ async fn a_busy_local_model_overflows_to_its_upstream_without_loss() {
     .await;
 
     // The local model answers while it has room: the upstream sees nothing. A long
-    // answer, streamed, holds its one slot.
-    let mut held = post(
-        &front,
-        "/v1/chat/completions",
-        &json!({"model": "local", "stream": true, "max_tokens": 3000, "temperature": 0,
-                "messages": [{"role": "user", "content": "Count from 1 to 2000, one number per line."}]}),
-        &[],
-    )
-    .await;
+    // answer, streamed, holds its one slot (its own client: `post`'s 60 s bound the whole
+    // answer, which a loaded CI machine can take longer than to write).
+    let mut held = reqwest::Client::new()
+        .post(front.server.url("/v1/chat/completions"))
+        .json(&json!({"model": "local", "stream": true, "max_tokens": 1000, "temperature": 0,
+                "messages": [{"role": "user", "content": "Count from 1 to 2000, one number per line."}]}))
+        .timeout(Duration::from_secs(600))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(held.status(), 200);
     assert!(!held.chunk().await.unwrap().unwrap().is_empty());
     assert!(log.lock().unwrap().is_empty());

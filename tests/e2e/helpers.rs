@@ -302,6 +302,7 @@ pub struct Served {
     pub server: TestServer,
     config: std::path::PathBuf,
     env: Vec<(String, std::ffi::OsString)>,
+    binary: std::path::PathBuf,
 }
 
 impl Served {
@@ -338,6 +339,15 @@ pub async fn serve_binary(body: &str) -> Served {
 
 /// [`serve_binary`] with extra environment variables for the process.
 pub async fn serve_binary_with_env(body: &str, env: &[(&str, &std::ffi::OsStr)]) -> Served {
+    serve_this_binary(Path::new(env!("CARGO_BIN_EXE_llamagate")), body, env).await
+}
+
+/// [`serve_binary_with_env`] with another build of llamagate (the `vulkan` one).
+pub async fn serve_this_binary(
+    binary: &Path,
+    body: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Served {
     let port = free_port();
     let config = std::env::temp_dir().join(format!("llamagate-rel-{}.toml", uuid::Uuid::new_v4()));
     std::fs::write(
@@ -349,7 +359,7 @@ pub async fn serve_binary_with_env(body: &str, env: &[(&str, &std::ffi::OsStr)])
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_os_string()))
         .collect();
-    let child = spawn_child(&config, port, &env);
+    let child = spawn_child(binary, &config, port, &env);
     let served = Served {
         child,
         server: TestServer {
@@ -357,13 +367,19 @@ pub async fn serve_binary_with_env(body: &str, env: &[(&str, &std::ffi::OsStr)])
         },
         config,
         env,
+        binary: binary.to_path_buf(),
     };
     served.wait_for_health().await;
     served
 }
 
 /// Starts `llamagate serve --config CONFIG` (whose bind port is `port`).
-fn spawn_child(config: &Path, port: u16, env: &[(String, std::ffi::OsString)]) -> Child {
+fn spawn_child(
+    binary: &Path,
+    config: &Path,
+    port: u16,
+    env: &[(String, std::ffi::OsString)],
+) -> Child {
     // LLAMAGATE_TEST_LOGS=DIR keeps each server's log there (for a failure's story).
     let (stdout, stderr) = match std::env::var_os("LLAMAGATE_TEST_LOGS") {
         Some(dir) => {
@@ -377,7 +393,7 @@ fn spawn_child(config: &Path, port: u16, env: &[(String, std::ffi::OsString)]) -
         }
         None => (Stdio::null(), Stdio::null()),
     };
-    Command::new(env!("CARGO_BIN_EXE_llamagate"))
+    Command::new(binary)
         .args(["serve", "--config"])
         .arg(config)
         .env(NO_MODELS_DIR, "")
@@ -409,7 +425,7 @@ impl Served {
     pub async fn restart(&mut self) {
         self.kill();
         let port = self.port();
-        self.child = spawn_child(&self.config, port, &self.env);
+        self.child = spawn_child(&self.binary, &self.config, port, &self.env);
         self.wait_for_health().await;
     }
 

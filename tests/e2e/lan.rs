@@ -1,7 +1,7 @@
 //! Hosting on a LAN: the OpenAPI document and viewer, the chat page, API keys, CORS,
 //! request ids, the open-bind warning and graceful shutdown.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -260,15 +260,20 @@ fn binding_beyond_loopback_without_keys_warns_loudly() {
 async fn sigterm_lets_a_running_stream_finish_and_exits_zero() {
     let port = free_port();
     let config = write_config(port, "127.0.0.1", "");
+    // The server's log goes to a file, read back into any failure's message.
+    let log_path = std::env::temp_dir().join(format!("llamagate-sigterm-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
         .args(["serve", "--config"])
         .arg(&config)
         .env(crate::helpers::NO_MODELS_DIR, "")
         .env(crate::helpers::MEMORY_STORE, "")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env("RUST_LOG", "info,actix_server=debug,actix_http=debug")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
+    let server_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while reqwest::get(format!("{base}/health")).await.is_err() {
@@ -290,13 +295,22 @@ async fn sigterm_lets_a_running_stream_finish_and_exits_zero() {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let mut text = String::from_utf8_lossy(&first).into_owned();
+    let cut_at = Instant::now();
     while let Some(chunk) = body.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        match chunk {
+            Ok(chunk) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Err(e) => panic!(
+                "the stream broke {:?} after SIGTERM: {e}\nreceived: {text}\nserver log:\n{}",
+                cut_at.elapsed(),
+                server_log()
+            ),
+        }
     }
     assert!(
         text.ends_with("data: [DONE]\n\n"),
-        "the stream finished: {}",
-        &text[text.len().saturating_sub(200)..]
+        "the stream finished: {}\nserver log:\n{}",
+        &text[text.len().saturating_sub(200)..],
+        server_log()
     );
     assert!(text.contains("\"finish_reason\":\"length\""));
     let deadline = Instant::now() + Duration::from_secs(25);
@@ -308,9 +322,6 @@ async fn sigterm_lets_a_running_stream_finish_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let _ = std::fs::remove_file(config);
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{}", server_log());
+    let _ = std::fs::remove_file(&log_path);
 }

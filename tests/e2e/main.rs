@@ -36,3 +36,4 @@ mod speculative;
 mod structured;
 mod upstream;
 mod upstream_pool;
+mod vulkan;

@@ -41,6 +41,8 @@ pub(super) struct EmbedOptions {
     pub threads: usize,
     pub pooling: Option<PoolingSetting>,
     pub context_length: Option<usize>,
+    /// Where its weights go.
+    pub placement: super::devices::Placement,
 }
 
 /// One request's inputs, and where its vectors go.
@@ -81,11 +83,18 @@ pub(super) async fn load(
     let pooling_setting = options.pooling;
     let configured_context = options.context_length;
     let model_name = name.to_string();
+    let device = options.placement.describe();
+    let offload = options
+        .placement
+        .gpu
+        .as_ref()
+        .map(|_| (options.placement.gpu_layers, options.placement.layers));
+    let placement = options.placement;
     std::thread::Builder::new()
         .name(thread_name)
         .spawn(move || {
             let loaded = std::panic::catch_unwind(|| {
-                LlamaModel::load_from_file(backend, &path, &super::model_params()).map_err(
+                LlamaModel::load_from_file(backend, &path, &placement.params()?).map_err(
                     |e| {
                         EngineError::Load(super::super::describe_file_error(
                             &path,
@@ -165,11 +174,12 @@ pub(super) async fn load(
         jobs: jobs_tx,
         facts: ModelFacts {
             context_length: Some(per_input),
-            device: "cpu".into(),
+            device,
             kind: Some(ModelKind::Embedding),
             embedding_length: Some(length),
             thinks: false,
             tool_syntax: None,
+            gpu_layers: offload,
         },
         vocabulary,
     })

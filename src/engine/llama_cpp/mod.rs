@@ -9,7 +9,11 @@
 //!
 //! A model with a `draft` loads the draft's file beside its own, on the same thread, with
 //! a context of the same shape: the worker then decodes speculatively.
+//!
+//! On a build with a GPU backend (`vulkan`, `cuda`, `metal`), `device` picks one of the
+//! GPUs ggml lists ([`devices`]) and `gpu_layers` how many layers go there.
 
+pub mod devices;
 mod embed;
 mod grammar;
 mod worker;
@@ -53,6 +57,13 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
         })
         .as_ref()
         .map_err(|e| EngineError::Load(format!("llama.cpp could not start: {e}")))
+}
+
+/// The GPUs this build's llama.cpp sees, listed once (their names and order do not change
+/// while the process runs).
+fn known_gpus() -> &'static [devices::GpuDevice] {
+    static GPUS: OnceLock<Vec<devices::GpuDevice>> = OnceLock::new();
+    GPUS.get_or_init(devices::gpus)
 }
 
 /// Physical CPU cores (llama.cpp runs slower on hyper-threads than on cores alone).
@@ -155,8 +166,22 @@ fn model_path(settings: &ModelSettings) -> Result<&Path, EngineError> {
 
 #[async_trait]
 impl super::Engine for LlamaCppEngine {
-    fn device_key(&self, _settings: &ModelSettings) -> String {
-        "cpu".into()
+    fn device_key(&self, settings: &ModelSettings) -> String {
+        match settings.device {
+            DeviceSetting::Cpu => "cpu".into(),
+            DeviceSetting::Auto => devices::resolve(DeviceSetting::Auto, known_gpus())
+                .ok()
+                .flatten()
+                .map_or_else(|| "cpu".into(), |g| g.key),
+            named => named.to_string(),
+        }
+    }
+
+    fn device_memory(&self, device_key: &str) -> Option<u64> {
+        known_gpus()
+            .iter()
+            .find(|g| g.key == device_key)
+            .map(|g| g.memory_total)
     }
 
     fn estimate_footprint(&self, settings: &ModelSettings) -> Result<Footprint, String> {
@@ -181,33 +206,50 @@ impl super::Engine for LlamaCppEngine {
         }
     }
 
+    fn device_usage(&self) -> Vec<super::DeviceUsage> {
+        devices::gpus()
+            .into_iter()
+            .map(|g| super::DeviceUsage {
+                device: g.key,
+                description: g.description,
+                total: g.memory_total,
+                free: g.memory_free,
+            })
+            .collect()
+    }
+
+    fn offload_layers(&self, settings: &ModelSettings) -> Option<u32> {
+        if self.device_key(settings) == "cpu" {
+            return None;
+        }
+        let summary = crate::gguf::read_summary(model_path(settings).ok()?).ok()?;
+        let blocks = u32::try_from(summary.arch_u64("block_count")?).ok()?;
+        Some(blocks.saturating_add(1))
+    }
+
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
         let path = model_path(settings)?.to_path_buf();
         // Reading the header walks the vocabulary: off the async threads.
         let checked = path.clone();
-        tokio::task::spawn_blocking(move || {
+        let blocks = tokio::task::spawn_blocking(move || {
             crate::gguf::read_summary(&checked)
-                .map(drop)
+                .map(|s| s.arch_u64("block_count").unwrap_or(0))
                 .map_err(|e| EngineError::Load(super::describe_file_error(&checked, &e.0)))
         })
         .await
         .map_err(|_| EngineError::Unavailable)??;
-        if matches!(
-            settings.device,
-            DeviceSetting::Cuda(_) | DeviceSetting::Metal(_)
-        ) {
-            return Err(EngineError::Load(format!(
-                "this build's llama.cpp engine runs on the CPU; use engine = \"mistralrs\" for device {}",
-                settings.device
-            )));
-        }
         let backend = backend()?;
+        let gpu = devices::resolve(settings.device, known_gpus()).map_err(EngineError::Load)?;
+        let blocks = u32::try_from(blocks).unwrap_or(u32::MAX);
+        let placement =
+            devices::Placement::of(gpu, settings.gpu_layers, blocks).map_err(EngineError::Load)?;
         let threads = settings.threads.unwrap_or_else(physical_cores).max(1);
         if settings.kind == Some(crate::config::ModelKind::Embedding) {
             let options = embed::EmbedOptions {
                 threads,
                 pooling: settings.pooling,
                 context_length: settings.context_length,
+                placement,
             };
             let model = embed::load(backend, &path, &settings.name, options).await?;
             return Ok(Arc::new(model));
@@ -226,6 +268,11 @@ impl super::Engine for LlamaCppEngine {
         let reuse_prefix = settings.prefix_cache.unwrap_or(true);
         let chat_template = settings.chat_template.clone();
         let name = settings.name.clone();
+        let device = placement.describe();
+        let offload = placement
+            .gpu
+            .as_ref()
+            .map(|_| (placement.gpu_layers, placement.layers));
 
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(Arc<Shared>, Ready), EngineError>>();
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<worker::Job>();
@@ -236,6 +283,7 @@ impl super::Engine for LlamaCppEngine {
                     load_on_this_thread(
                         backend,
                         &path,
+                        &placement,
                         chat_template.as_deref(),
                         configured_context,
                         sequences,
@@ -269,7 +317,7 @@ impl super::Engine for LlamaCppEngine {
                 // The draft model, if any: its weights, then a context of the same shape.
                 let draft_model = match &draft {
                     None => None,
-                    Some((path, _, _)) => match load_draft(backend, path, &shared.model) {
+                    Some((path, _, _)) => match load_draft(backend, path, &placement, &shared.model) {
                         Ok(model) => Some(model),
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -341,6 +389,8 @@ impl super::Engine for LlamaCppEngine {
             model = %settings.name,
             threads,
             sequences,
+            device = %device,
+            gpu_layers = offload.map_or(0, |(n, _)| n),
             context = ready.context_per_sequence,
             draft = settings.draft.as_deref().unwrap_or("none"),
             "llama.cpp model ready"
@@ -353,7 +403,8 @@ impl super::Engine for LlamaCppEngine {
             facts: ModelFacts {
                 thinks,
                 tool_syntax,
-                ..ModelFacts::chat(Some(ready.context_per_sequence), "cpu")
+                gpu_layers: offload,
+                ..ModelFacts::chat(Some(ready.context_per_sequence), device)
             },
         }))
     }
@@ -382,13 +433,20 @@ impl ContextShape {
 }
 
 /// Loads a draft model's file for `model`, whose tokenizer it must share token for token.
+/// The draft goes where the model is: all of it on the model's GPU, if any.
 fn load_draft(
     backend: &LlamaBackend,
     path: &Path,
+    placement: &devices::Placement,
     model: &LlamaModel,
 ) -> Result<LlamaModel, EngineError> {
+    let params = devices::Placement {
+        gpu_layers: if placement.gpu.is_some() { u32::MAX } else { 0 },
+        ..placement.clone()
+    }
+    .params()?;
     let draft = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        LlamaModel::load_from_file(backend, path, &model_params())
+        LlamaModel::load_from_file(backend, path, &params)
     }))
     .map_err(|_| EngineError::Load("llama.cpp crashed while loading the draft model".into()))?
     .map_err(|e| {
@@ -452,13 +510,14 @@ enum Constraint {
 fn load_on_this_thread(
     backend: &LlamaBackend,
     path: &Path,
+    placement: &devices::Placement,
     chat_template: Option<&str>,
     configured_context: Option<usize>,
     sequences: usize,
     threads: usize,
 ) -> Result<Loaded, EngineError> {
     let model =
-        LlamaModel::load_from_file(backend, path, &model_params()).map_err(|e| {
+        LlamaModel::load_from_file(backend, path, &placement.params()?).map_err(|e| {
             // llama.cpp only says "null result": name what the header claims to be.
             let claimed = crate::gguf::read_summary(path).ok().map(|s| {
                 format!(
