@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use futures::StreamExt;
 use llamagate::config::{ModelSettings, ModelSource};
 use llamagate::memory::{process_rss_bytes, ByteSize};
 use serde_json::json;
@@ -288,4 +289,107 @@ async fn admin_endpoints_load_and_unload_on_demand() {
     // And it comes back on demand.
     let (status, _) = complete(&server, "managed").await;
     assert_eq!(status, 200);
+}
+
+/// Threads of process `pid` whose name is `name` (Linux: /proc/PID/task/*/comm).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|comm| comm.trim_end() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (up to 10 s) until `pid` has `want` threads named `name`; the count seen last.
+async fn settle(pid: u32, name: &str, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = threads_named(pid, name);
+        if seen == want || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An idle llama.cpp model holds no threads but its waiting worker: its forward passes
+/// run on a thread (and llama.cpp's OpenMP team, whose threads take that thread's name)
+/// that ends when it has nothing left to do — else every idle model's team would make
+/// the busy ones decode up to twice as slowly (docs/BENCHMARKS.md). Both kinds of worker,
+/// generation and embeddings, and a model that answers again afterwards.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_idle_llama_cpp_model_keeps_no_threads_but_its_worker() {
+    let served = serve_binary(&format!(
+        r#"[[models]]
+name = "a"
+source = "{model}"
+engine = "llama.cpp"
+threads = 2
+[[models]]
+name = "b"
+source = "{model}"
+engine = "llama.cpp"
+threads = 2
+[[models]]
+name = "e"
+source = "{minilm}"
+threads = 2
+"#,
+        model = model_path().display(),
+        minilm = crate::helpers::embedding_model_path().display(),
+    ))
+    .await;
+    let server = &served.server;
+    let pid = served.child.id();
+    for round in 0..2 {
+        for model in ["a", "b"] {
+            // While a stream runs, its busy thread and team are there beside the worker.
+            let response = reqwest::Client::new()
+                .post(server.url("/v1/chat/completions"))
+                .json(&json!({"model": model, "max_tokens": 300, "temperature": 0,
+                    "stream": true,
+                    "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{model}");
+            let mut body = response.bytes_stream();
+            let first = body.next().await.unwrap().unwrap();
+            assert!(!first.is_empty());
+            let name = format!("llama.cpp-{model}");
+            let busy = threads_named(pid, &name);
+            assert!(
+                busy >= 2,
+                "{model}, round {round}: {busy} threads while generating"
+            );
+            while body.next().await.is_some() {}
+            assert_eq!(
+                settle(pid, &name, 1).await,
+                1,
+                "{model}, round {round}: idle"
+            );
+        }
+        let (status, body) = post_json(
+            &server.url("/v1/embeddings"),
+            &json!({"model": "e", "input": ["one sentence", "and another"]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        // "llama.cpp-embed-e", as Linux keeps it: 15 bytes.
+        assert_eq!(
+            settle(pid, "llama.cpp-embed", 1).await,
+            1,
+            "embeddings, round {round}"
+        );
+    }
+    // Nothing else of the two generation models is left over either.
+    assert_eq!(threads_named(pid, "llama.cpp-a"), 1);
+    assert_eq!(threads_named(pid, "llama.cpp-b"), 1);
 }

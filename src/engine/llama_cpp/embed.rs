@@ -218,24 +218,36 @@ fn pooling_of(
     }
 }
 
-/// The worker: waits for requests, then runs passes until none is left.
+/// The worker: waits for requests, then runs passes until none is left, on a fresh
+/// thread each time (see [`super::bursts`]: an idle model holds no OpenMP team).
 fn run(mut context: LlamaContext<'_>, pass: usize, jobs: std::sync::mpsc::Receiver<Job>) {
-    let mut running: VecDeque<Running> = VecDeque::new();
     let mut batch = LlamaBatch::new(pass, 1);
+    // Until the model is unloaded (the job sender is dropped).
+    while let Ok(first) = jobs.recv() {
+        let period = || passes(&mut context, &mut batch, pass, &jobs, first);
+        // SAFETY: the context, batch and job receiver are used by the busy period's
+        // thread alone while this one waits for it, and none is tied to a thread.
+        unsafe { super::bursts::on_fresh_thread(period) };
+    }
+}
+
+/// Runs passes, starting with `first`'s inputs, until no request is left.
+fn passes(
+    context: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    pass: usize,
+    jobs: &std::sync::mpsc::Receiver<Job>,
+    first: Job,
+) {
+    let mut running: VecDeque<Running> = VecDeque::from([Running::new(first)]);
     loop {
-        if running.is_empty() {
-            match jobs.recv() {
-                Ok(job) => running.push_back(Running::new(job)),
-                Err(_) => return, // The model was unloaded.
-            }
-        }
         while let Ok(job) = jobs.try_recv() {
             running.push_back(Running::new(job));
         }
         // Requests whose client went away are dropped before they cost a pass.
         running.retain(|r| !r.job.out.is_closed());
         if running.is_empty() {
-            continue;
+            return;
         }
         // Inputs of this pass: (request, input) in arrival order, whole inputs only.
         let mut taken: Vec<(usize, usize)> = Vec::new();
@@ -267,7 +279,7 @@ fn run(mut context: LlamaContext<'_>, pass: usize, jobs: std::sync::mpsc::Receiv
             .map_err(|e| EngineError::Generation(format!("llama.cpp batch: {e}")))
             .and_then(|()| {
                 context
-                    .decode(&mut batch)
+                    .decode(batch)
                     .map_err(|e| EngineError::Generation(format!("llama.cpp decode: {e}")))
             });
         match result {

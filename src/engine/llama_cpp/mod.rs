@@ -13,6 +13,7 @@
 //! On a build with a GPU backend (`vulkan`, `cuda`, `metal`), `device` picks one of the
 //! GPUs ggml lists ([`devices`]) and `gpu_layers` how many layers go there.
 
+mod bursts;
 pub mod devices;
 mod embed;
 mod grammar;

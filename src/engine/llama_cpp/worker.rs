@@ -136,7 +136,17 @@ pub struct Draft<'a> {
     pub p_min: f32,
 }
 
-/// Runs until the model is unloaded (the job sender is dropped).
+/// How a busy period ended.
+enum Ended {
+    /// Nothing is left to do; wait for the next job.
+    Idle,
+    /// The model was unloaded (the job sender is dropped) and nothing is left to do.
+    Unloaded,
+}
+
+/// Runs until the model is unloaded (the job sender is dropped). This thread only waits
+/// for work; each busy period runs on a fresh thread (see [`super::bursts`]), so an idle
+/// model holds no OpenMP team.
 pub fn run(
     shared: &Shared,
     mut context: LlamaContext<'_>,
@@ -144,35 +154,68 @@ pub fn run(
     limits: Limits,
     jobs: Receiver<Job>,
 ) {
-    let Limits {
+    let mut slots: Vec<Slot> = (0..limits.sequences).map(|_| Slot::default()).collect();
+    let capacity = (super::BATCH_TOKENS as usize).max(limits.sequences);
+    let mut batch = LlamaBatch::new(capacity, 1);
+    loop {
+        let Ok(first) = jobs.recv() else { return };
+        let period = || {
+            busy(
+                shared,
+                &mut context,
+                draft.as_mut(),
+                &limits,
+                &mut slots,
+                &mut batch,
+                &jobs,
+                first,
+            )
+        };
+        // SAFETY: the contexts, batch, slots and job receiver are used by the busy
+        // period's thread alone while this one waits for it, and none is tied to a thread.
+        if let Ended::Unloaded = unsafe { super::bursts::on_fresh_thread(period) } {
+            return;
+        }
+    }
+}
+
+/// Runs jobs, starting with `first`, until nothing is left to do.
+#[allow(clippy::too_many_arguments)]
+fn busy(
+    shared: &Shared,
+    context: &mut LlamaContext<'_>,
+    mut draft: Option<&mut Draft<'_>>,
+    limits: &Limits,
+    slots: &mut [Slot],
+    batch: &mut LlamaBatch,
+    jobs: &Receiver<Job>,
+    first: Job,
+) -> Ended {
+    let &Limits {
         sequences,
         context_per_sequence,
         reuse_prefix,
     } = limits;
-    let mut slots: Vec<Slot> = (0..sequences).map(|_| Slot::default()).collect();
     let mut waiting: VecDeque<Choice> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
     let capacity = (super::BATCH_TOKENS as usize).max(sequences);
-    let mut batch = LlamaBatch::new(capacity, 1);
     let vocab = shared.model.vocab();
+    enqueue(first, &mut waiting);
 
     loop {
-        // Take new work; sleep only when there is nothing to do.
-        if running.is_empty() && waiting.is_empty() {
-            match jobs.recv() {
-                Ok(job) => enqueue(job, &mut waiting),
-                Err(_) => return,
-            }
-        }
+        // Take new work; end the period when there is nothing to do.
         loop {
             match jobs.try_recv() {
                 Ok(job) => enqueue(job, &mut waiting),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) if running.is_empty() && waiting.is_empty() => {
-                    return
+                    return Ended::Unloaded
                 }
                 Err(TryRecvError::Disconnected) => break,
             }
+        }
+        if running.is_empty() && waiting.is_empty() {
+            return Ended::Idle;
         }
 
         // Clients that went away free their slots (the KV they filled stays reusable).
@@ -188,23 +231,17 @@ pub fn run(
         admit(
             &mut waiting,
             &mut running,
-            &mut slots,
-            &mut context,
-            draft.as_mut().map(|d| &mut d.context),
+            slots,
+            context,
+            draft.as_deref_mut().map(|d| &mut d.context),
             reuse_prefix,
         );
         if running.is_empty() {
             continue;
         }
         let step_started = std::time::Instant::now();
-        if let Some(draft) = draft.as_mut() {
-            draft_ahead(
-                draft,
-                &mut running,
-                &mut batch,
-                capacity,
-                context_per_sequence,
-            );
+        if let Some(draft) = draft.as_deref_mut() {
+            draft_ahead(draft, &mut running, batch, capacity, context_per_sequence);
         }
 
         // One forward pass: decode steps first (with their guesses), then prompt chunks
@@ -255,21 +292,16 @@ pub fn run(
             room -= take;
         }
         if failed || batch.n_tokens() == 0 {
-            fail_all(&mut running, &mut slots, &mut context, "batch overflow");
+            fail_all(&mut running, slots, context, "batch overflow");
             continue;
         }
         let drafted_in = step_started.elapsed();
         let batch_tokens = batch.n_tokens();
-        let decode_result = context.decode(&mut batch);
+        let decode_result = context.decode(batch);
         let decoded_in = step_started.elapsed();
         if let Err(e) = decode_result {
             tracing::error!(error = %e, "llama.cpp decode failed");
-            fail_all(
-                &mut running,
-                &mut slots,
-                &mut context,
-                "the forward pass failed",
-            );
+            fail_all(&mut running, slots, context, "the forward pass failed");
             continue;
         }
 
@@ -287,8 +319,8 @@ pub fn run(
             } else {
                 check_guesses(
                     r,
-                    &mut context,
-                    draft.as_mut().map(|d| &mut d.context),
+                    context,
+                    draft.as_deref_mut().map(|d| &mut d.context),
                     first,
                     count,
                     &vocab,
