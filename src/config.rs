@@ -623,6 +623,26 @@ impl<'de> Deserialize<'de> for GpuLayers {
     }
 }
 
+/// How the llama.cpp engine splits a model over several GPUs (`split_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitMode {
+    /// Whole layers (weights and KV cache) on each GPU, in proportion to its free memory.
+    #[default]
+    Layer,
+    /// Each weight matrix's rows split across the GPUs (CUDA only), the rest on the first.
+    Row,
+}
+
+impl fmt::Display for SplitMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Layer => "layer",
+            Self::Row => "row",
+        })
+    }
+}
+
 /// Where a model's GGUF file comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -946,6 +966,15 @@ pub struct ModelSettings {
     /// the rest on the CPU) or a number of layers.
     #[serde(default)]
     pub gpu_layers: GpuLayers,
+    /// llama.cpp on several GPUs of one kind (`["cuda:0", "cuda:1"]`): the model's GPU
+    /// layers are split over them in proportion to each one's free memory (llama.cpp's
+    /// own split), each share counted on that GPU's budget; the first is the main one
+    /// (`device`, when given, must name it).
+    #[serde(default)]
+    pub devices: Vec<DeviceSetting>,
+    /// With `devices`: `layer` (default) or `row` (CUDA only).
+    #[serde(default)]
+    pub split_mode: SplitMode,
     /// Context window in tokens; defaults to the model's own (from the GGUF).
     #[serde(default)]
     pub context_length: Option<usize>,
@@ -1161,6 +1190,8 @@ impl ModelSettings {
             forward_apis: default_forward_apis(),
             device: DeviceSetting::Auto,
             gpu_layers: GpuLayers::Auto,
+            devices: Vec::new(),
+            split_mode: SplitMode::Layer,
             context_length: None,
             max_concurrent: default_max_concurrent(),
             queue_size: default_queue_size(),
@@ -1207,6 +1238,10 @@ impl ModelSettings {
         match (&self.source, self.engine, &self.device) {
             (ModelSource::Upstream { .. }, _, _) => (EngineKind::Upstream, "an http(s):// source"),
             (_, Some(kind), _) => (kind, "configured"),
+            _ if !self.devices.is_empty() => (
+                EngineKind::LlamaCpp,
+                "auto: several GPUs in `devices` (llama.cpp splits a model over them)",
+            ),
             (_, None, DeviceSetting::Vulkan(_)) => (
                 EngineKind::LlamaCpp,
                 "auto: a Vulkan device (llama.cpp; mistral.rs has no Vulkan backend)",
@@ -1413,6 +1448,55 @@ impl ModelSettings {
         std::iter::once(&self.name).chain(&self.aliases)
     }
 
+    /// The device the model runs on: the first of `devices`, else `device`.
+    pub fn main_device(&self) -> DeviceSetting {
+        self.devices.first().copied().unwrap_or(self.device)
+    }
+
+    /// `devices`: two or more distinct GPUs of one kind, for the llama.cpp engine, the
+    /// first being `device` when that is given.
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        let name = &self.name;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let kind = |d: &DeviceSetting| d.to_string().split(':').next().unwrap_or("").to_string();
+        if self.devices.len() < 2 {
+            return invalid(format!(
+                "model `{name}`: `devices` lists the GPUs to split the model over (two or more); for one, use `device`"
+            ));
+        }
+        if let Some(d) = self.devices.iter().find(|d| !d.is_gpu()) {
+            return invalid(format!(
+                "model `{name}`: `devices` lists GPUs (cuda:N, vulkan:N, metal:N), not `{d}`"
+            ));
+        }
+        if self
+            .devices
+            .iter()
+            .any(|d| kind(d) != kind(&self.devices[0]))
+        {
+            return invalid(format!(
+                "model `{name}`: the GPUs in `devices` must be of one kind (llama.cpp splits a model over one backend's devices)"
+            ));
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            if self.devices[..i].contains(d) {
+                return invalid(format!("model `{name}`: `{d}` is named twice in `devices`"));
+            }
+        }
+        if self.device != DeviceSetting::Auto && self.device != self.devices[0] {
+            return invalid(format!(
+                "model `{name}`: device `{}` is not the first of `devices` ({}); leave `device` out or name the main GPU there first",
+                self.device, self.devices[0]
+            ));
+        }
+        if self.engine_kind() != EngineKind::LlamaCpp {
+            return invalid(format!(
+                "model `{name}`: `devices` splits a model with the llama.cpp engine; set engine = \"llama.cpp\""
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks one model definition on its own (names and aliases unique across models are
     /// checked by [`Settings::validate`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -1468,6 +1552,9 @@ impl ModelSettings {
         }
         if self.threads == Some(0) {
             return invalid(format!("model `{}`: threads must be at least 1", self.name));
+        }
+        if !self.devices.is_empty() {
+            self.validate_devices()?;
         }
         if !self.sources.is_empty() && !upstream_source {
             return invalid(format!(
@@ -1737,6 +1824,37 @@ upstream_api_key = "env:GPU_BOX_KEY"
             .to_string()
             .contains("gpu_layers `-1`"));
         assert!(parse("\"all\"").is_err());
+    }
+
+    #[test]
+    fn several_gpus_are_distinct_gpus_of_one_kind_for_llama_cpp() {
+        let with = |extra: &str| {
+            Settings::from_toml(&format!(
+                "[[models]]\nname = \"m\"\nsource = \"m.gguf\"\n{extra}\n"
+            ))
+            .map(|s| s.models[0].clone())
+        };
+        let m = with("devices = [\"vulkan:0\", \"vulkan:1\"]\nsplit_mode = \"layer\"").unwrap();
+        assert_eq!(m.main_device(), DeviceSetting::Vulkan(0));
+        assert_eq!(m.engine_kind(), EngineKind::LlamaCpp);
+        assert_eq!(m.split_mode, SplitMode::Layer);
+        let refused = |extra: &str, says: &str| {
+            let why = with(extra).unwrap_err().to_string();
+            assert!(why.contains(says), "{extra}: {why}");
+        };
+        refused("devices = [\"cuda:0\"]", "two or more");
+        refused("devices = [\"cuda:0\", \"cpu\"]", "not `cpu`");
+        refused("devices = [\"cuda:0\", \"vulkan:1\"]", "one kind");
+        refused("devices = [\"cuda:1\", \"cuda:1\"]", "named twice");
+        refused(
+            "devices = [\"cuda:0\", \"cuda:1\"]\ndevice = \"cuda:1\"",
+            "not the first of `devices`",
+        );
+        refused(
+            "devices = [\"cuda:0\", \"cuda:1\"]\nengine = \"mistralrs\"",
+            "llama.cpp",
+        );
+        refused("split_mode = \"tensor\"", "split_mode");
     }
 
     #[test]

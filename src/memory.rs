@@ -153,6 +153,38 @@ impl Footprint {
         }
     }
 
+    /// The bytes on each of several GPUs holding `shares[i]` of a model's `layers` layers
+    /// (see [`layer_shares`]), and on the CPU for the rest: [`Self::split`] over more
+    /// than one GPU. Each GPU that holds a layer has compute buffers of its own, so the
+    /// engine's buffers count on each of them (on the CPU when none holds a layer).
+    pub fn split_over(&self, layers: u32, shares: &[u32]) -> (Vec<u64>, u64) {
+        let on_gpus: u32 = shares.iter().sum();
+        let layers_all = u128::from(layers.max(1));
+        let shared = u128::from(self.weights.saturating_add(self.kv_cache));
+        let gpus: Vec<u64> = shares
+            .iter()
+            .map(|&n| {
+                let part = u128::from(n).min(layers_all);
+                let bytes = u64::try_from(shared * part / layers_all).unwrap_or(u64::MAX);
+                if n == 0 {
+                    0
+                } else {
+                    bytes.saturating_add(self.overhead)
+                }
+            })
+            .collect();
+        let on_gpu_bytes = u64::try_from(shared * u128::from(on_gpus).min(layers_all) / layers_all)
+            .unwrap_or(u64::MAX);
+        let cpu = u64::try_from(shared)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(on_gpu_bytes);
+        if on_gpus == 0 {
+            (gpus, cpu.saturating_add(self.overhead))
+        } else {
+            (gpus, cpu)
+        }
+    }
+
     /// A footprint given directly (config override, or an engine that holds no weights).
     pub fn fixed(bytes: u64) -> Self {
         Self {
@@ -307,6 +339,39 @@ pub fn return_freed_memory_soon() {
     });
 }
 
+/// How llama.cpp shares `on_gpu` offloaded layers out over several GPUs whose split
+/// weights are `weights` (their free memory, when no `tensor_split` is given): the
+/// weights are made cumulative fractions, and offloaded layer k goes to the first GPU
+/// whose fraction exceeds k / on_gpu (`llama_model::load_tensors`, in single precision
+/// as there). The counts per GPU, in order.
+pub fn layer_shares(weights: &[f64], on_gpu: u32) -> Vec<u32> {
+    let mut shares = vec![0u32; weights.len()];
+    if weights.is_empty() || on_gpu == 0 {
+        return shares;
+    }
+    let mut cumulative: Vec<f32> = Vec::with_capacity(weights.len());
+    let mut sum = 0f32;
+    for &w in weights {
+        sum += w.max(0.0) as f32;
+        cumulative.push(sum);
+    }
+    if sum <= 0.0 {
+        // Nothing to go by: all on the first (llama.cpp would divide by zero).
+        shares[0] = on_gpu;
+        return shares;
+    }
+    for c in &mut cumulative {
+        *c /= sum;
+    }
+    let last = weights.len() - 1;
+    for k in 0..on_gpu {
+        let x = k as f32 / on_gpu as f32;
+        let device = cumulative.partition_point(|&c| c <= x).min(last);
+        shares[device] += 1;
+    }
+    shares
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +408,28 @@ mod tests {
         let small = ContextScale::from_samples(3000, at_floor, above).unwrap();
         assert_eq!(small.fit(u64::MAX), Some(2048));
         assert!(ContextScale::from_samples(2048, at_floor, above).is_none());
+    }
+
+    #[test]
+    fn offloaded_layers_are_shared_by_weight_as_llama_cpp_does() {
+        assert_eq!(layer_shares(&[1.0, 1.0], 31), vec![16, 15]);
+        assert_eq!(layer_shares(&[3.0, 1.0], 8), vec![6, 2]);
+        assert_eq!(layer_shares(&[1.0, 1.0, 2.0], 12), vec![3, 3, 6]);
+        assert_eq!(layer_shares(&[1.0, 0.0], 5), vec![5, 0]);
+        assert_eq!(layer_shares(&[0.0, 0.0], 5), vec![5, 0]);
+        assert_eq!(layer_shares(&[1.0, 1.0], 0), vec![0, 0]);
+        for n in 0..40 {
+            assert_eq!(layer_shares(&[2.5, 1.5, 7.0], n).iter().sum::<u32>(), n);
+        }
+        let f = Footprint {
+            weights: 900,
+            kv_cache: 100,
+            overhead: 50,
+        };
+        assert_eq!(f.split_over(10, &[5, 5]), (vec![550, 550], 0));
+        assert_eq!(f.split_over(10, &[3, 1]), (vec![350, 150], 600));
+        assert_eq!(f.split_over(10, &[0, 0]), (vec![0, 0], 1050));
+        assert_eq!(f.split_over(10, &[4, 0]), (vec![450, 0], 600));
     }
 
     #[test]

@@ -282,7 +282,19 @@ impl Engine for FakeEngine {
     }
 
     fn offload_layers(&self, settings: &ModelSettings) -> Option<u32> {
-        (self.layers > 0 && settings.device.is_gpu()).then_some(self.layers)
+        (self.layers > 0 && settings.main_device().is_gpu()).then_some(self.layers)
+    }
+
+    /// Several GPUs in `devices` share the layers equally.
+    fn offload_split(&self, settings: &ModelSettings) -> Vec<(String, f64)> {
+        if self.layers == 0 || settings.devices.len() < 2 {
+            return Vec::new();
+        }
+        settings
+            .devices
+            .iter()
+            .map(|d| (d.to_string(), 1.0))
+            .collect()
     }
 
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {

@@ -519,7 +519,7 @@ pub trait Engine: Send + Sync {
     /// The device the model would run on (`cpu`, `cuda:0`, ...): the key of the memory
     /// budget it draws from.
     fn device_key(&self, settings: &ModelSettings) -> String {
-        match settings.device {
+        match settings.main_device() {
             DeviceSetting::Auto | DeviceSetting::Cpu => "cpu".into(),
             other => other.to_string(),
         }
@@ -549,6 +549,13 @@ pub trait Engine: Send + Sync {
     /// `None`: all of it goes on its one device. Blocking: may read the model's header.
     fn offload_layers(&self, _settings: &ModelSettings) -> Option<u32> {
         None
+    }
+
+    /// For a model split over several GPUs: each one's key, main GPU first, with the
+    /// weight its share of the offloaded layers is proportional to (its free memory, as
+    /// the engine will split them). Empty for a model on one device. Blocking.
+    fn offload_split(&self, _settings: &ModelSettings) -> Vec<(String, f64)> {
+        Vec::new()
     }
 }
 

@@ -94,4 +94,8 @@ impl Engine for EngineRouter {
     fn offload_layers(&self, settings: &ModelSettings) -> Option<u32> {
         self.pick(settings).offload_layers(settings)
     }
+
+    fn offload_split(&self, settings: &ModelSettings) -> Vec<(String, f64)> {
+        self.pick(settings).offload_split(settings)
+    }
 }

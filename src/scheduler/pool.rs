@@ -90,6 +90,8 @@ struct Entry {
     /// For a model split between a GPU and the CPU: the bytes counted against the CPU
     /// (its layers there), beside `reserved` on the GPU.
     spill: u64,
+    /// For a model split over several GPUs: the bytes on each GPU but its main one.
+    extra: Vec<(String, u64)>,
     /// For such a model: the layers on the GPU at its last load.
     offloaded: Option<u32>,
     /// Admissions since another model started waiting for this one's memory.
@@ -119,9 +121,24 @@ struct Sizing {
     scale: Option<ContextScale>,
     /// All its layers, when its engine can split it between its GPU and the CPU.
     layers: Option<u32>,
+    /// With several GPUs: each one's key (main first) and the weight its share of the
+    /// offloaded layers is proportional to.
+    spread: Vec<(String, f64)>,
 }
 
 impl Sizing {
+    /// The bytes on each device of `reserve` with `on_gpu` of its `layers` offloaded:
+    /// the GPU's (or each GPU's, main first) and the CPU's.
+    fn place(&self, reserve: &Footprint, layers: u32, on_gpu: u32) -> (Vec<u64>, u64) {
+        if self.spread.len() > 1 {
+            let weights: Vec<f64> = self.spread.iter().map(|(_, w)| *w).collect();
+            reserve.split_over(layers, &crate::memory::layer_shares(&weights, on_gpu))
+        } else {
+            let (gpu, cpu) = reserve.split(layers, on_gpu);
+            (vec![gpu], cpu)
+        }
+    }
+
     /// Computes the sizing of `settings` with the engine's estimate (blocking: reads the
     /// GGUF header).
     fn estimate(
@@ -157,10 +174,16 @@ impl Sizing {
         } else {
             engine.offload_layers(settings)
         };
+        let spread = if layers.is_some() {
+            engine.offload_split(settings)
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             full,
             scale,
             layers,
+            spread,
         })
     }
 
@@ -183,13 +206,20 @@ impl Entry {
     fn held_on(&self, own: &str, device: &str) -> u64 {
         let on_own = if own == device { self.reserved } else { 0 };
         let spilled = if device == "cpu" { self.spill } else { 0 };
-        on_own.saturating_add(spilled)
+        let elsewhere: u64 = self
+            .extra
+            .iter()
+            .filter(|(d, _)| d == device)
+            .map(|(_, b)| *b)
+            .sum();
+        on_own.saturating_add(spilled).saturating_add(elsewhere)
     }
 
     /// Frees everything it holds.
     fn free(&mut self) {
         self.reserved = 0;
         self.spill = 0;
+        self.extra.clear();
     }
 
     /// Marks load `generation` failed with `error` and starts its retry backoff; the wait.
@@ -386,20 +416,25 @@ impl Pool {
     fn insert(&self, slot: Arc<ModelSlot>) {
         // Its device's budget, and the CPU's for a model on a GPU (a model split between
         // them holds some of each).
-        let mut devices = vec![slot.device_key.as_str()];
+        let mut devices = vec![slot.device_key.clone()];
         if slot.device_key != crate::memory::REMOTE_DEVICE {
-            devices.push("cpu");
+            devices.push("cpu".into());
+            // The other GPUs of a model split over several.
+            devices.extend(slot.settings.devices.iter().map(|d| d.to_string()));
         }
-        let unknown: Vec<&str> = {
+        let unknown: Vec<String> = {
             let st = self.lock();
             devices
                 .into_iter()
-                .filter(|d| !st.budgets.contains_key(*d))
+                .filter(|d| !st.budgets.contains_key(d))
                 .collect()
         };
         let budgets: Vec<(String, u64)> = unknown
             .into_iter()
-            .map(|d| (d.to_string(), self.budget_for(d)))
+            .map(|d| {
+                let budget = self.budget_for(&d);
+                (d, budget)
+            })
             .collect();
         let mut st = self.lock();
         for (device, budget) in budgets {
@@ -414,6 +449,7 @@ impl Pool {
             last_used: Instant::now(),
             reserved: 0,
             spill: 0,
+            extra: Vec::new(),
             offloaded: None,
             contended_admissions: None,
             load_generation: 0,
@@ -554,7 +590,10 @@ impl Pool {
             gpu_layers: model.and_then(|m| m.facts().gpu_layers),
             loaded_at: model.and(e.loaded_at),
             error,
-            reserved_bytes: e.reserved.saturating_add(e.spill),
+            reserved_bytes: e
+                .reserved
+                .saturating_add(e.spill)
+                .saturating_add(e.extra.iter().map(|(_, b)| *b).sum::<u64>()),
             active: e.active,
             fitted_context: e.fitted_context.filter(|_| {
                 matches!(
@@ -811,26 +850,48 @@ impl Pool {
             // `auto` puts as many layers on the GPU as it holds beside the models that
             // stay there (pinned or busy: idle ones are evicted), the rest on the CPU.
             Some(layers) => {
+                // Its GPUs: the one of `device`, or each of `devices` (main first).
+                let gpus: Vec<&str> = if sizing.spread.len() > 1 {
+                    sizing.spread.iter().map(|(d, _)| d.as_str()).collect()
+                } else {
+                    vec![device]
+                };
+                let gpus_available: u64 = gpus
+                    .iter()
+                    .map(|d| Self::budget_of(st, d).saturating_sub(Self::pinned_on(st, d, index)))
+                    .sum();
                 let cpu_available =
                     Self::budget_of(st, "cpu").saturating_sub(Self::pinned_on(st, "cpu", index));
-                let (reserve, f) = sizing.fit(available.saturating_add(cpu_available));
+                let (reserve, f) = sizing.fit(gpus_available.saturating_add(cpu_available));
                 fitted = f;
                 let on_gpu = match slot.settings.gpu_layers {
                     GpuLayers::Count(n) => n.min(layers),
                     GpuLayers::Auto => {
-                        let staying: u64 = (0..st.slots.len())
-                            .filter(|&i| i != index && !Self::evictable(st, i))
-                            .map(|i| st.entries[i].held_on(&st.slots[i].device_key, device))
-                            .sum();
-                        let room = budget.saturating_sub(staying);
+                        let rooms: Vec<u64> = gpus
+                            .iter()
+                            .map(|&d| {
+                                let staying: u64 = (0..st.slots.len())
+                                    .filter(|&i| i != index && !Self::evictable(st, i))
+                                    .map(|i| st.entries[i].held_on(&st.slots[i].device_key, d))
+                                    .sum();
+                                Self::budget_of(st, d).saturating_sub(staying)
+                            })
+                            .collect();
                         (0..=layers)
                             .rev()
-                            .find(|&n| reserve.split(layers, n).0 <= room)
+                            .find(|&n| {
+                                let (on, _) = sizing.place(&reserve, layers, n);
+                                on.iter().zip(&rooms).all(|(b, room)| b <= room)
+                            })
                             .unwrap_or(0)
                     }
                 };
-                let (gpu, cpu) = reserve.split(layers, on_gpu);
-                needs.push((device, gpu));
+                let (on, cpu) = sizing.place(&reserve, layers, on_gpu);
+                for (k, (&d, bytes)) in gpus.iter().zip(on).enumerate() {
+                    if k == 0 || bytes > 0 {
+                        needs.push((d, bytes));
+                    }
+                }
                 if cpu > 0 {
                     needs.push(("cpu", cpu));
                 }
@@ -939,13 +1000,22 @@ impl Pool {
 
         // Room is there: reserve it and load.
         let need = needs[0].1;
-        let spill = needs.get(1).map_or(0, |&(_, cpu)| cpu);
+        let spill = needs[1..]
+            .iter()
+            .find(|(d, _)| *d == "cpu")
+            .map_or(0, |&(_, cpu)| cpu);
+        let extra: Vec<(String, u64)> = needs[1..]
+            .iter()
+            .filter(|(d, _)| *d != "cpu")
+            .map(|&(d, bytes)| (d.to_string(), bytes))
+            .collect();
         let e = &mut st.entries[index];
         e.load_generation += 1;
         let generation = e.load_generation;
         e.life = Life::Loading { generation };
         e.reserved = need;
         e.spill = spill;
+        e.extra = extra;
         e.offloaded = offloaded;
         e.fitted_context = fitted;
         *awaited_load = Some(generation);
@@ -957,7 +1027,7 @@ impl Pool {
             settings.context_length = Some(context as usize);
         }
         if let (Some(on_gpu), Some(layers)) = (offloaded, sizing.layers) {
-            tracing::info!(model = %name, device, gpu_layers = on_gpu, layers, gpu = %ByteSize(need), cpu = %ByteSize(spill), "layers placed");
+            tracing::info!(model = %name, device, gpu_layers = on_gpu, layers, gpu = %ByteSize(need), cpu = %ByteSize(spill), other_gpus = ?st.entries[index].extra, "layers placed");
             // A configured count goes as written (the engine refuses one above the
             // model's layers, with the numbers).
             if slot.settings.gpu_layers == GpuLayers::Auto {
@@ -1092,7 +1162,16 @@ impl Pool {
                             match (s.layers, e.offloaded) {
                                 _ if real.is_unknown() => {}
                                 (Some(layers), Some(on_gpu)) => {
-                                    (e.reserved, e.spill) = real.split(layers, on_gpu);
+                                    let (on, cpu) = s.place(&real, layers, on_gpu);
+                                    e.reserved = on.first().copied().unwrap_or(0);
+                                    e.spill = cpu;
+                                    e.extra = s
+                                        .spread
+                                        .iter()
+                                        .zip(on)
+                                        .skip(1)
+                                        .map(|((d, _), bytes)| (d.clone(), bytes))
+                                        .collect();
                                 }
                                 _ => e.reserved = real.total(),
                             }

@@ -913,6 +913,49 @@ async fn a_model_larger_than_its_gpu_budget_is_split_by_layer() {
 }
 
 #[tokio::test]
+async fn a_model_over_two_gpus_reserves_its_share_on_each_and_leaves_both_when_evicted() {
+    let engine = Arc::new(ScriptedEngine {
+        layers: 10,
+        ..Default::default()
+    });
+    let mut big = model("big", 1000);
+    big.engine = Some(crate::config::EngineKind::LlamaCpp);
+    big.devices = vec!["cuda:0".parse().unwrap(), "cuda:1".parse().unwrap()];
+    let mut small = gpu_model("small", 300);
+    small.device = "cuda:1".parse().unwrap();
+    let s = gpu_settings(vec![big, small], 400, 2000);
+    let (sched, _) = scheduler(&s, engine.clone());
+    // 10 layers of 100 MiB, equal halves: 8 fit two budgets of 400 (4 + 4), 2 on the CPU.
+    run(&sched, "big", 1).await.unwrap();
+    assert_eq!(placed(&engine), [("big".into(), GpuLayers::Count(8))]);
+    assert_eq!(
+        (
+            used(&sched, "cuda:0"),
+            used(&sched, "cuda:1"),
+            used(&sched, "cpu")
+        ),
+        (400, 400, 200)
+    );
+    let memory = sched.pool().memory();
+    for device in ["cuda:0", "cuda:1"] {
+        let d = memory.iter().find(|d| d.device == device).unwrap();
+        assert_eq!(d.models, [("big".to_string(), 400 * MIB)], "{device}");
+    }
+    let slot = sched.registry().resolve("big").unwrap();
+    assert_eq!(sched.pool().status(slot.index).reserved_bytes, 1000 * MIB);
+    // A model on the second GPU alone evicts the idle one from both GPUs and the CPU.
+    run(&sched, "small", 1).await.unwrap();
+    assert_eq!(
+        (
+            used(&sched, "cuda:0"),
+            used(&sched, "cuda:1"),
+            used(&sched, "cpu")
+        ),
+        (0, 300, 0)
+    );
+}
+
+#[tokio::test]
 async fn a_configured_split_is_honoured_or_refused_with_the_numbers() {
     let engine = Arc::new(ScriptedEngine {
         layers: 10,

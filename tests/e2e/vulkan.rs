@@ -9,7 +9,10 @@
 //! the device answer at temperature 0 token for token as the CPU engine does; a budget
 //! that holds one model and a half: the second model, while the first is busy, gets the
 //! layers that fit and the CPU the rest (reserved on both budgets); once both are idle,
-//! loading one evicts the other, and each reloads whole.
+//! loading one evicts the other, and each reloads whole. Two "GPUs" (lavapipe listed
+//! twice, `GGML_VK_VISIBLE_DEVICES=0,0`): a model split over both by `devices`, its
+//! layers shared out as llama.cpp does and each share reserved on that GPU's budget,
+//! answers as the CPU does; `split_mode = "row"` is refused off CUDA.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,10 +33,16 @@ fn vulkan_binary() -> Option<PathBuf> {
 /// Serves `body` with the vulkan build, lavapipe visible to ggml (it hides CPU-type
 /// Vulkan devices unless told).
 async fn serve(binary: &std::path::Path, body: &str) -> Served {
+    serve_on(binary, body, "0").await
+}
+
+/// [`serve`] with `GGML_VK_VISIBLE_DEVICES` = `visible` (`0,0`: lavapipe twice, as two
+/// devices).
+async fn serve_on(binary: &std::path::Path, body: &str, visible: &str) -> Served {
     serve_this_binary(
         binary,
         body,
-        &[("GGML_VK_VISIBLE_DEVICES", std::ffi::OsStr::new("0"))],
+        &[("GGML_VK_VISIBLE_DEVICES", std::ffi::OsStr::new(visible))],
     )
     .await
 }
@@ -282,4 +291,65 @@ async fn two_models_share_a_lavapipe_budget_by_layers_then_take_turns() {
     assert_eq!(model_entry(&served, "a").await["gpu_layers"], 31);
     let cpu = device_memory(&served, "cpu").await;
     assert_eq!(cpu["used_bytes"].as_u64(), Some(0), "{cpu}");
+}
+
+#[tokio::test]
+async fn a_model_split_over_two_lavapipe_devices_answers_as_the_cpu_does() {
+    let Some(binary) = vulkan_binary() else {
+        return;
+    };
+    // 310 MiB over 31 layers, 10 MiB each; 150 MiB per GPU: llama.cpp shares offloaded
+    // layers out by free memory (equal here), so 30 fit (15 + 15), one stays on the CPU.
+    let two = "devices = [\"vulkan:0\", \"vulkan:1\"]";
+    let body = format!(
+        "[scheduler]\ngpu_memory_budget = \"150MiB\"\n{}{}{}",
+        model_block("cpu", "device = \"cpu\""),
+        model_block("split", &format!("{two}\nmemory = \"310MiB\"")),
+        model_block("rows", &format!("{two}\nsplit_mode = \"row\"")),
+    );
+    let served = serve_on(&binary, &body, "0,0").await;
+
+    let (reference, reference_tokens) = greedy(&served, "cpu", 12).await;
+    let (text, tokens) = greedy(&served, "split", 12).await;
+    assert_eq!(
+        (text.as_str(), &tokens),
+        (reference.as_str(), &reference_tokens),
+        "split over two devices answers as the CPU does"
+    );
+    let entry = model_entry(&served, "split").await;
+    let device = entry["device"].as_str().unwrap();
+    assert!(
+        device.starts_with("vulkan:0+vulkan:1 (") && device.contains("llvmpipe"),
+        "{entry}"
+    );
+    assert_eq!(
+        (entry["gpu_layers"].as_u64(), entry["layers"].as_u64()),
+        (Some(30), Some(31)),
+        "{entry}"
+    );
+    let (first, second, cpu) = (
+        device_memory(&served, "vulkan:0").await,
+        device_memory(&served, "vulkan:1").await,
+        device_memory(&served, "cpu").await,
+    );
+    assert_eq!(
+        (
+            held(&first, "split") / MIB,
+            held(&second, "split") / MIB,
+            held(&cpu, "split") / MIB
+        ),
+        (150, 150, 10),
+        "{first} {second} {cpu}"
+    );
+
+    let (status, body) = post_json(
+        &served.server.url("/v1/chat/completions"),
+        &json!({"model": "rows", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("CUDA GPUs only"), "{message}");
+    // Nothing of the refused model is held anywhere.
+    assert_eq!(held(&device_memory(&served, "vulkan:1").await, "rows"), 0);
 }

@@ -6,10 +6,10 @@
 //! device of that backend. ggml leaves CPU-type Vulkan devices (Mesa's lavapipe) out
 //! unless `GGML_VK_VISIBLE_DEVICES` names them, so `auto` never picks a software "GPU".
 
-use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::{LlamaBackendDevice, LlamaBackendDeviceType};
 
-use crate::config::{DeviceSetting, GpuLayers};
+use crate::config::{DeviceSetting, GpuLayers, SplitMode};
 use crate::engine::EngineError;
 
 /// A GPU of this build, as llama.cpp sees it.
@@ -112,6 +112,28 @@ pub fn resolve(setting: DeviceSetting, gpus: &[GpuDevice]) -> Result<Option<GpuD
     }
 }
 
+/// The GPUs a model runs on: its `devices` when it lists several (the first being the
+/// main one), else the one its `device` names; empty for the CPU.
+pub fn resolve_all(
+    settings: &crate::config::ModelSettings,
+    gpus: &[GpuDevice],
+) -> Result<Vec<GpuDevice>, String> {
+    if settings.devices.is_empty() {
+        return Ok(resolve(settings.device, gpus)?.into_iter().collect());
+    }
+    let mut out = Vec::with_capacity(settings.devices.len());
+    for &d in &settings.devices {
+        out.extend(resolve(d, gpus)?);
+    }
+    if settings.split_mode == SplitMode::Row && !out.iter().all(|g| g.key.starts_with("cuda")) {
+        return Err(format!(
+            "split_mode = \"row\" splits weight rows across CUDA GPUs only ({} are not); use \"layer\"",
+            out.iter().map(|g| g.key.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(out)
+}
+
 /// The GPU backends this binary's llama.cpp was built with.
 pub fn built_backends() -> Vec<&'static str> {
     let mut out = vec!["cpu"];
@@ -127,23 +149,34 @@ pub fn built_backends() -> Vec<&'static str> {
     out
 }
 
-/// Where a model's weights go: which GPU, and how many of its layers.
+/// Where a model's weights go: which GPUs, and how many of its layers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Placement {
-    /// The GPU, or `None` for the CPU alone.
+    /// The GPU, or `None` for the CPU alone; with several GPUs, the main one.
     pub gpu: Option<GpuDevice>,
-    /// Layers offloaded to it (`0..=layers`; llama.cpp counts the output layer as one
-    /// more than the repeating blocks).
+    /// The other GPUs the layers are split over (`devices`), in order.
+    pub others: Vec<GpuDevice>,
+    /// How the layers are split over several GPUs.
+    pub split_mode: SplitMode,
+    /// Layers offloaded to the GPUs (`0..=layers`; llama.cpp counts the output layer as
+    /// one more than the repeating blocks).
     pub gpu_layers: u32,
     /// All the model's layers, the output layer included.
     pub layers: u32,
 }
 
 impl Placement {
-    /// Places a model of `blocks` repeating layers by its settings; a `gpu_layers` above
-    /// what the model has is refused with the numbers.
-    pub fn of(gpu: Option<GpuDevice>, wanted: GpuLayers, blocks: u32) -> Result<Self, String> {
+    /// Places a model of `blocks` repeating layers on `gpus` (none: the CPU) by its
+    /// settings; a `gpu_layers` above what the model has is refused with the numbers.
+    pub fn of(
+        gpus: Vec<GpuDevice>,
+        wanted: GpuLayers,
+        split_mode: SplitMode,
+        blocks: u32,
+    ) -> Result<Self, String> {
         let layers = blocks.saturating_add(1);
+        let mut gpus = gpus.into_iter();
+        let gpu = gpus.next();
         let gpu_layers = match (&gpu, wanted) {
             (None, _) => 0,
             (Some(_), GpuLayers::Auto) => layers,
@@ -156,34 +189,58 @@ impl Placement {
         };
         Ok(Self {
             gpu,
+            others: gpus.collect(),
+            split_mode,
             gpu_layers,
             layers,
         })
     }
 
-    /// The device key its memory is counted on.
+    /// The device key its memory is counted on (the main GPU's with several).
     pub fn device_key(&self) -> String {
         self.gpu
             .as_ref()
             .map_or_else(|| "cpu".into(), |g| g.key.clone())
     }
 
-    /// `/v1/models`' device: `cpu`, or `vulkan:0` with what the driver calls it.
+    /// `/v1/models`' device: `cpu`, or `vulkan:0` with what the driver calls it
+    /// (`cuda:0+cuda:1 (…)` for a model split over several).
     pub fn describe(&self) -> String {
         match &self.gpu {
             None => "cpu".into(),
-            Some(g) => format!("{} ({})", g.key, g.description),
+            Some(g) => {
+                let keys: Vec<&str> = std::iter::once(g)
+                    .chain(&self.others)
+                    .map(|d| d.key.as_str())
+                    .collect();
+                format!("{} ({})", keys.join("+"), g.description)
+            }
         }
     }
 
     /// llama.cpp's model parameters for it: read into memory (not mapped, see
-    /// [`super::model_params`]), on this GPU alone (no other device, so that nothing is
-    /// offloaded elsewhere) with `gpu_layers` layers there.
+    /// [`super::model_params`]), on its GPUs alone (no other device, so that nothing is
+    /// offloaded elsewhere) with `gpu_layers` layers there, split over several GPUs in
+    /// proportion to their free memory (llama.cpp's default split: `llama-cpp-2` 0.1.160
+    /// has no way to pass `tensor_split`).
     pub fn params(&self) -> Result<LlamaModelParams, EngineError> {
-        let devices: Vec<usize> = self.gpu.iter().map(|g| g.index).collect();
+        let devices: Vec<usize> = self
+            .gpu
+            .iter()
+            .chain(&self.others)
+            .map(|g| g.index)
+            .collect();
+        let split = match self.split_mode {
+            SplitMode::Layer => LlamaSplitMode::Layer,
+            SplitMode::Row => LlamaSplitMode::Row,
+        };
         super::model_params()
             .with_devices(&devices)
-            .map(|p| p.with_n_gpu_layers(self.gpu_layers))
+            .map(|p| {
+                p.with_n_gpu_layers(self.gpu_layers)
+                    .with_split_mode(split)
+                    .with_main_gpu(0)
+            })
             .map_err(|e| EngineError::Load(format!("llama.cpp refused the device list: {e}")))
     }
 }
@@ -243,19 +300,47 @@ mod tests {
 
     #[test]
     fn layers_are_all_some_or_refused_with_the_numbers() {
-        let gpu = name_gpus(vec![device(1, "Vulkan", LlamaBackendDeviceType::Gpu)]).pop();
-        let all = Placement::of(gpu.clone(), GpuLayers::Auto, 30).unwrap();
+        let gpu = name_gpus(vec![device(1, "Vulkan", LlamaBackendDeviceType::Gpu)]);
+        let layer = SplitMode::Layer;
+        let all = Placement::of(gpu.clone(), GpuLayers::Auto, layer, 30).unwrap();
         assert_eq!((all.gpu_layers, all.layers), (31, 31));
         assert_eq!(
-            Placement::of(gpu.clone(), GpuLayers::Count(12), 30)
+            Placement::of(gpu.clone(), GpuLayers::Count(12), layer, 30)
                 .unwrap()
                 .gpu_layers,
             12
         );
-        let why = Placement::of(gpu.clone(), GpuLayers::Count(40), 30).unwrap_err();
+        let why = Placement::of(gpu.clone(), GpuLayers::Count(40), layer, 30).unwrap_err();
         assert!(why.contains("40") && why.contains("31 layers"), "{why}");
-        let cpu = Placement::of(None, GpuLayers::Count(40), 30).unwrap();
+        let cpu = Placement::of(Vec::new(), GpuLayers::Count(40), layer, 30).unwrap();
         assert_eq!((cpu.gpu_layers, cpu.device_key()), (0, "cpu".to_string()));
         assert_eq!(all.device_key(), "vulkan:0");
+    }
+
+    #[test]
+    fn several_gpus_of_one_kind_are_resolved_in_order_and_row_split_is_cuda_only() {
+        let gpus = name_gpus(vec![
+            device(1, "Vulkan", LlamaBackendDeviceType::Gpu),
+            device(2, "Vulkan", LlamaBackendDeviceType::Gpu),
+        ]);
+        let mut settings = crate::config::ModelSettings::new(
+            "split",
+            crate::config::ModelSource::File("m.gguf".into()),
+        );
+        settings.devices = vec![DeviceSetting::Vulkan(1), DeviceSetting::Vulkan(0)];
+        let found = resolve_all(&settings, &gpus).unwrap();
+        let keys: Vec<&str> = found.iter().map(|g| g.key.as_str()).collect();
+        assert_eq!(keys, ["vulkan:1", "vulkan:0"]);
+        let placed = Placement::of(found, GpuLayers::Auto, SplitMode::Layer, 30).unwrap();
+        assert_eq!(placed.device_key(), "vulkan:1");
+        assert_eq!(placed.describe(), "vulkan:1+vulkan:0 (card 2)");
+        settings.split_mode = SplitMode::Row;
+        let why = resolve_all(&settings, &gpus).unwrap_err();
+        assert!(why.contains("CUDA GPUs only"), "{why}");
+        settings.devices.push(DeviceSetting::Vulkan(2));
+        settings.split_mode = SplitMode::Layer;
+        assert!(resolve_all(&settings, &gpus)
+            .unwrap_err()
+            .contains("vulkan:2"));
     }
 }

@@ -168,7 +168,7 @@ fn model_path(settings: &ModelSettings) -> Result<&Path, EngineError> {
 #[async_trait]
 impl super::Engine for LlamaCppEngine {
     fn device_key(&self, settings: &ModelSettings) -> String {
-        match settings.device {
+        match settings.main_device() {
             DeviceSetting::Cpu => "cpu".into(),
             DeviceSetting::Auto => devices::resolve(DeviceSetting::Auto, known_gpus())
                 .ok()
@@ -228,6 +228,21 @@ impl super::Engine for LlamaCppEngine {
         Some(blocks.saturating_add(1))
     }
 
+    fn offload_split(&self, settings: &ModelSettings) -> Vec<(String, f64)> {
+        if settings.devices.is_empty() {
+            return Vec::new();
+        }
+        // llama.cpp splits by the free memory it reads when loading; read it now.
+        let now = devices::gpus();
+        match devices::resolve_all(settings, &now) {
+            Ok(gpus) if gpus.len() > 1 => gpus
+                .into_iter()
+                .map(|g| (g.key, g.memory_free as f64))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     async fn load(&self, settings: &ModelSettings) -> Result<Arc<dyn LoadedModel>, EngineError> {
         let path = model_path(settings)?.to_path_buf();
         // Reading the header walks the vocabulary: off the async threads.
@@ -240,10 +255,11 @@ impl super::Engine for LlamaCppEngine {
         .await
         .map_err(|_| EngineError::Unavailable)??;
         let backend = backend()?;
-        let gpu = devices::resolve(settings.device, known_gpus()).map_err(EngineError::Load)?;
+        let gpus = devices::resolve_all(settings, known_gpus()).map_err(EngineError::Load)?;
         let blocks = u32::try_from(blocks).unwrap_or(u32::MAX);
         let placement =
-            devices::Placement::of(gpu, settings.gpu_layers, blocks).map_err(EngineError::Load)?;
+            devices::Placement::of(gpus, settings.gpu_layers, settings.split_mode, blocks)
+                .map_err(EngineError::Load)?;
         let threads = settings.threads.unwrap_or_else(physical_cores).max(1);
         if settings.kind == Some(crate::config::ModelKind::Embedding) {
             let options = embed::EmbedOptions {
