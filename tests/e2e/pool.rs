@@ -364,7 +364,13 @@ threads = 2
             let first = body.next().await.unwrap().unwrap();
             assert!(!first.is_empty());
             let name = format!("llama.cpp-{model}");
-            let busy = threads_named(pid, &name);
+            // The first event may come before the first forward pass (the role's chunk).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut busy = threads_named(pid, &name);
+            while busy < 2 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                busy = threads_named(pid, &name);
+            }
             assert!(
                 busy >= 2,
                 "{model}, round {round}: {busy} threads while generating"
