@@ -7,7 +7,8 @@
 # Then a per-token breakdown at concurrency 1: llamagate's worker logs each forward pass
 # (its trace hook: the forward pass, then sampling, detokenizing, stop matching and
 # sending), llama-server its own per-token eval time; what the client sees per token
-# beyond that is the server's HTTP, SSE and channel cost. Results go to $OUT
+# beyond that is the server's HTTP, SSE and channel cost. BATCH_TOKENS sets llamagate's
+# `batch_tokens` (default 512; llama-server's --batch-size is 2048). Results go to $OUT
 # (bench-results/llama-server). Nothing else should run meanwhile.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -30,6 +31,7 @@ engine = "llama.cpp"
 threads = $THREADS
 context_length = 2048
 max_concurrent = 4
+${BATCH_TOKENS:+batch_tokens = $BATCH_TOKENS}
 EOF
 LLAMAGATE_LOG="info,llamagate::engine::llama_cpp::worker=trace" \
     "$BIN" serve --config "$OUT/llamagate.toml" >"$OUT/llamagate.log" 2>&1 &

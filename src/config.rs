@@ -975,6 +975,13 @@ pub struct ModelSettings {
     /// With `devices`: `layer` (default) or `row` (CUDA only).
     #[serde(default)]
     pub split_mode: SplitMode,
+    /// llama.cpp: tokens one forward pass takes at most (default 512). Prompts are read
+    /// in chunks of this size between the running sequences' decode steps: small chunks
+    /// keep running streams moving while a long prompt is read; 2048 (llama-server's
+    /// `--batch-size`) reads the prompts that arrive together in one pass first, so their
+    /// streams start later and then run without pauses.
+    #[serde(default)]
+    pub batch_tokens: Option<usize>,
     /// Context window in tokens; defaults to the model's own (from the GGUF).
     #[serde(default)]
     pub context_length: Option<usize>,
@@ -1192,6 +1199,7 @@ impl ModelSettings {
             gpu_layers: GpuLayers::Auto,
             devices: Vec::new(),
             split_mode: SplitMode::Layer,
+            batch_tokens: None,
             context_length: None,
             max_concurrent: default_max_concurrent(),
             queue_size: default_queue_size(),
@@ -1556,6 +1564,14 @@ impl ModelSettings {
         if !self.devices.is_empty() {
             self.validate_devices()?;
         }
+        if let Some(n) = self.batch_tokens {
+            if !(32..=65536).contains(&n) {
+                return invalid(format!(
+                    "model `{}`: batch_tokens must be between 32 and 65536 (it is {n})",
+                    self.name
+                ));
+            }
+        }
         if !self.sources.is_empty() && !upstream_source {
             return invalid(format!(
                 "model `{}`: `sources` adds upstream servers to an upstream model; its `source` must be an http(s):// URL too (for upstreams that take a local model's overflow, make them a model of their own and name it in this one's `overflow`)",
@@ -1855,6 +1871,8 @@ upstream_api_key = "env:GPU_BOX_KEY"
             "llama.cpp",
         );
         refused("split_mode = \"tensor\"", "split_mode");
+        refused("batch_tokens = 8", "between 32 and 65536");
+        assert_eq!(with("batch_tokens = 2048").unwrap().batch_tokens, Some(2048));
     }
 
     #[test]

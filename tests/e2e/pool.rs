@@ -399,3 +399,43 @@ threads = 2
     assert_eq!(threads_named(pid, "llama.cpp-a"), 1);
     assert_eq!(threads_named(pid, "llama.cpp-b"), 1);
 }
+
+/// `batch_tokens` sizes the forward passes of a llama.cpp model: a prompt longer than
+/// one pass is read in several (64 tokens) or in one (2048), with the same greedy answer,
+/// and the same as the default's (512).
+#[tokio::test]
+async fn batch_tokens_changes_how_a_prompt_is_read_not_what_is_answered() {
+    let model = model_path();
+    let block = |name: &str, extra: &str| {
+        format!(
+            "[[models]]\nname = \"{name}\"\nsource = \"{}\"\nengine = \"llama.cpp\"\nthreads = 2\ncontext_length = 2048\nmax_concurrent = 1\n{extra}\n",
+            model.display()
+        )
+    };
+    let served = serve_binary(
+        &[
+            block("default", ""),
+            block("small", "batch_tokens = 64"),
+            block("large", "batch_tokens = 2048"),
+        ]
+        .concat(),
+    )
+    .await;
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(70);
+    let mut answers = Vec::new();
+    for name in ["default", "small", "large"] {
+        let (status, body) = post_json(
+            &served.server.url("/v1/completions"),
+            &json!({"model": name, "prompt": prompt, "max_tokens": 8, "temperature": 0}),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(
+            body["usage"]["prompt_tokens"].as_u64().unwrap() > 600,
+            "{body}"
+        );
+        answers.push(body["choices"][0]["text"].as_str().unwrap().to_string());
+    }
+    assert_eq!(answers[0], answers[1], "64-token passes");
+    assert_eq!(answers[0], answers[2], "one 2048-token pass");
+}

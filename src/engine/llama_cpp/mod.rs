@@ -41,7 +41,9 @@ use super::{
 use crate::config::{DeviceSetting, ModelSettings, ModelSource};
 use crate::memory::Footprint;
 
-/// Tokens one forward pass takes at most (prompt chunks and decode steps together).
+/// Tokens one forward pass takes at most (prompt chunks and decode steps together) unless
+/// a model's `batch_tokens` says otherwise; also the most llama.cpp computes at once
+/// (`n_ubatch`, which sizes its compute buffers), whatever the batch.
 const BATCH_TOKENS: u32 = 512;
 
 /// Engine backed by llama.cpp (CPU).
@@ -283,6 +285,11 @@ impl super::Engine for LlamaCppEngine {
         let sequences = settings.max_concurrent.max(1);
         let configured_context = settings.context_length;
         let reuse_prefix = settings.prefix_cache.unwrap_or(true);
+        // A pass holds every sequence's next token at least.
+        let batch = settings
+            .batch_tokens
+            .map_or(BATCH_TOKENS, |n| u32::try_from(n).unwrap_or(BATCH_TOKENS))
+            .max(u32::try_from(sequences).unwrap_or(u32::MAX));
         let chat_template = settings.chat_template.clone();
         let name = settings.name.clone();
         let device = placement.describe();
@@ -305,6 +312,7 @@ impl super::Engine for LlamaCppEngine {
                         configured_context,
                         sequences,
                         threads,
+                        batch,
                     )
                 });
                 let (shared, shape, context_per_sequence) = match loaded {
@@ -382,6 +390,7 @@ impl super::Engine for LlamaCppEngine {
                             sequences,
                             context_per_sequence,
                             reuse_prefix,
+                            batch: batch as usize,
                         },
                         jobs_rx,
                     )
@@ -434,14 +443,16 @@ struct ContextShape {
     total: NonZeroU32,
     sequences: u32,
     threads: i32,
+    /// Tokens one forward pass takes at most.
+    batch: u32,
 }
 
 impl ContextShape {
     fn params(&self) -> LlamaContextParams {
         LlamaContextParams::default()
             .with_n_ctx(Some(self.total))
-            .with_n_batch(BATCH_TOKENS)
-            .with_n_ubatch(BATCH_TOKENS)
+            .with_n_batch(self.batch)
+            .with_n_ubatch(self.batch.min(BATCH_TOKENS))
             .with_n_seq_max(self.sequences)
             .with_kv_unified(false)
             .with_n_threads(self.threads)
@@ -524,6 +535,7 @@ enum Constraint {
     Lark(String),
 }
 
+#[allow(clippy::too_many_arguments)]
 fn load_on_this_thread(
     backend: &LlamaBackend,
     path: &Path,
@@ -532,6 +544,7 @@ fn load_on_this_thread(
     configured_context: Option<usize>,
     sequences: usize,
     threads: usize,
+    batch: u32,
 ) -> Result<Loaded, EngineError> {
     let model =
         LlamaModel::load_from_file(backend, path, &placement.params()?).map_err(|e| {
@@ -561,6 +574,7 @@ fn load_on_this_thread(
         total,
         sequences: sequences as u32,
         threads: i32::try_from(threads).unwrap_or(i32::MAX),
+        batch,
     };
 
     let vocab = model.vocab();

@@ -4,7 +4,7 @@
 //! sequence slots to waiting choices (the slot whose cached tokens share the longest
 //! prefix with the prompt, so only the new part is read), then runs one forward pass
 //! over every running sequence: one token for each that is generating, and prompt
-//! chunks for those still reading, up to [`super::BATCH_TOKENS`] in all. Each sequence
+//! chunks for those still reading, up to `batch_tokens` (512 by default) in all. Each sequence
 //! with fresh logits samples its next token with llamagate's sampler.
 //!
 //! With a draft model (speculative decoding), each generating sequence first has the
@@ -124,6 +124,8 @@ pub struct Limits {
     pub context_per_sequence: usize,
     /// Whether a new prompt reuses the longest cached prefix.
     pub reuse_prefix: bool,
+    /// Tokens one forward pass takes at most (`batch_tokens`).
+    pub batch: usize,
 }
 
 /// A draft model for speculative decoding: its own context, with a sequence per slot.
@@ -155,7 +157,7 @@ pub fn run(
     jobs: Receiver<Job>,
 ) {
     let mut slots: Vec<Slot> = (0..limits.sequences).map(|_| Slot::default()).collect();
-    let capacity = (super::BATCH_TOKENS as usize).max(limits.sequences);
+    let capacity = limits.batch.max(limits.sequences);
     let mut batch = LlamaBatch::new(capacity, 1);
     loop {
         let Ok(first) = jobs.recv() else { return };
@@ -195,10 +197,11 @@ fn busy(
         sequences,
         context_per_sequence,
         reuse_prefix,
+        batch: batch_tokens,
     } = limits;
     let mut waiting: VecDeque<Choice> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
-    let capacity = (super::BATCH_TOKENS as usize).max(sequences);
+    let capacity = batch_tokens.max(sequences);
     let vocab = shared.model.vocab();
     enqueue(first, &mut waiting);
 
