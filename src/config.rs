@@ -1872,7 +1872,10 @@ upstream_api_key = "env:GPU_BOX_KEY"
         );
         refused("split_mode = \"tensor\"", "split_mode");
         refused("batch_tokens = 8", "between 32 and 65536");
-        assert_eq!(with("batch_tokens = 2048").unwrap().batch_tokens, Some(2048));
+        assert_eq!(
+            with("batch_tokens = 2048").unwrap().batch_tokens,
+            Some(2048)
+        );
     }
 
     #[test]

@@ -46,6 +46,10 @@ use crate::memory::Footprint;
 /// (`n_ubatch`, which sizes its compute buffers), whatever the batch.
 const BATCH_TOKENS: u32 = 512;
 
+/// llama.h's `LLAMA_FLASH_ATTN_TYPE_AUTO` and `_DISABLED` (llama-cpp-2 takes the raw value).
+const FLASH_ATTN_AUTO: i32 = -1;
+const FLASH_ATTN_DISABLED: i32 = 0;
+
 /// Engine backed by llama.cpp (CPU).
 #[derive(Debug, Default, Clone)]
 pub struct LlamaCppEngine;
@@ -445,6 +449,11 @@ struct ContextShape {
     threads: i32,
     /// Tokens one forward pass takes at most.
     batch: u32,
+    /// Whether any layer is on a GPU. On the CPU alone flash attention is off: with it,
+    /// llama.cpp's CPU kernels decoded SmolLM2 after a 600-token prompt at 42–45
+    /// tokens/s against 68–70 without, and four streams at once 1.4× slower
+    /// (docs/BENCHMARKS.md); on a GPU llama.cpp decides (`auto`).
+    on_gpu: bool,
 }
 
 impl ContextShape {
@@ -457,6 +466,11 @@ impl ContextShape {
             .with_kv_unified(false)
             .with_n_threads(self.threads)
             .with_n_threads_batch(self.threads)
+            .with_flash_attention_policy(if self.on_gpu {
+                FLASH_ATTN_AUTO
+            } else {
+                FLASH_ATTN_DISABLED
+            })
     }
 }
 
@@ -575,6 +589,7 @@ fn load_on_this_thread(
         sequences: sequences as u32,
         threads: i32::try_from(threads).unwrap_or(i32::MAX),
         batch,
+        on_gpu: placement.gpu.is_some() && placement.gpu_layers > 0,
     };
 
     let vocab = model.vocab();
