@@ -643,6 +643,20 @@ impl fmt::Display for SplitMode {
     }
 }
 
+/// Flash attention for a llama.cpp model (`flash_attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlashAttention {
+    /// Off on the CPU alone (llama.cpp's CPU kernel for it is the slower one there) unless
+    /// the model has a `draft`; llama.cpp's own choice when layers are on a GPU or drafted.
+    #[default]
+    Auto,
+    /// Always on.
+    On,
+    /// Always off.
+    Off,
+}
+
 /// Where a model's GGUF file comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -982,6 +996,12 @@ pub struct ModelSettings {
     /// streams start later and then run without pauses.
     #[serde(default)]
     pub batch_tokens: Option<usize>,
+    /// llama.cpp: `auto` (default), `on` or `off`. `auto` is off on the CPU alone, where
+    /// llama.cpp's flash-attention kernel decoded 1.6× slower after a long prompt, except
+    /// for a model with a `draft`: checking the draft's guesses in one pass gives the same
+    /// logits as decoding them one by one only with flash attention on.
+    #[serde(default)]
+    pub flash_attention: FlashAttention,
     /// Context window in tokens; defaults to the model's own (from the GGUF).
     #[serde(default)]
     pub context_length: Option<usize>,
@@ -1200,6 +1220,7 @@ impl ModelSettings {
             devices: Vec::new(),
             split_mode: SplitMode::Layer,
             batch_tokens: None,
+            flash_attention: FlashAttention::Auto,
             context_length: None,
             max_concurrent: default_max_concurrent(),
             queue_size: default_queue_size(),

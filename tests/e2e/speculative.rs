@@ -44,6 +44,7 @@ name = "plain"
 source = "{model}"
 engine = "llama.cpp"
 max_concurrent = 2
+flash_attention = "on"
 [[models]]
 name = "drafted"
 source = "{model}"

@@ -46,9 +46,10 @@ use crate::memory::Footprint;
 /// (`n_ubatch`, which sizes its compute buffers), whatever the batch.
 const BATCH_TOKENS: u32 = 512;
 
-/// llama.h's `LLAMA_FLASH_ATTN_TYPE_AUTO` and `_DISABLED` (llama-cpp-2 takes the raw value).
+/// llama.h's `LLAMA_FLASH_ATTN_TYPE_{AUTO,DISABLED,ENABLED}` (llama-cpp-2 takes the raw value).
 const FLASH_ATTN_AUTO: i32 = -1;
 const FLASH_ATTN_DISABLED: i32 = 0;
+const FLASH_ATTN_ENABLED: i32 = 1;
 
 /// Engine backed by llama.cpp (CPU).
 #[derive(Debug, Default, Clone)]
@@ -289,6 +290,7 @@ impl super::Engine for LlamaCppEngine {
         let sequences = settings.max_concurrent.max(1);
         let configured_context = settings.context_length;
         let reuse_prefix = settings.prefix_cache.unwrap_or(true);
+        let flash = flash_policy(settings, &placement);
         // A pass holds every sequence's next token at least.
         let batch = settings
             .batch_tokens
@@ -317,6 +319,7 @@ impl super::Engine for LlamaCppEngine {
                         sequences,
                         threads,
                         batch,
+                        flash,
                     )
                 });
                 let (shared, shape, context_per_sequence) = match loaded {
@@ -442,6 +445,27 @@ impl super::Engine for LlamaCppEngine {
 
 type Loaded = (Arc<Shared>, ContextShape, usize);
 
+/// Flash attention by the model's setting. `auto`: off on the CPU alone, where llama.cpp
+/// enables it but its CPU kernel is the slower path (SmolLM2 after a 600-token prompt
+/// decoded at 42–45 tokens/s with it, 68–70 without; four streams 1.4× slower;
+/// docs/BENCHMARKS.md), except with a draft model, whose guesses are checked in one
+/// batched pass that matches decoding them one by one only with flash attention on;
+/// llama.cpp decides when layers are on a GPU.
+fn flash_policy(settings: &ModelSettings, placement: &devices::Placement) -> i32 {
+    use crate::config::FlashAttention;
+    match settings.flash_attention {
+        FlashAttention::On => FLASH_ATTN_ENABLED,
+        FlashAttention::Off => FLASH_ATTN_DISABLED,
+        FlashAttention::Auto
+            if settings.draft.is_some()
+                || (placement.gpu.is_some() && placement.gpu_layers > 0) =>
+        {
+            FLASH_ATTN_AUTO
+        }
+        FlashAttention::Auto => FLASH_ATTN_DISABLED,
+    }
+}
+
 /// The shape of a model's llama.cpp context (its draft model's is the same).
 struct ContextShape {
     total: NonZeroU32,
@@ -449,11 +473,8 @@ struct ContextShape {
     threads: i32,
     /// Tokens one forward pass takes at most.
     batch: u32,
-    /// Whether any layer is on a GPU. On the CPU alone flash attention is off: with it,
-    /// llama.cpp's CPU kernels decoded SmolLM2 after a 600-token prompt at 42–45
-    /// tokens/s against 68–70 without, and four streams at once 1.4× slower
-    /// (docs/BENCHMARKS.md); on a GPU llama.cpp decides (`auto`).
-    on_gpu: bool,
+    /// llama.cpp's flash-attention policy: see [`flash_policy`].
+    flash: i32,
 }
 
 impl ContextShape {
@@ -466,11 +487,7 @@ impl ContextShape {
             .with_kv_unified(false)
             .with_n_threads(self.threads)
             .with_n_threads_batch(self.threads)
-            .with_flash_attention_policy(if self.on_gpu {
-                FLASH_ATTN_AUTO
-            } else {
-                FLASH_ATTN_DISABLED
-            })
+            .with_flash_attention_policy(self.flash)
     }
 }
 
@@ -559,6 +576,7 @@ fn load_on_this_thread(
     sequences: usize,
     threads: usize,
     batch: u32,
+    flash: i32,
 ) -> Result<Loaded, EngineError> {
     let model =
         LlamaModel::load_from_file(backend, path, &placement.params()?).map_err(|e| {
@@ -589,7 +607,7 @@ fn load_on_this_thread(
         sequences: sequences as u32,
         threads: i32::try_from(threads).unwrap_or(i32::MAX),
         batch,
-        on_gpu: placement.gpu.is_some() && placement.gpu_layers > 0,
+        flash,
     };
 
     let vocab = model.vocab();
