@@ -47,7 +47,9 @@ async fn serve_on(binary: &std::path::Path, body: &str, visible: &str) -> Served
     .await
 }
 
-/// One model block on the test file: llama.cpp, a small context, one sequence.
+/// One model block on the test file: llama.cpp, a small context, one sequence, flash
+/// attention on wherever it runs (llama.cpp turns it on for Vulkan; `auto` leaves it off
+/// on the CPU alone, and the comparisons are of devices, not of attention kernels).
 fn model_block(name: &str, extra: &str) -> String {
     let model = model_path();
     format!(
@@ -59,6 +61,7 @@ engine = "llama.cpp"
 context_length = 512
 max_concurrent = 1
 threads = 2
+flash_attention = "on"
 {extra}
 "#,
         model.display()
