@@ -139,23 +139,13 @@ impl Footprint {
     /// buffers count on the GPU when any layer is there (its compute buffer is where the
     /// work is), else on the CPU. An estimate: layers are taken to be of one size.
     pub fn split(&self, layers: u32, on_gpu: u32) -> (u64, u64) {
-        let layers = u128::from(layers.max(1));
-        let on_gpu = u128::from(on_gpu).min(layers);
-        let shared = u128::from(self.weights.saturating_add(self.kv_cache));
-        let gpu = u64::try_from(shared * on_gpu / layers).unwrap_or(u64::MAX);
-        let cpu = u64::try_from(shared)
-            .unwrap_or(u64::MAX)
-            .saturating_sub(gpu);
-        if on_gpu == 0 {
-            (0, cpu.saturating_add(self.overhead))
-        } else {
-            (gpu.saturating_add(self.overhead), cpu)
-        }
+        let (gpus, cpu) = self.split_over(layers, &[on_gpu]);
+        (gpus[0], cpu)
     }
 
-    /// The bytes on each of several GPUs holding `shares[i]` of a model's `layers` layers
-    /// (see [`layer_shares`]), and on the CPU for the rest: [`Self::split`] over more
-    /// than one GPU. Each GPU that holds a layer has compute buffers of its own, so the
+    /// The bytes on each of the GPUs holding `shares[i]` of a model's `layers` layers
+    /// (see [`layer_shares`]), and on the CPU for the rest ([`Self::split`] is this for
+    /// one GPU). Each GPU that holds a layer has compute buffers of its own, so the
     /// engine's buffers count on each of them (on the CPU when none holds a layer).
     pub fn split_over(&self, layers: u32, shares: &[u32]) -> (Vec<u64>, u64) {
         let on_gpus: u32 = shares.iter().sum();

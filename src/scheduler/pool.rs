@@ -130,13 +130,13 @@ impl Sizing {
     /// The bytes on each device of `reserve` with `on_gpu` of its `layers` offloaded:
     /// the GPU's (or each GPU's, main first) and the CPU's.
     fn place(&self, reserve: &Footprint, layers: u32, on_gpu: u32) -> (Vec<u64>, u64) {
-        if self.spread.len() > 1 {
+        let shares = if self.spread.len() > 1 {
             let weights: Vec<f64> = self.spread.iter().map(|(_, w)| *w).collect();
-            reserve.split_over(layers, &crate::memory::layer_shares(&weights, on_gpu))
+            crate::memory::layer_shares(&weights, on_gpu)
         } else {
-            let (gpu, cpu) = reserve.split(layers, on_gpu);
-            (vec![gpu], cpu)
-        }
+            vec![on_gpu]
+        };
+        reserve.split_over(layers, &shares)
     }
 
     /// Computes the sizing of `settings` with the engine's estimate (blocking: reads the
