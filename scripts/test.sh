@@ -30,6 +30,14 @@ cargo clippy --all-targets -- -D warnings
 LOG="$(mktemp)"
 trap 'rm -f "$LOG" "$LOG.sdk" "$LOG.browser" "$LOG.vulkan"' EXIT
 echo "== cargo test"
+# Two test threads on these cores often run two llama.cpp generations at once, in two
+# processes. libgomp (llama.cpp's OpenMP) spins up to 300 000 times at each of a forward
+# pass's barriers when its process holds no more threads than cores, so each process
+# spins while the other's threads wait for a core: the Q4_1 took 85-135 ms per token
+# beside another generation instead of 11 alone. The spin count libgomp itself uses in a
+# crowded process (1000) keeps 11 ms alone and gives 32 ms side by side (docs/BENCHMARKS.md,
+# "Two processes on the same cores"). Every server the tests start inherits it.
+export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-1000}"
 cargo test --no-fail-fast -- --test-threads="${LLAMAGATE_TEST_THREADS:-2}" 2>&1 | tee "$LOG"
 cargo_passed=$(grep -Eo '[0-9]+ passed' "$LOG" | awk '{s+=$1} END {print s+0}')
 

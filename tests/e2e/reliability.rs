@@ -251,8 +251,8 @@ async fn clients_vanishing_at_every_stage_leak_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Mid-stream, while another request waits in the queue, which also goes away.
-    let running = tokio::spawn(abandon(url.clone(), long(500), Duration::from_millis(2500)));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let running = tokio::spawn(abandon(url.clone(), long(500), Duration::from_millis(2000)));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     abandon(url.clone(), long(5), Duration::from_millis(500)).await; // queued, then gone
     running.await.unwrap();
     // During prefill: a long prompt, gone before the first token.
@@ -287,7 +287,9 @@ async fn clients_vanishing_at_every_stage_leak_nothing() {
             "generation continued after every client left"
         );
     };
-    assert!(generated < 300.0, "{generated} tokens for 1055 requested");
+    // Neither 500-token request ran to its end: one left during the load, the other after
+    // two seconds of streaming (how many tokens that is depends on the machine's speed).
+    assert!(generated < 500.0, "{generated} tokens for 1055 requested");
     assert!(
         server
             .metric("llamagate_cancelled_requests_total{model=\"lazy\"}")
