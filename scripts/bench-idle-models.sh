@@ -37,7 +37,7 @@ for bin in "${BINARIES[@]}"; do
     for name in f16 f32 f16 f32; do
         "$BIN" bench --requests "$REQUESTS" --concurrency 1 --prompt-words 0 --max-tokens 128 \
             --url "http://127.0.0.1:$PORT/v1" --model "$name" --out "$OUT/run" >/dev/null
-        tpot="$(python3 -c 'import json,sys; print("%.1f" % json.load(open(sys.argv[1]))["scenarios"][0]["tpot_ms"]["p50"])' "$OUT/run/results.json")"
+        tpot="$(tpot_p50 "$OUT/run")"
         row="$row $tpot |"
     done
     kill "$pid"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Two llama.cpp generations in two processes on the same cores: docs/BENCHMARKS.md's "Two
 # processes on the same cores". Two llamagate servers, each with the Q4_1 (or the GGUF
-# MODEL_FILE names; llama.cpp engine, THREADS threads); `llamagate bench` (one request at a time, REQUESTS requests of
-# 64 greedy tokens) on the first alone, then on both at once: TPOT p50 of each. Each MODE
-# is an OpenMP setting both servers get: `default` (none), `passive`
-# (OMP_WAIT_POLICY=passive), `spinN` (GOMP_SPINCOUNT=N) or `threads1` (threads = 1).
+# MODEL_FILE names; llama.cpp engine, THREADS threads); `llamagate bench` (one request at
+# a time, REQUESTS requests of 64 greedy tokens) on the first alone, then on both at once:
+# TPOT p50 of each. Each MODE is an OpenMP setting both servers get: `default` (none),
+# `passive` (OMP_WAIT_POLICY=passive), `spinN` (GOMP_SPINCOUNT=N) or `threads1`
+# (threads = 1).
 # Results go to $OUT (bench-results/two-processes). Nothing else should run meanwhile.
 #   scripts/bench-two-processes.sh default spin1000 passive threads1
 set -euo pipefail
@@ -18,9 +19,6 @@ OUT="${OUT:-bench-results}/two-processes"
 mkdir -p "$OUT"
 [[ $# -gt 0 ]] || set -- default spin1000 passive threads1
 
-tpot() {
-    python3 -c 'import json,sys; print("%.1f" % json.load(open(sys.argv[1]))["scenarios"][0]["tpot_ms"]["p50"])' "$1/results.json"
-}
 bench() {
     "$BIN" bench --requests "$REQUESTS" --concurrency 1 --prompt-words 0 --max-tokens 64 \
         --url "http://127.0.0.1:$1/v1" --model m --out "$OUT/run-$1" >>"$OUT/bench.log" 2>&1
@@ -48,12 +46,12 @@ for mode in "$@"; do
     for port in "${ports[@]}"; do wait_health "$port"; done
     bench "${ports[0]}" # warms the first; the second is loaded (pinned) and warms below
     bench "${ports[0]}"
-    alone="$(tpot "$OUT/run-${ports[0]}")"
+    alone="$(tpot_p50 "$OUT/run-${ports[0]}")"
     bench "${ports[0]}" &
     first=$!
     bench "${ports[1]}"
     wait "$first"
-    echo "| $mode | $alone | $(tpot "$OUT/run-${ports[0]}") | $(tpot "$OUT/run-${ports[1]}") |" >>"$OUT/table.md"
+    echo "| $mode | $alone | $(tpot_p50 "$OUT/run-${ports[0]}") | $(tpot_p50 "$OUT/run-${ports[1]}") |" >>"$OUT/table.md"
     kill "${pids[@]}"
     wait "${pids[@]}" 2>/dev/null || true
 done

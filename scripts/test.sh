@@ -33,9 +33,9 @@ echo "== cargo test"
 # Two test threads on these cores often run two llama.cpp generations at once, in two
 # processes. libgomp (llama.cpp's OpenMP) spins up to 300 000 times at each of a forward
 # pass's barriers when its process holds no more threads than cores, so each process
-# spins while the other's threads wait for a core: the Q4_1 took 85-135 ms per token
-# beside another generation instead of 11 alone. The spin count libgomp itself uses in a
-# crowded process (1000) keeps 11 ms alone and gives 32 ms side by side (docs/BENCHMARKS.md,
+# spins while the other's threads wait for a core: the Q4_1 took 210-290 ms per token
+# beside another generation instead of 10 alone. The spin count libgomp itself uses in a
+# crowded process (1000) keeps 10 ms alone and gives 31 ms side by side (docs/BENCHMARKS.md,
 # "Two processes on the same cores"). Every server the tests start inherits it.
 export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-1000}"
 cargo test --no-fail-fast -- --test-threads="${LLAMAGATE_TEST_THREADS:-2}" 2>&1 | tee "$LOG"
