@@ -7,8 +7,10 @@
 # own llama-server (`-md`, scripts/build-llama-server.sh), each also without the draft;
 # same files, same threads, one request at a time, greedy (`llamagate bench`: temperature
 # 0, 128 tokens), ROUNDS interleaved rounds. The table shows each one's median decode
-# tokens/s (1000 / TPOT p50) and TTFT, and the ratios. Both draft up to DRAFT_MAX (4)
-# tokens and stop when the draft's best guess is below P_MIN (0); llama-server needs
+# tokens/s (1000 / TPOT p50) and TTFT, and the ratios. llamagate drafts up to DRAFT_MAX
+# (16) tokens, choosing how many as it goes unless ADAPTIVE=false; llama-server drafts
+# PEER_DRAFT_MAX (6, its fastest on this pair, docs/BENCHMARKS.md); both stop when the
+# draft's best guess is below P_MIN (0). llama-server needs
 # `--spec-type draft-simple` to use its draft at all. Results
 # go to $OUT (bench-results/speculative). Nothing else should run meanwhile.
 set -euo pipefail
@@ -20,7 +22,9 @@ SRC="$LLAMAGATE_ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 REQUESTS="${REQUESTS:-4}"
 TARGETS=(${TARGETS:-f32 f16})
 DRAFT="${DRAFT:-q4_1}"
-DRAFT_MAX="${DRAFT_MAX:-4}"
+DRAFT_MAX="${DRAFT_MAX:-16}"
+ADAPTIVE="${ADAPTIVE:-true}"
+PEER_DRAFT_MAX="${PEER_DRAFT_MAX:-6}"
 P_MIN="${P_MIN:-0}"
 OUT="${OUT:-bench-results}/speculative"
 mkdir -p "$OUT/models"
@@ -41,7 +45,8 @@ PORT="$(free_port)"
             printf '[[models]]\nname = "%s"\nsource = "%s"\nengine = "llama.cpp"\n' \
                 "$t$([[ $drafted == 1 ]] && echo -draft || true)" "$OUT/models/smollm2-$t.gguf"
             printf 'threads = %s\ncontext_length = 2048\nmax_concurrent = 1\n' "$THREADS"
-            [[ $drafted == 0 ]] || printf 'draft = "draft"\ndraft_max = %s\ndraft_p_min = %s\n' "$DRAFT_MAX" "$P_MIN"
+            [[ $drafted == 0 ]] || printf 'draft = "draft"\ndraft_max = %s\ndraft_adaptive = %s\ndraft_p_min = %s\n' \
+                "$DRAFT_MAX" "$ADAPTIVE" "$P_MIN"
         done
     done
 } >"$OUT/llamagate.toml"
@@ -55,7 +60,7 @@ peer() { # target, with draft (0/1): starts it, its port in PEER[target-draft]
     local port
     port="$(free_port)"
     local extra=()
-    [[ $2 == 0 ]] || extra=(-md "$OUT/models/smollm2-$DRAFT.gguf" --spec-type draft-simple --spec-draft-n-max "$DRAFT_MAX"
+    [[ $2 == 0 ]] || extra=(-md "$OUT/models/smollm2-$DRAFT.gguf" --spec-type draft-simple --spec-draft-n-max "$PEER_DRAFT_MAX"
         --spec-draft-n-min 0 --spec-draft-p-min "$P_MIN" -td "$THREADS" -tbd "$THREADS")
     "$LLAMA_SERVER" -m "$OUT/models/smollm2-$1.gguf" "${extra[@]}" --host 127.0.0.1 --port "$port" \
         -t "$THREADS" -tb "$THREADS" -np 1 -c 2048 >"$OUT/llama-server-$1-$2.log" 2>&1 &

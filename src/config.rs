@@ -1069,10 +1069,16 @@ pub struct ModelSettings {
     /// same tokens, sampling the same distribution (the standard acceptance rule).
     #[serde(default)]
     pub draft: Option<String>,
-    /// With `draft`: the most tokens drafted ahead per step (default 4: of 4, 8 and 16,
-    /// the fastest measured, docs/BENCHMARKS.md).
+    /// With `draft`: the most tokens drafted ahead per step (default 16, as llama.cpp's
+    /// server). With `draft_adaptive` each step drafts between 0 and this many.
     #[serde(default = "default_draft_max")]
     pub draft_max: usize,
+    /// With `draft`: choose how far to draft from what this machine measures while it
+    /// serves — how often the draft is right and what a draft pass and a longer check
+    /// cost — the length that gives the most tokens per second, none when drafting does
+    /// not pay (default true; false: always `draft_max`).
+    #[serde(default = "default_true")]
+    pub draft_adaptive: bool,
     /// With `draft`: drafting stops early once the draft's most likely next token has a
     /// probability below this, so a step drafts only what is likely kept (default 0:
     /// always `draft_max`; a stop still costs the draft's forward pass that found it).
@@ -1085,7 +1091,7 @@ pub struct ModelSettings {
 }
 
 fn default_draft_max() -> usize {
-    4
+    16
 }
 
 fn default_draft_p_min() -> f32 {
@@ -1238,6 +1244,7 @@ impl ModelSettings {
             matryoshka: false,
             draft: None,
             draft_max: default_draft_max(),
+            draft_adaptive: true,
             draft_p_min: default_draft_p_min(),
             draft_file: None,
         }
@@ -1976,7 +1983,14 @@ upstream_api_key = "env:GPU_BOX_KEY"
         };
         let s = Settings::from_toml(&with("draft = \"b\"")).unwrap();
         assert_eq!(s.models[0].draft.as_deref(), Some("b"));
-        assert_eq!((s.models[0].draft_max, s.models[0].draft_p_min), (4, 0.0));
+        assert_eq!(
+            (
+                s.models[0].draft_max,
+                s.models[0].draft_adaptive,
+                s.models[0].draft_p_min
+            ),
+            (16, true, 0.0)
+        );
         assert!(s.models[0].draft_file.is_none());
         for (extra, says) in [
             ("draft = \"nope\"", "not the name of a configured model"),

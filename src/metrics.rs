@@ -25,6 +25,8 @@ pub struct Metrics {
     pub draft_tokens: IntCounterVec,
     /// Of those, the ones the model itself then produced (kept).
     pub draft_accepted_tokens: IntCounterVec,
+    /// Tokens the draft model guesses ahead per step, as last chosen.
+    pub draft_length: IntGaugeVec,
     /// Generations whose client went away before the end.
     pub cancelled_requests: IntCounterVec,
     /// Requests refused by the scheduler, by reason.
@@ -172,6 +174,11 @@ impl Metrics {
             draft_accepted_tokens: counter(
                 "llamagate_draft_accepted_tokens_total",
                 "Draft tokens the model itself produced too (kept); divided by llamagate_draft_tokens_total, the acceptance rate.",
+                &["model"],
+            ),
+            draft_length: gauge(
+                "llamagate_draft_length",
+                "Tokens the draft model guesses ahead per step (speculative decoding), as chosen when the model's last answer ended: from what drafting yields on this machine (0: drafting does not pay now), or draft_max with draft_adaptive = false.",
                 &["model"],
             ),
             cancelled_requests: counter(
@@ -469,8 +476,19 @@ impl Metrics {
     }
 
     /// A generation of `model` had `drafted` tokens guessed by its draft model, of which
-    /// `accepted` were kept.
-    pub fn draft_checked(&self, model: &str, drafted: usize, accepted: usize) {
+    /// `accepted` were kept, and ended guessing `length` ahead per step.
+    pub fn draft_checked(
+        &self,
+        model: &str,
+        drafted: usize,
+        accepted: usize,
+        length: Option<usize>,
+    ) {
+        if let Some(length) = length {
+            self.draft_length
+                .with_label_values(&[model])
+                .set(i64::try_from(length).unwrap_or(i64::MAX));
+        }
         if drafted > 0 {
             let model = [model];
             self.draft_tokens

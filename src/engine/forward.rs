@@ -214,6 +214,7 @@ pub fn merge_usage(seen: Option<TokenUsage>, later: TokenUsage) -> TokenUsage {
         cached_prompt_tokens: pick(seen.cached_prompt_tokens, later.cached_prompt_tokens),
         draft_tokens: pick(seen.draft_tokens, later.draft_tokens),
         draft_accepted_tokens: pick(seen.draft_accepted_tokens, later.draft_accepted_tokens),
+        draft_length: later.draft_length.or(seen.draft_length),
     }
 }
 

@@ -269,6 +269,9 @@ pub struct TokenUsage {
     pub draft_tokens: usize,
     /// Of those, the ones the model itself produced too.
     pub draft_accepted_tokens: usize,
+    /// With a draft model: how many tokens it was guessing ahead per step when the
+    /// answer ended (chosen as it goes unless `draft_adaptive = false`).
+    pub draft_length: Option<usize>,
 }
 
 /// What a running generation reports.

@@ -173,6 +173,7 @@ impl super::Renderer for CompletionRenderer {
                 self.usage.cached_prompt_tokens += u.cached_prompt_tokens;
                 self.usage.draft_tokens += u.draft_tokens;
                 self.usage.draft_accepted_tokens += u.draft_accepted_tokens;
+                self.usage.draft_length = u.draft_length.or(self.usage.draft_length);
                 self.done += 1;
                 if self.complete() && self.meta.include_usage {
                     vec![self.meta.response(Vec::new(), Some(self.usage.into()))]

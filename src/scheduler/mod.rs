@@ -922,6 +922,7 @@ impl Stream for Generation {
                         &self.model,
                         usage.draft_tokens,
                         usage.draft_accepted_tokens,
+                        usage.draft_length,
                     );
                     self.metrics.answer_finished(
                         &self.model,

@@ -3,8 +3,10 @@
 //! weights, so some guesses are rejected). Through the official OpenAI client, the answers
 //! are those of the same file without a draft: token for token at temperature 0
 //! (streamed and not, with a stop sequence, with logprobs, two requests at once) and the
-//! same text for seeded sampling; the acceptance counters move; the draft counts in the
-//! model's memory; a draft with another tokenizer is refused at load, saying why.
+//! same text for seeded sampling, both drafting a fixed 8 tokens ahead and choosing how
+//! far as it goes (`draft_adaptive`, which changes the length between steps); the
+//! acceptance counters and the length gauge move; the draft counts in the model's
+//! memory; a draft with another tokenizer is refused at load, saying why.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -52,6 +54,13 @@ engine = "llama.cpp"
 max_concurrent = 2
 draft = "smol-q4_0"
 draft_max = 8
+draft_adaptive = false
+[[models]]
+name = "adaptive"
+source = "{model}"
+engine = "llama.cpp"
+max_concurrent = 2
+draft = "smol-q4_0"
 [[models]]
 name = "smol-q4_0"
 source = "{draft}"
@@ -123,7 +132,7 @@ async fn a_drafted_model_answers_as_it_does_alone() {
     let draft = q4_0_draft();
     let served = server(&draft).await;
 
-    // Temperature 0: the same tokens, not streamed and streamed.
+    // Temperature 0: the same tokens, not streamed and streamed, however far drafted.
     for prompt in PROMPTS {
         let alone = answer(&served, request("plain", prompt, 64)).await;
         let drafted = answer(&served, request("drafted", prompt, 64)).await;
@@ -131,7 +140,24 @@ async fn a_drafted_model_answers_as_it_does_alone() {
         let mut req = request("drafted", prompt, 64);
         req.stream = Some(true);
         assert_eq!(streamed(&served, req).await, alone.0, "{prompt}");
+        for _ in 0..2 {
+            let adaptive = answer(&served, request("adaptive", prompt, 64)).await;
+            assert_eq!(adaptive, alone, "adaptive: {prompt}");
+        }
     }
+    let length = |model: &str| {
+        let query = format!("llamagate_draft_length{{model=\"{model}\"}}");
+        let server = &served.server;
+        async move { server.metric(&query).await }
+    };
+    assert_eq!(length("drafted").await, 8.0);
+    let chosen = length("adaptive").await;
+    assert!((0.0..=16.0).contains(&chosen), "{chosen}");
+    let metrics = served.server.metrics_text().await;
+    assert!(
+        metrics.contains("llamagate_draft_length{model=\"adaptive\"}"),
+        "the gauge is set"
+    );
 
     // A stop sequence ends both at the same place, even inside kept guesses.
     let stopped = |model: &str| {

@@ -15,6 +15,7 @@
 
 mod bursts;
 pub mod devices;
+pub mod draft_length;
 mod embed;
 mod grammar;
 mod worker;
@@ -280,7 +281,11 @@ impl super::Engine for LlamaCppEngine {
         }
         let draft = match (&settings.draft, &settings.draft_file) {
             (None, _) => None,
-            (Some(_), Some(path)) => Some((path.clone(), settings.draft_max, settings.draft_p_min)),
+            (Some(_), Some(path)) => Some((
+                path.clone(),
+                draft_length::DraftLength::new(settings.draft_max, settings.draft_adaptive),
+                settings.draft_p_min,
+            )),
             (Some(name), None) => {
                 return Err(EngineError::Load(format!(
                     "its draft model `{name}` is not a model of this server with a GGUF file here (a hub model must be downloaded first)"
@@ -358,11 +363,11 @@ impl super::Engine for LlamaCppEngine {
                     },
                 };
                 let draft = match (&draft_model, &draft) {
-                    (Some(model), Some((_, max, p_min))) => {
+                    (Some(model), Some((_, length, p_min))) => {
                         match model.new_context(backend, shape.params()) {
                             Ok(context) => Some(worker::Draft {
                                 context,
-                                max: *max,
+                                length: length.clone(),
                                 p_min: *p_min,
                             }),
                             Err(e) => {

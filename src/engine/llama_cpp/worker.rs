@@ -61,6 +61,8 @@ struct RequestState {
     /// Tokens the draft model guessed, and how many of them were kept.
     draft_tokens: usize,
     draft_accepted_tokens: usize,
+    /// The draft length chosen when its guesses were last checked.
+    draft_length: Option<usize>,
 }
 
 impl RequestState {
@@ -132,8 +134,8 @@ pub struct Limits {
 pub struct Draft<'a> {
     /// The draft model's context (same shape as the model's).
     pub context: LlamaContext<'a>,
-    /// The most tokens guessed ahead per step.
-    pub max: usize,
+    /// How many tokens to guess ahead per step.
+    pub length: super::draft_length::DraftLength,
     /// Guessing stops when the draft's most likely token is less likely than this.
     pub p_min: f32,
 }
@@ -244,7 +246,22 @@ fn busy(
         }
         let step_started = std::time::Instant::now();
         if let Some(draft) = draft.as_deref_mut() {
-            draft_ahead(draft, &mut running, batch, capacity, context_per_sequence);
+            let generating = running.iter().filter(|r| generates(r));
+            let starting = generating.clone().any(|r| r.choice.generated <= 1);
+            let ahead = draft.length.next(generating.count(), starting);
+            if ahead > 0 {
+                let (passes, read, sequences) = draft_ahead(
+                    draft,
+                    &mut running,
+                    batch,
+                    capacity,
+                    context_per_sequence,
+                    ahead,
+                );
+                draft
+                    .length
+                    .drafted(passes, read, sequences, step_started.elapsed());
+            }
         }
 
         // One forward pass: decode steps first (with their guesses), then prompt chunks
@@ -257,9 +274,11 @@ fn busy(
         let mut order: Vec<usize> = (0..running.len()).collect();
         order.sort_by_key(|&i| running[i].pending.len());
         let mut failed = false;
+        let mut reads_prompt = false;
         for i in order {
             let r = &mut running[i];
             let take = r.pending.len().min(room);
+            reads_prompt |= take > 0 && r.cached.len() < r.choice.prompt.len();
             if r.drafted > 0 && take < r.pending.len() {
                 // No room for every guess: check those that fit (guesses are optional).
                 r.pending.truncate(take.max(1));
@@ -320,7 +339,7 @@ fn busy(
                     shared.tool_opener_token,
                 )
             } else {
-                check_guesses(
+                let checked = check_guesses(
                     r,
                     context,
                     draft.as_deref_mut().map(|d| &mut d.context),
@@ -329,10 +348,24 @@ fn busy(
                     &vocab,
                     context_per_sequence,
                     shared.tool_opener_token,
-                )
+                );
+                if let Some(draft) = draft.as_deref_mut() {
+                    draft.length.checked(checked.kept, checked.rejected);
+                }
+                checked.outcome
             };
             if let Outcome::Finished = outcome {
                 finished.push(i);
+            }
+        }
+        if let Some(draft) = draft.as_deref_mut() {
+            for r in &running {
+                r.choice.request.borrow_mut().draft_length = Some(draft.length.chosen());
+            }
+            if !reads_prompt {
+                draft
+                    .length
+                    .stepped(batch_tokens as usize, step_started.elapsed() - drafted_in);
             }
         }
         // The profiling hook of docs/BENCHMARKS.md's per-token breakdown (enable with
@@ -343,6 +376,7 @@ fn busy(
             decode_us = (decoded_in - drafted_in).as_micros() as u64,
             sample_us = (step_started.elapsed() - decoded_in).as_micros() as u64,
             batch_tokens,
+            draft_length = draft.as_deref().map_or(0, |d| d.length.chosen()),
             "forward pass"
         );
         finished.sort_unstable();
@@ -356,16 +390,18 @@ fn busy(
 /// Has the draft model guess ahead for every sequence that is generating: it first
 /// reads what it has not seen yet (the prompt, the tokens kept since its last guesses),
 /// then guesses greedily, one forward pass per token for all those sequences together.
-/// Each stops at its limit (`draft.max`, the tokens left to its request, its context) or
+/// Each stops at its limit (`ahead`, the tokens left to its request, its context) or
 /// when its best guess is less likely than `draft.p_min`. The guesses are put after the
-/// sequence's pending token, for the model to check in its next forward pass.
+/// sequence's pending token, for the model to check in its next forward pass. Returns
+/// the draft's forward passes, the tokens they read and the sequences that guessed.
 fn draft_ahead(
     draft: &mut Draft<'_>,
     running: &mut [Running],
     batch: &mut LlamaBatch,
     capacity: usize,
     context_per_sequence: usize,
-) {
+    ahead: usize,
+) -> (usize, usize, usize) {
     struct Guessing {
         index: usize,
         /// Tokens the draft must still read, the last one with logits.
@@ -377,8 +413,7 @@ fn draft_ahead(
     }
     let mut guessing: Vec<Guessing> = Vec::new();
     for (index, r) in running.iter().enumerate() {
-        // Still reading its prompt, or not yet started on it.
-        if r.pending.len() != 1 || r.cached.len() < r.choice.prompt.len() {
+        if !generates(r) {
             continue;
         }
         // Reading the pending token and k guesses yields up to k + 1 tokens.
@@ -387,7 +422,7 @@ fn draft_ahead(
             .max_tokens
             .map_or(usize::MAX, |m| m.saturating_sub(r.choice.generated));
         let room = context_per_sequence.saturating_sub(r.cached.len() + 2);
-        let limit = draft.max.min(left.saturating_sub(1)).min(room);
+        let limit = ahead.min(left.saturating_sub(1)).min(room);
         if limit == 0 || r.draft_cached.len() > r.cached.len() {
             continue;
         }
@@ -403,7 +438,10 @@ fn draft_ahead(
             done: false,
         });
     }
+    let mut passes = 0;
+    let mut read = 0;
     while guessing.iter().any(|g| !g.done) {
+        passes += 1;
         batch.clear();
         let mut room = capacity;
         let mut failed = false;
@@ -437,8 +475,9 @@ fn draft_ahead(
                     .clear_kv_cache_seq(Some(r.slot as u32), None, None);
                 r.draft_cached.clear();
             }
-            return;
+            return (0, 0, 0);
         }
+        read += batch.n_tokens() as usize;
         for g in guessing.iter_mut() {
             let Some(row) = g.row.take() else { continue };
             let (best, p) = most_likely(draft.context.get_logits_ith(row));
@@ -454,11 +493,28 @@ fn draft_ahead(
             }
         }
     }
+    let sequences = guessing.len();
     for g in guessing {
         let r = &mut running[g.index];
         r.drafted = g.guesses.len();
         r.pending.extend(g.guesses);
     }
+    (passes, read, sequences)
+}
+
+/// Whether a sequence is generating (its prompt read, one sampled token pending), so the
+/// draft can guess after it.
+fn generates(r: &Running) -> bool {
+    r.pending.len() == 1 && r.cached.len() >= r.choice.prompt.len()
+}
+
+/// What checking a sequence's guesses gave.
+struct Checked {
+    outcome: Outcome,
+    /// Guesses kept.
+    kept: usize,
+    /// Whether a guess was not kept (false when all were, or the answer ended first).
+    rejected: bool,
 }
 
 /// The most likely token of `logits` and its probability.
@@ -486,10 +542,11 @@ fn check_guesses(
     vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
     context_per_sequence: usize,
     shown: Option<LlamaToken>,
-) -> Outcome {
+) -> Checked {
     // The cache holds the pending token, then the guesses.
     let guesses = r.cached.split_off(r.cached.len() - (count - 1));
     let mut kept = 0;
+    let mut rejected = false;
     let mut outcome = Outcome::Continue;
     for (j, row) in (first..).take(count).enumerate() {
         outcome = step(
@@ -509,7 +566,11 @@ fn check_guesses(
                 r.cached.push(guess);
                 kept += 1;
             }
-            _ => break,
+            Some(_) => {
+                rejected = true;
+                break;
+            }
+            None => break,
         }
     }
     {
@@ -537,7 +598,11 @@ fn check_guesses(
                 .send(Err(EngineError::Generation(
                     "llama.cpp: could not remove rejected draft tokens from the cache".into(),
                 )));
-            return Outcome::Finished;
+            return Checked {
+                outcome: Outcome::Finished,
+                kept,
+                rejected,
+            };
         }
     }
     if let Some(draft) = draft {
@@ -556,7 +621,11 @@ fn check_guesses(
             }
         }
     }
-    outcome
+    Checked {
+        outcome,
+        kept,
+        rejected,
+    }
 }
 
 fn enqueue(job: Job, waiting: &mut VecDeque<Choice>) {
@@ -570,6 +639,7 @@ fn enqueue(job: Job, waiting: &mut VecDeque<Choice>) {
         choices_left: n,
         draft_tokens: 0,
         draft_accepted_tokens: 0,
+        draft_length: None,
     }));
     let prompt: Rc<[LlamaToken]> = job.tokens.into();
     let sampling = Rc::new(job.sampling);
@@ -922,6 +992,7 @@ fn finish(choice: &mut Choice, reason: FinishReason) -> Outcome {
             cached_prompt_tokens: request.cached_prompt_tokens.unwrap_or(0),
             draft_tokens: request.draft_tokens,
             draft_accepted_tokens: request.draft_accepted_tokens,
+            draft_length: request.draft_length,
         };
         request.send(TokenEvent::Done(usage));
     }
