@@ -172,24 +172,24 @@ impl DraftLength {
         if let Some(Some(t)) = self.step_time.get(n) {
             return Some(*t);
         }
-        let points: Vec<(f64, f64)> = self
-            .step_time
-            .iter()
-            .enumerate()
-            .filter_map(|(n, t)| t.map(|t| (n as f64, t)))
-            .collect();
-        if points.len() < 2 {
+        // One pass, no allocation: this runs for every candidate length of every step.
+        let (mut count, mut sum_n, mut sum_t, mut sum_nn, mut sum_nt) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (m, t) in self.step_time.iter().enumerate() {
+            if let Some(t) = *t {
+                let m = m as f64;
+                count += 1.0;
+                sum_n += m;
+                sum_t += t;
+                sum_nn += m * m;
+                sum_nt += m * t;
+            }
+        }
+        let spread = count * sum_nn - sum_n * sum_n;
+        if count < 2.0 || spread <= 0.0 {
             return None;
         }
-        let count = points.len() as f64;
-        let mean_n = points.iter().map(|p| p.0).sum::<f64>() / count;
-        let mean_t = points.iter().map(|p| p.1).sum::<f64>() / count;
-        let spread: f64 = points.iter().map(|p| (p.0 - mean_n).powi(2)).sum();
-        let slope = points
-            .iter()
-            .map(|p| (p.0 - mean_n) * (p.1 - mean_t))
-            .sum::<f64>()
-            / spread;
+        let slope = (count * sum_nt - sum_n * sum_t) / spread;
+        let (mean_n, mean_t) = (sum_n / count, sum_t / count);
         Some((mean_t + slope * (n as f64 - mean_n)).max(0.0))
     }
 
