@@ -264,8 +264,8 @@ fn busy(
             }
         }
 
-        // One forward pass: decode steps first (with their guesses), then prompt chunks
-        // in the room left.
+        // One forward pass: room for the decode steps first (with their guesses), then
+        // prompt chunks in the room left; the tokens go into the batch in slot order.
         batch.clear();
         // (running index, first logits row, rows): one row, or one per token read when
         // there are guesses to check.
@@ -273,9 +273,9 @@ fn busy(
         let mut room = capacity;
         let mut order: Vec<usize> = (0..running.len()).collect();
         order.sort_by_key(|&i| running[i].pending.len());
-        let mut failed = false;
+        let mut takes = vec![0; running.len()];
         let mut reads_prompt = false;
-        for i in order {
+        for &i in &order {
             let r = &mut running[i];
             let take = r.pending.len().min(room);
             reads_prompt |= take > 0 && r.cached.len() < r.choice.prompt.len();
@@ -284,6 +284,17 @@ fn busy(
                 r.pending.truncate(take.max(1));
                 r.drafted = take.saturating_sub(1);
             }
+            takes[i] = take;
+            room -= take;
+        }
+        // llama.cpp reads sequences of separate KV streams in one pass only when they come
+        // in increasing order of their ids (`split_equal`, sequential): out of order, a
+        // step of 4 sequences took up to 4 passes (docs/BENCHMARKS.md).
+        order.sort_by_key(|&i| running[i].slot);
+        let mut failed = false;
+        for i in order {
+            let r = &mut running[i];
+            let take = takes[i];
             if take == 0 {
                 continue;
             }
@@ -311,7 +322,6 @@ fn busy(
             if let Some(first) = first_row {
                 rows.push((i, first, if checks { take } else { 1 }));
             }
-            room -= take;
         }
         if failed || batch.n_tokens() == 0 {
             fail_all(&mut running, slots, context, "batch overflow");
@@ -438,6 +448,8 @@ fn draft_ahead(
             done: false,
         });
     }
+    // In slot order, so each pass is one of llama.cpp's (see `busy`).
+    guessing.sort_by_key(|g| running[g.index].slot);
     let mut passes = 0;
     let mut read = 0;
     while guessing.iter().any(|g| !g.done) {
