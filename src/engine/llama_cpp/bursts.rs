@@ -7,9 +7,10 @@
 //! small operations and sleeps instead, and a model decodes up to twice as slowly — even
 //! when every other model sits idle. So a model's worker keeps its context on a
 //! long-lived thread that only waits for work, and runs each busy period (from a request
-//! arriving to the last one finishing) on a fresh thread: when that thread ends, libgomp
-//! releases its team, and an idle model holds no OpenMP threads. Starting a thread and a
-//! team costs about a tenth of a millisecond per busy period.
+//! arriving to the last one finishing, and 250 ms more in case another comes) on a fresh
+//! thread: when that thread ends, libgomp releases its team, and an idle model holds no
+//! OpenMP threads. A fresh thread and team made the first forward pass of a busy period
+//! ~2.5 ms slower, which the 250 ms spare a client that sends its next request at once.
 
 /// Runs `work` on a new thread named like this one and waits for it to end; on this
 /// thread when no thread can be started. A panic of `work` continues on this thread.

@@ -19,7 +19,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -140,6 +140,10 @@ pub struct Draft<'a> {
     pub p_min: f32,
 }
 
+/// How long a busy period waits for more work before its thread ends (and with it the
+/// OpenMP team, see [`super::bursts`]).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// How a busy period ended.
 enum Ended {
     /// Nothing is left to do; wait for the next job.
@@ -220,7 +224,13 @@ fn busy(
             }
         }
         if running.is_empty() && waiting.is_empty() {
-            return Ended::Idle;
+            // A client that sends its next request right after an answer (an agent, a
+            // chat turn, a benchmark) finds this thread and its OpenMP team still here.
+            match jobs.recv_timeout(LINGER) {
+                Ok(job) => enqueue(job, &mut waiting),
+                Err(RecvTimeoutError::Timeout) => return Ended::Idle,
+                Err(RecvTimeoutError::Disconnected) => return Ended::Unloaded,
+            }
         }
 
         // Clients that went away free their slots (the KV they filled stays reusable).
