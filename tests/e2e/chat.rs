@@ -335,7 +335,8 @@ crate::per_engine!(
 );
 
 /// llama.cpp keeps each sequence's KV cache: the next turn of a conversation reads only
-/// what is new, and says so in `usage.prompt_tokens_details.cached_tokens`.
+/// what is new, and says so in `usage.prompt_tokens_details.cached_tokens`; the same
+/// prompt again reads nothing.
 #[tokio::test]
 async fn llama_cpp_reuses_the_cached_prefix_of_a_conversation() {
     let (_turn, server) = quiet().await;
@@ -377,4 +378,21 @@ async fn llama_cpp_reuses_the_cached_prefix_of_a_conversation() {
         ))
         .await;
     assert!(counted >= cached as f64, "{counted}");
+
+    // The second turn again, word for word: the whole prompt is in the cache, and so
+    // are the logits after it, so nothing is read and the answer is the same.
+    let second_turn = json!({"model": engine.model, "max_tokens": 12, "temperature": 0,
+                "messages": [system, first_question,
+                             {"role": "assistant", "content": answer},
+                             {"role": "user", "content": "And the smallest?"}]});
+    let (status, again) = crate::helpers::post_json(&url, &second_turn).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["choices"][0]["message"]["content"], second["choices"][0]["message"]["content"],
+        "{again}"
+    );
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"], again["usage"]["prompt_tokens"],
+        "{again}"
+    );
 }

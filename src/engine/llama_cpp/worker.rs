@@ -101,6 +101,12 @@ struct Running {
     /// Tokens in this slot's sequence of the draft model's KV cache: always a prefix of
     /// `cached` and the guesses.
     draft_cached: Vec<LlamaToken>,
+    /// The logits after this choice's whole prompt (kept with prefix reuse on), so that
+    /// the same prompt again in this slot needs no forward pass for its first token.
+    prompt_end: Option<Vec<f32>>,
+    /// Whether the first token is to be sampled from `prompt_end` (the whole prompt was
+    /// in the cache) before the next forward pass.
+    from_prompt_end: bool,
 }
 
 /// A sequence slot of the context.
@@ -111,6 +117,8 @@ struct Slot {
     cached: Vec<LlamaToken>,
     /// The same for the draft model's KV cache.
     draft_cached: Vec<LlamaToken>,
+    /// The last choice's prompt length and the logits after it (see [`Running`]).
+    prompt_end: Option<(usize, Vec<f32>)>,
 }
 
 enum Outcome {
@@ -251,6 +259,30 @@ fn busy(
             draft.as_deref_mut().map(|d| &mut d.context),
             reuse_prefix,
         );
+        // A prompt wholly in the cache, with the logits after it kept: its first token
+        // needs no forward pass.
+        let mut finished: Vec<usize> = Vec::new();
+        for (i, r) in running.iter_mut().enumerate() {
+            if std::mem::take(&mut r.from_prompt_end) {
+                if let Some(logits) = r.prompt_end.take() {
+                    let outcome = step(
+                        r,
+                        &logits,
+                        &vocab,
+                        context_per_sequence,
+                        shared.tool_opener_token,
+                    );
+                    r.prompt_end = Some(logits);
+                    if let Outcome::Finished = outcome {
+                        finished.push(i);
+                    }
+                }
+            }
+        }
+        for i in finished.into_iter().rev() {
+            let r = running.swap_remove(i);
+            release(&mut slots[r.slot], &r);
+        }
         if running.is_empty() {
             continue;
         }
@@ -351,6 +383,9 @@ fn busy(
         for (i, first, count) in rows {
             let r = &mut running[i];
             let outcome = if count == 1 {
+                if reuse_prefix && r.choice.generated == 0 {
+                    r.prompt_end = Some(context.get_logits_ith(first).to_vec());
+                }
                 step(
                     r,
                     context.get_logits_ith(first),
@@ -722,18 +757,28 @@ fn admit(
         let Some(choice) = waiting.pop_front() else {
             break;
         };
-        // At least one prompt token is read again: its logits start the generation.
-        let keep = shared.min(choice.prompt.len() - 1);
+        // The logits after the prompt start the generation: kept from the last choice
+        // in this slot if it had the same prompt, else its last token is read again.
+        let prompt_end = slots[slot]
+            .prompt_end
+            .take()
+            .filter(|(len, _)| *len == choice.prompt.len() && shared == *len)
+            .map(|(_, logits)| logits);
+        let keep = if prompt_end.is_some() {
+            shared
+        } else {
+            shared.min(choice.prompt.len() - 1)
+        };
         let cleared = u32::try_from(keep).ok().is_some_and(|keep| {
             context
                 .clear_kv_cache_seq(Some(slot as u32), Some(keep), None)
                 .unwrap_or(false)
         });
-        let keep = if cleared {
-            keep
+        let (keep, prompt_end) = if cleared {
+            (keep, prompt_end)
         } else {
             let _ = context.clear_kv_cache_seq(Some(slot as u32), None, None);
-            0
+            (0, None)
         };
         if keep > 0 {
             tracing::debug!(
@@ -779,6 +824,8 @@ fn admit(
             pending,
             drafted: 0,
             draft_cached,
+            from_prompt_end: prompt_end.is_some(),
+            prompt_end,
         });
     }
 }
@@ -787,6 +834,10 @@ fn release(slot: &mut Slot, r: &Running) {
     slot.busy = false;
     slot.cached = r.cached.clone();
     slot.draft_cached = r.draft_cached.clone();
+    slot.prompt_end = r
+        .prompt_end
+        .as_ref()
+        .map(|logits| (r.choice.prompt.len(), logits.clone()));
 }
 
 fn fail_all(
