@@ -61,7 +61,7 @@ struct RequestState {
     /// Tokens the draft model guessed, and how many of them were kept.
     draft_tokens: usize,
     draft_accepted_tokens: usize,
-    /// The draft length chosen when its guesses were last checked.
+    /// With a draft model: the length it chose for the latest step of this request.
     draft_length: Option<usize>,
 }
 
@@ -94,7 +94,8 @@ struct Running {
     /// Tokens in this slot's KV cache, in order.
     cached: Vec<LlamaToken>,
     /// Tokens to feed next (the rest of the prompt, or the last sampled token and the
-    /// draft's guesses after it).
+    /// draft's guesses after it). Empty only when the whole prompt was in the cache with
+    /// the logits after it (`prompt_end`): the first token is sampled from those.
     pending: VecDeque<LlamaToken>,
     /// Of `pending`, the draft's guesses (at its end).
     drafted: usize,
@@ -104,9 +105,6 @@ struct Running {
     /// The logits after this choice's whole prompt (kept with prefix reuse on), so that
     /// the same prompt again in this slot needs no forward pass for its first token.
     prompt_end: Option<Vec<f32>>,
-    /// Whether the first token is to be sampled from `prompt_end` (the whole prompt was
-    /// in the cache) before the next forward pass.
-    from_prompt_end: bool,
 }
 
 /// A sequence slot of the context.
@@ -243,13 +241,10 @@ fn busy(
 
         // Clients that went away free their slots (the KV they filled stays reusable).
         waiting.retain(|c| !c.request.borrow().out.is_closed());
-        running.retain(|r| {
-            let gone = r.choice.request.borrow().out.is_closed();
-            if gone {
-                release(&mut slots[r.slot], r);
-            }
-            !gone
-        });
+        let gone: Vec<usize> = (0..running.len())
+            .filter(|&i| running[i].choice.request.borrow().out.is_closed())
+            .collect();
+        release_all(&mut running, slots, gone);
 
         admit(
             &mut waiting,
@@ -263,7 +258,7 @@ fn busy(
         // needs no forward pass.
         let mut finished: Vec<usize> = Vec::new();
         for (i, r) in running.iter_mut().enumerate() {
-            if std::mem::take(&mut r.from_prompt_end) {
+            if r.pending.is_empty() {
                 if let Some(logits) = r.prompt_end.take() {
                     let outcome = step(
                         r,
@@ -279,10 +274,7 @@ fn busy(
                 }
             }
         }
-        for i in finished.into_iter().rev() {
-            let r = running.swap_remove(i);
-            release(&mut slots[r.slot], &r);
-        }
+        release_all(&mut running, slots, finished);
         if running.is_empty() {
             continue;
         }
@@ -434,11 +426,7 @@ fn busy(
             draft_length = draft.as_deref().map_or(0, |d| d.length.chosen()),
             "forward pass"
         );
-        finished.sort_unstable();
-        for i in finished.into_iter().rev() {
-            let r = running.swap_remove(i);
-            release(&mut slots[r.slot], &r);
-        }
+        release_all(&mut running, slots, finished);
     }
 }
 
@@ -824,20 +812,23 @@ fn admit(
             pending,
             drafted: 0,
             draft_cached,
-            from_prompt_end: prompt_end.is_some(),
             prompt_end,
         });
     }
 }
 
-fn release(slot: &mut Slot, r: &Running) {
-    slot.busy = false;
-    slot.cached = r.cached.clone();
-    slot.draft_cached = r.draft_cached.clone();
-    slot.prompt_end = r
-        .prompt_end
-        .as_ref()
-        .map(|logits| (r.choice.prompt.len(), logits.clone()));
+/// Ends the running choices at `indices` (in any order): each slot is freed and keeps
+/// what its choice left in the caches, for a later prompt that shares it.
+fn release_all(running: &mut Vec<Running>, slots: &mut [Slot], mut indices: Vec<usize>) {
+    indices.sort_unstable();
+    for i in indices.into_iter().rev() {
+        let r = running.swap_remove(i);
+        let slot = &mut slots[r.slot];
+        slot.busy = false;
+        slot.prompt_end = r.prompt_end.map(|logits| (r.choice.prompt.len(), logits));
+        slot.cached = r.cached;
+        slot.draft_cached = r.draft_cached;
+    }
 }
 
 fn fail_all(
